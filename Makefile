@@ -1,0 +1,30 @@
+# make test: the whole suite.  make demo: the example job file end to end
+# against the built-in simulator, no key needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m batcher.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/export_bench.py
+	$(BIN)/python bench/rate_bench.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo.db demo.db-wal demo.db-shm
