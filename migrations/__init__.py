@@ -1,0 +1,1 @@
+"""Alembic revisions of the job store; shipped in the wheel as ``batcher.migrations``."""

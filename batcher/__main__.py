@@ -1,0 +1,5 @@
+"""``python -m batcher`` is the ``batcher`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,154 @@
+"""The ``batcher`` command: options in, library calls out, one line per error.
+
+Every command is a thin wrapper over functions a Python user can call too;
+what a user can get wrong ends as one line on stderr and an exit code:
+0 ok, 1 finished with failed jobs, 2 usage or configuration error, 3 run
+stopped by the API (bad key, no points), 4 database unusable, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, BatcherError
+
+DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
+EXIT_CODES = "Exit codes: 0 ok, 1 some jobs failed, 2 usage error, 3 stopped by the API, 4 database error, 130 interrupted."
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"batcher: error: {message}", err=True)
+    sys.exit(code)
+
+
+def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a user's mistake into one line on stderr and its exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except BatcherError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("batcher: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", 4 if exc.errno == 28 else 2)
+
+    return wrapper
+
+
+db_option = click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL", help=DB_HELP)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="batcher")
+def main() -> None:
+    """Push large prompt datasets through Claude on Poe, at the rate limit, losing nothing.
+
+    \b
+    Try it without a key:
+      batcher simulate &                 # a local Poe look-alike
+      POE_API_KEY=x batcher run jobs/example.jsonl --base-url http://127.0.0.1:8788
+    """
+
+
+def _defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--system", help="System prompt for jobs that have none.")(command)
+    command = click.option("--max-tokens", type=click.IntRange(min=1), help="max_tokens for jobs that have none.")(command)
+    command = click.option("--model", help="Model for jobs that name none (e.g. claude-haiku-4.5).")(command)
+    return command
+
+
+@main.command("import", epilog="Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=False))
+@click.option("--batch", help="Batch name (default: the file's name without extension).")
+@db_option
+@_defaults_options
+@click.option("--skip-invalid", is_flag=True, help="Import the valid lines and report the others.")
+@friendly
+def import_command(file: str, batch: str | None, db: str | None, model: str | None, max_tokens: int | None,
+                   system: str | None, skip_invalid: bool) -> None:
+    """Load a JSONL job file into a batch (idempotent: run it again after editing)."""
+    from .db import open_store
+    from .importer import ImportRejected, import_file
+    from .jobfile import ensure_readable
+    from .validate import Defaults
+
+    ensure_readable(file)
+    engine = open_store(db)
+    try:
+        report = import_file(engine, file, batch, Defaults(model, max_tokens, system), skip_invalid)
+    except ImportRejected as exc:
+        for line in exc.report.error_lines():
+            click.echo(line, err=True)
+        click.echo("batcher: nothing imported; fix the lines above or pass --skip-invalid", err=True)
+        sys.exit(exc.exit_code)
+    for warning in report.warnings:
+        click.echo(f"batcher: warning: {warning}", err=True)
+    for line in report.error_lines():
+        click.echo(f"skipped {line}", err=True)
+    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected")
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@main.command("batches", epilog="Example: batcher batches --db runs.db")
+@db_option
+@friendly
+def batches_command(db: str | None) -> None:
+    """List the batches in the store with their job counts."""
+    from .db import open_store
+    from .status import batch_status
+    from .store import list_batches
+
+    engine = open_store(db)
+    found = list_batches(engine)
+    if not found:
+        click.echo("no batches yet: batcher import FILE")
+    for batch in found:
+        s = batch_status(engine, batch)
+        counts = " ".join(f"{k}={s[k]}" for k in ("pending", "running", "succeeded", "failed", "canceled") if s[k])
+        click.echo(f"{batch.name}\t{batch.source}\t{s['total']} jobs: {counts or 'none'}\tcreated {_when(batch.created_at)}")
+
+
+@main.command("status", epilog="Example: batcher status prompts --json")
+@click.argument("batch", required=False)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@friendly
+def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
+    """Show a batch's progress: counts by status and totals."""
+    from .db import open_store
+    from .status import batch_status
+    from .store import find_batch
+
+    engine = open_store(db)
+    status = batch_status(engine, find_batch(engine, batch))
+    if as_json:
+        click.echo(json.dumps(status))
+        return
+    click.echo(f"batch {status['batch']} ({status['file']}), created {_when(status['created_at'])}")
+    click.echo(f"  {status['total']} jobs: " + ", ".join(
+        f"{status[k]} {k}" for k in ("pending", "running", "succeeded", "failed", "canceled")))
+    click.echo(f"  {status['attempts']} attempts; tokens in {status['input_tokens']}, out {status['output_tokens']}")
+
+
+def _register_simulator() -> None:
+    from .sim.command import simulate
+
+    main.add_command(simulate)
+
+
+_register_simulator()

@@ -1,0 +1,120 @@
+"""Turning a job file's lines into rows for the jobs table, chunk by chunk.
+
+Parsing and validating costs more than SQLite's insert, so for large files
+the chunks are prepared in worker processes while the importer inserts the
+previous ones: the import then uses both cores. Chunks come back in file
+order and only a few are in flight, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import threading
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Iterator
+
+import orjson
+
+from .jobfile import LineError, numbered_lines, parse_line
+from .validate import KNOWN_MODELS, Defaults, InvalidJob, to_job
+
+CHUNK = 5000
+#: Files smaller than this are prepared in-process: a worker's start-up
+#: would cost more than it saves.
+PARALLEL_FROM_BYTES = 8 * 1024 * 1024
+WORKERS = 2
+
+#: Row layout, in the jobs table's column order (see JOB_COLUMNS).
+#: ``line, custom_id, body, body_hash, source, extra``; the importer adds the
+#: batch, import and bookkeeping columns around them.
+ROW_FIELDS = ("line", "custom_id", "body", "body_hash", "source", "extra")
+
+
+@dataclass
+class PreparedChunk:
+    """Valid rows of a chunk, its bad lines and what is worth a warning."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    errors: list[LineError] = field(default_factory=list)
+    unknown_models: Counter[str] = field(default_factory=Counter)
+    streams_dropped: int = 0
+
+
+def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
+                  head: tuple[Any, ...] = (), tail: tuple[Any, ...] = ()) -> PreparedChunk:
+    """Parse and validate lines into ``head + ROW_FIELDS + tail`` tuples."""
+    out = PreparedChunk()
+    for number, raw in lines:
+        obj = parse_line(number, raw)
+        if isinstance(obj, LineError):
+            out.errors.append(obj)
+            continue
+        try:
+            job = to_job(obj, number, defaults)
+        except InvalidJob as exc:
+            out.errors.append(LineError(number, str(exc)))
+            continue
+        if job.warnings:
+            out.streams_dropped += 1
+        if job.body["model"] not in KNOWN_MODELS:
+            out.unknown_models[job.body["model"]] += 1
+        body = orjson.dumps(job.body)
+        out.rows.append((
+            *head,
+            number,
+            job.custom_id,
+            body.decode(),
+            hashlib.blake2b(body, digest_size=16).hexdigest(),
+            raw.decode(),
+            orjson.dumps(job.extra).decode() if job.extra else None,
+            *tail,
+        ))
+    return out
+
+
+def _raw_chunks(path: str) -> Iterator[list[tuple[int, bytes]]]:
+    lines = numbered_lines(path)
+    while chunk := list(islice(lines, CHUNK)):
+        yield chunk
+
+
+def _parallel_worthwhile(path: str) -> bool:
+    """Big file, and a process that can fork safely.
+
+    Forking is the only start method that does not re-run the caller's main
+    module, but it is safe only while this process runs no other thread.
+    """
+    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        return False
+    try:
+        return os.path.getsize(path) >= PARALLEL_FROM_BYTES
+    except OSError:
+        return False
+
+
+def prepared_chunks(path: str, defaults: Defaults, head: tuple[Any, ...] = (),
+                    tail: tuple[Any, ...] = ()) -> Iterator[PreparedChunk]:
+    """Prepared chunks of ``path`` in file order (see :func:`prepare_chunk`)."""
+    chunks = _raw_chunks(path)
+    if not _parallel_worthwhile(path):
+        for chunk in chunks:
+            yield prepare_chunk(chunk, defaults, head, tail)
+        return
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
+        pending: deque[Future[PreparedChunk]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(prepare_chunk, chunk, defaults, head, tail))
+                if len(pending) > 2 * WORKERS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()

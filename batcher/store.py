@@ -1,0 +1,71 @@
+"""Batches in the job store: finding them and counting their jobs.
+
+Knows SQL and nothing of HTTP. The runner's queue operations live in
+:mod:`batcher.queue`; the import path in :mod:`batcher.importer`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select
+
+from .errors import UsageError
+from .schema import STATUSES, batches, jobs
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    name: str
+    source: str
+    created_at: float
+
+
+def _batch(row: Any) -> Batch:
+    return Batch(row.id, row.name, row.source, row.created_at)
+
+
+def get_or_create_batch(conn: Connection, name: str, source: str) -> tuple[Batch, bool]:
+    """The batch called ``name``, created if new; the flag says it was."""
+    row = conn.execute(select(batches).where(batches.c.name == name)).first()
+    if row is not None:
+        return _batch(row), False
+    created = time.time()
+    new_id = conn.execute(batches.insert().values(name=name, source=source, created_at=created)).inserted_primary_key[0]
+    return Batch(new_id, name, source, created), True
+
+
+def list_batches(engine: Engine) -> list[Batch]:
+    with engine.connect() as conn:
+        return [_batch(r) for r in conn.execute(select(batches).order_by(batches.c.id))]
+
+
+def find_batch(engine: Engine, name: str | None) -> Batch:
+    """The named batch, or the only one when no name is given."""
+    with engine.connect() as conn:
+        if name is not None:
+            row = conn.execute(select(batches).where(batches.c.name == name)).first()
+            if row is None:
+                known = [b.name for b in list_batches(engine)]
+                hint = f" (batches here: {', '.join(known[:10])})" if known else " (the database holds no batch yet)"
+                raise UsageError(f"no batch named {name!r}{hint}")
+            return _batch(row)
+        rows = conn.execute(select(batches).order_by(batches.c.id).limit(2)).all()
+    if not rows:
+        raise UsageError("the database holds no batch yet: run `batcher import FILE` first")
+    if len(rows) > 1:
+        names = ", ".join(b.name for b in list_batches(engine)[:10])
+        raise UsageError(f"the database holds several batches; name one ({names})")
+    return _batch(rows[0])
+
+
+def status_counts(conn: Connection, batch_id: int) -> dict[str, int]:
+    """Jobs of a batch by status, every status present (zero when none)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    query = select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
+    for status, n in conn.execute(query):
+        counts[status] = n
+    return counts

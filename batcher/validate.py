@@ -1,0 +1,156 @@
+"""Turning one parsed job line into the request body that will be sent.
+
+Two input shapes are accepted: Anthropic's Message Batches lines
+(``{"custom_id", "params": {...}}``) and a dataset shorthand (``prompt`` or
+``messages`` with Messages API parameters at the top level, anything else kept
+as metadata). Checks follow the Messages API so that a bad line is caught on
+import, not after points were spent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Claude models Poe serves, by Poe name and Anthropic ID. Others only warn:
+#: new models appear over time.
+KNOWN_MODELS = frozenset(
+    {
+        "claude-sonnet-4.5", "claude-sonnet-4-5-20250929",
+        "claude-opus-4.5", "claude-opus-4-5-20251101",
+        "claude-haiku-4.5", "claude-haiku-4-5-20251001",
+        "claude-opus-4.1", "claude-opus-4-1-20250805",
+        "claude-sonnet-4", "claude-sonnet-4-20250514",
+        "claude-opus-4", "claude-opus-4-20250514",
+        "claude-sonnet-3.7", "claude-3-7-sonnet-20250219",
+        "claude-haiku-3.5", "claude-3-5-haiku-20241022",
+        "claude-haiku-3", "claude-3-haiku-20240307",
+    }
+)
+
+#: Top-level keys of the shorthand that go into the request body.
+API_PARAMS = frozenset(
+    {
+        "model", "max_tokens", "messages", "system", "temperature", "top_p", "top_k",
+        "stop_sequences", "metadata", "tools", "tool_choice", "thinking", "service_tier",
+        "container", "mcp_servers", "context_management",
+    }
+)
+
+#: Shorthand keys that are neither sent as they are nor kept as metadata.
+SHORTHAND_KEYS = frozenset({"custom_id", "prompt", "stream"})
+
+CUSTOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ROLES = ("user", "assistant")
+
+
+class InvalidJob(ValueError):
+    """The line's object is not a valid job; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Values for ``model``, ``max_tokens`` and ``system`` a job leaves out."""
+
+    model: str | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+
+
+@dataclass(slots=True)
+class Job:
+    """A validated job: its id, the body to send, metadata kept aside."""
+
+    custom_id: str
+    body: dict[str, Any]
+    extra: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidJob("`messages` must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidJob(f"`messages[{i}]` must be an object")
+        if message.get("role") not in ROLES:
+            raise InvalidJob(f"`messages[{i}].role` must be \"user\" or \"assistant\"")
+        content = message.get("content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not all(
+            isinstance(block, dict) and isinstance(block.get("type"), str) for block in content
+        ):
+            raise InvalidJob(f"`messages[{i}].content` must be a string or a list of content blocks")
+
+
+def _check_body(body: dict[str, Any], defaults: Defaults, warnings: list[str]) -> None:
+    if "stream" in body:
+        del body["stream"]
+        warnings.append("`stream` dropped: the runner decides whether to stream")
+    for key in ("model", "max_tokens", "system"):
+        default = getattr(defaults, key)
+        if key not in body and default is not None:
+            body[key] = default
+    _check_messages(body.get("messages"))
+    if "model" not in body:
+        raise InvalidJob("no `model` (give one in the line or with --model)")
+    model = body["model"]
+    if not isinstance(model, str) or not model:
+        raise InvalidJob("`model` must be a non-empty string")
+    if "max_tokens" not in body:
+        raise InvalidJob("no `max_tokens` (give one in the line or with --max-tokens)")
+    max_tokens = body["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidJob("`max_tokens` must be a positive integer")
+    system = body.get("system")
+    if system is not None and not isinstance(system, (str, list)):
+        raise InvalidJob("`system` must be a string or a list of text blocks")
+
+
+def _custom_id(obj: dict[str, Any], line: int) -> str:
+    if "custom_id" not in obj:
+        return f"line-{line}"
+    custom_id = obj["custom_id"]
+    if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
+        raise InvalidJob("`custom_id` must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
+    return custom_id
+
+
+def to_job(obj: Any, line: int, defaults: Defaults = Defaults()) -> Job:
+    """Validate one line's object and build its request body.
+
+    Raises :class:`InvalidJob` with a message naming the offending field.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidJob(f"expected a JSON object, found {type(obj).__name__}")
+    custom_id = _custom_id(obj, line)
+    warnings: list[str] = []
+    if "params" in obj:
+        params = obj["params"]
+        if not isinstance(params, dict):
+            raise InvalidJob("`params` must be an object")
+        body = dict(params)
+        extra = {k: v for k, v in obj.items() if k not in ("custom_id", "params")} or None
+    else:
+        body, extra = {}, {}
+        for key, value in obj.items():
+            if key in API_PARAMS:
+                body[key] = value
+            elif key not in SHORTHAND_KEYS:
+                extra[key] = value
+        if "stream" in obj:
+            body["stream"] = obj["stream"]
+        if "prompt" in obj:
+            if "messages" in obj:
+                raise InvalidJob("give `prompt` or `messages`, not both")
+            prompt = obj["prompt"]
+            if not isinstance(prompt, str) or not prompt:
+                raise InvalidJob("`prompt` must be a non-empty string")
+            body["messages"] = [{"role": "user", "content": prompt}]
+        elif "messages" not in obj:
+            raise InvalidJob("no `prompt`, `messages` or `params`: nothing to send")
+        extra = extra or None
+    _check_body(body, defaults, warnings)
+    return Job(custom_id, body, extra, warnings)

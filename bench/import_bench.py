@@ -1,0 +1,54 @@
+"""Import throughput and memory: lines/s and peak RSS for a large job file.
+
+Usage: python bench/import_bench.py [LINES]   (default 1,000,000 ~300-byte jobs)
+Runs the real CLI in a subprocess so peak RSS is the import's alone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import orjson
+
+WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+
+
+def write_jobs(path: str, lines: int) -> int:
+    """Write ``lines`` jobs of about 300 bytes each, both input formats."""
+    rng = random.Random(7)
+    with open(path, "wb") as out:
+        for i in range(lines):
+            prompt = " ".join(rng.choice(WORDS) for _ in range(28))
+            if i % 2:
+                job = {"custom_id": f"job-{i}", "prompt": prompt, "temperature": 0.2, "topic": "bench"}
+            else:
+                job = {"custom_id": f"job-{i}", "params": {"model": "claude-haiku-4.5", "max_tokens": 256,
+                       "messages": [{"role": "user", "content": prompt}]}}
+            out.write(orjson.dumps(job) + b"\n")
+    return os.path.getsize(path)
+
+
+def main() -> None:
+    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.jsonl")
+        size = write_jobs(path, lines)
+        db = os.path.join(tmp, "bench.db")
+        cmd = [sys.executable, "-m", "batcher", "import", path, "--db", db,
+               "--model", "claude-haiku-4.5", "--max-tokens", "256"]
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        elapsed = time.perf_counter() - start
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"import: {lines:,} lines ({size / lines:.0f} B/line) in {elapsed:.1f} s "
+              f"= {lines / elapsed:,.0f} lines/s (target >= 50,000); peak RSS {peak_mb:.0f} MB (target < 150 MB)")
+
+
+if __name__ == "__main__":
+    main()
