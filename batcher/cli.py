@@ -145,6 +145,92 @@ def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
     click.echo(f"  {status['attempts']} attempts; tokens in {status['input_tokens']}, out {status['output_tokens']}")
 
 
+RUN_EPILOG = """\b
+Examples:
+  export POE_API_KEY=...            # from https://poe.com/api_key
+  batcher run prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024
+  batcher run prompts               # resume the batch after an interruption
+
+""" + EXIT_CODES
+
+
+@main.command("run", epilog=RUN_EPILOG)
+@click.argument("file_or_batch")
+@click.option("--batch", help="Batch name when FILE_OR_BATCH is a file (default: the file's name).")
+@db_option
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True,
+              help="Requests per minute allowed for the key.")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Requests in flight at most (default: the rpm, enough for 60 s answers).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Attempts per job before it fails (429s do not count).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
+              help="Seconds to wait for an answer (between events when streaming).")
+@click.option("--base-url", envvar="POE_BASE_URL", default="https://api.poe.com", show_default=True,
+              help="API endpoint (env POE_BASE_URL).")
+@click.option("--auth", type=click.Choice(["x-api-key", "bearer"]), default="x-api-key", show_default=True,
+              help="How the key is sent.")
+@click.option("--stream/--no-stream", default=None,
+              help="Stream answers (default: only jobs with max_tokens above 4096).")
+@click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="Seconds in-flight requests get to finish after Ctrl-C.")
+@_defaults_options
+@click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
+@friendly
+def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: float, concurrency: int | None,
+                max_attempts: int, timeout: float, base_url: str, auth: str, stream: bool | None, grace: float,
+                model: str | None, max_tokens: int | None, system: str | None, quiet: bool) -> None:
+    """Send every pending job of a batch (importing FILE first), at the rate limit.
+
+    Interrupted runs resume where they stopped: run the same command again.
+    The key is read from POE_API_KEY.
+    """
+    import os
+
+    import anyio
+
+    from .client import check_base_url
+    from .db import open_store
+    from .importer import ImportRejected, import_file
+    from .progress import ProgressDisplay, summary_lines
+    from .runner import RunConfig, run_batch
+    from .store import find_batch
+    from .validate import Defaults
+
+    key = os.environ.get("POE_API_KEY", "").strip()
+    if not key:
+        fail("no API key: set POE_API_KEY (export POE_API_KEY=your-key; keys at https://poe.com/api_key)", 2)
+    check_base_url(base_url)
+    engine = open_store(db)
+    if os.path.isfile(file_or_batch):
+        try:
+            report = import_file(engine, file_or_batch, batch, Defaults(model, max_tokens, system))
+        except ImportRejected as exc:
+            for line in exc.report.error_lines():
+                click.echo(line, err=True)
+            fail("nothing imported, nothing sent; fix the lines above (or import with --skip-invalid)", 2)
+        for warning in report.warnings:
+            click.echo(f"batcher: warning: {warning}", err=True)
+        if not quiet and report.added:
+            click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
+        name = report.batch
+    elif os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json")):
+        fail(f"{file_or_batch}: not a readable job file", 2)
+    else:
+        name = file_or_batch
+    config = RunConfig(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout_s=timeout,
+                       base_url=base_url, auth=auth, stream=stream, grace_s=grace)
+    display = ProgressDisplay(quiet=quiet)
+    try:
+        summary = anyio.run(run_batch, engine, find_batch(engine, name), key, config, display)
+    finally:
+        display.close()
+    lines = summary_lines(summary)
+    for line in lines:
+        click.echo(line, err=summary.exit_code not in (0,))
+    sys.exit(summary.exit_code)
+
+
 def _register_simulator() -> None:
     from .sim.command import simulate
 

@@ -1,0 +1,202 @@
+"""The HTTP client: one attempt at one Messages API request.
+
+Knows HTTP and the API's shapes, nothing of jobs or SQL. Every outcome, a
+network failure included, comes back as an :class:`Attempt` value; only
+programming errors raise. The API key lives in the client's headers and
+nowhere else: never in an Attempt, an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from . import __version__
+from .accumulate import StreamFailure
+from .apierror import make_error, parse_error
+from .errors import UsageError
+from .sse import read_stream
+
+DEFAULT_BASE_URL = "https://api.poe.com"
+ANTHROPIC_VERSION = "2023-06-01"
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class RateInfo:
+    """What the rate-limit headers of one answer said (None: absent)."""
+
+    limit: int | None = None
+    remaining: int | None = None
+    reset_s: float | None = None
+    retry_after_s: float | None = None
+    should_retry: bool | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """The outcome of one HTTP attempt.
+
+    ``message`` is set on success; otherwise ``error`` holds an Anthropic-format
+    error and ``error_type`` its type (``connection_error``, ``timeout_error``
+    and ``invalid_response`` stand for failures with no API answer).
+    """
+
+    status_code: int | None
+    latency_s: float
+    message: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    error_type: str | None = None
+    rate: RateInfo = field(default_factory=RateInfo)
+    streamed: bool = False
+    ttft_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.message is not None
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def rate_info(headers: httpx.Headers) -> RateInfo:
+    """Parse the rate-limit and retry headers leniently."""
+    retry_after = _number(headers.get("retry-after-ms"))
+    retry_after = retry_after / 1000 if retry_after is not None else _number(headers.get("retry-after"))
+    should_retry = headers.get("x-should-retry")
+    limit = _number(headers.get("x-ratelimit-limit-requests"))
+    remaining = _number(headers.get("x-ratelimit-remaining-requests"))
+    return RateInfo(
+        limit=int(limit) if limit is not None else None,
+        remaining=int(remaining) if remaining is not None else None,
+        reset_s=_number(headers.get("x-ratelimit-reset-requests")),
+        retry_after_s=retry_after,
+        should_retry={"true": True, "false": False}.get((should_retry or "").strip().lower()),
+    )
+
+
+def check_base_url(base_url: str) -> str:
+    """The base URL without a trailing slash; refuses to send a key in clear.
+
+    The key goes only over https, except to a loopback host (the simulator).
+    """
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--base-url {base_url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise UsageError(f"--base-url {base_url!r}: refusing to send the API key over plain http "
+                         "to a host that is not this machine; use https")
+    return base_url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MessagesClient:
+    """A pooled HTTP client for ``POST /v1/messages``, sized to the concurrency."""
+
+    def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, concurrency: int = 100,
+                 timeout_s: float = 600.0, auth: str = "x-api-key") -> None:
+        if not api_key:
+            raise UsageError("no API key")
+        headers = {
+            "anthropic-version": ANTHROPIC_VERSION,
+            "content-type": "application/json",
+            "user-agent": f"batcher/{__version__} (+httpx {httpx.__version__})",
+        }
+        if auth == "bearer":
+            headers["authorization"] = f"Bearer {api_key}"
+        else:
+            headers["x-api-key"] = api_key
+        # The pool matches the concurrency and waits for a free connection
+        # without a deadline: the rate limiter, not httpx, decides the pace.
+        self._http = httpx.AsyncClient(
+            base_url=check_base_url(base_url),
+            headers=headers,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+            timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s), pool=None),
+            verify=True,
+            trust_env=False,
+        )
+
+    async def __aenter__(self) -> MessagesClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def send(self, body: bytes | dict[str, Any], stream: bool = False) -> Attempt:
+        """One attempt; never raises for network or API trouble."""
+        start = time.monotonic()
+        if stream:
+            payload = body if isinstance(body, dict) else orjson.loads(body)
+            body = orjson.dumps({**payload, "stream": True})
+        elif isinstance(body, dict):
+            body = orjson.dumps(body)
+        try:
+            if stream:
+                return await self._send_streaming(body, start)
+            response = await self._http.post("/v1/messages", content=body)
+        except httpx.TimeoutException as exc:
+            return _network_failure("timeout_error", f"timed out ({type(exc).__name__})", start, stream)
+        except httpx.HTTPError as exc:
+            return _network_failure("connection_error", f"{type(exc).__name__}: {exc}", start, stream)
+        return _from_response(response, response.content, start)
+
+    async def _send_streaming(self, body: bytes, start: float) -> Attempt:
+        first: list[float] = []
+        async with self._http.stream("POST", "/v1/messages", content=body,
+                                     headers={"accept": "text/event-stream"}) as response:
+            if response.status_code != 200:
+                return _from_response(response, await response.aread(), start, streamed=True)
+            rate = rate_info(response.headers)
+            try:
+                message = await read_stream(response, lambda: first.append(time.monotonic()))
+            except StreamFailure as exc:
+                return Attempt(200, time.monotonic() - start, error=make_error(exc.error_type, exc.message,
+                               response.headers.get("request-id")), error_type=exc.error_type, rate=rate,
+                               streamed=True)
+        ttft = first[0] - start if first else None
+        return Attempt(200, time.monotonic() - start, message=message, rate=rate, streamed=True, ttft_s=ttft)
+
+
+def _network_failure(error_type: str, message: str, start: float, streamed: bool) -> Attempt:
+    return Attempt(None, time.monotonic() - start, error=make_error(error_type, message),
+                   error_type=error_type, streamed=streamed)
+
+
+def _from_response(response: httpx.Response, content: bytes, start: float, streamed: bool = False) -> Attempt:
+    latency = time.monotonic() - start
+    rate = rate_info(response.headers)
+    request_id = response.headers.get("request-id")
+    if response.status_code == 200:
+        try:
+            message = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict) and message.get("type") == "message":
+            return Attempt(200, latency, message=message, rate=rate, streamed=streamed)
+        error = make_error("invalid_response", "HTTP 200 but the body is not a Messages API answer", request_id)
+        return Attempt(200, latency, error=error, error_type="invalid_response", rate=rate, streamed=streamed)
+    error = parse_error(response.status_code, content, request_id)
+    return Attempt(response.status_code, latency, error=error, error_type=error["error"]["type"], rate=rate,
+                   streamed=streamed)

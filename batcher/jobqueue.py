@@ -1,0 +1,165 @@
+"""The runner's side of the store: owning a batch, claiming, recording.
+
+Knows SQL and nothing of HTTP. A run first takes ownership of its batch (a
+``runs`` row: a second live run is refused, a dead one's claimed jobs go back
+to pending), then claims pending jobs in chunks and records outcomes in
+grouped transactions. A job is recorded only while it is still claimed by
+this run, so nothing is ever recorded twice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, func, select, update
+
+from .db import write
+from .errors import UsageError
+from .schema import attempts, jobs, runs
+
+#: A run whose heartbeat is older than this is taken for dead.
+STALE_AFTER_S = 30.0
+HEARTBEAT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    custom_id: str
+    body: str
+    attempts: int
+
+
+class BatchBusy(UsageError):
+    """Another live run owns the batch."""
+
+
+def _alive(row: Any, now: float) -> bool:
+    if now - row.heartbeat_at > STALE_AFTER_S:
+        return False
+    if row.host != socket.gethostname():
+        return True
+    try:
+        os.kill(row.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_url: str) -> int:
+    """Take ownership of the batch; return the run id.
+
+    Jobs left ``running`` by a dead run go back to ``pending``.
+    """
+    now = time.time()
+    with write(engine) as conn:
+        live = conn.execute(select(runs).where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))).all()
+        for row in live:
+            if _alive(row, now):
+                started = time.strftime("%H:%M:%S", time.localtime(row.started_at))
+                raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
+                                f"(since {started}); wait for it, or stop it and run again")
+            conn.execute(update(runs).where(runs.c.id == row.id).values(ended_at=now, outcome="died"))
+        conn.execute(update(jobs).where(jobs.c.batch_id == batch_id, jobs.c.status == "running")
+                     .values(status="pending", run_id=None, updated_at=now))
+        return conn.execute(runs.insert().values(
+            batch_id=batch_id, pid=os.getpid(), host=socket.gethostname(), started_at=now, heartbeat_at=now,
+            rpm=rpm, base_url=base_url)).inserted_primary_key[0]
+
+
+def claim(engine: Engine, batch_id: int, run_id: int, limit: int) -> list[ClaimedJob]:
+    """Mark up to ``limit`` pending jobs as running for this run, in order."""
+    now = time.time()
+    with write(engine) as conn:
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.custom_id, jobs.c.body, jobs.c.attempts)
+            .where(jobs.c.batch_id == batch_id, jobs.c.status == "pending")
+            .order_by(jobs.c.id).limit(limit)
+        ).all()
+        if rows:
+            conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), jobs.c.status == "pending")
+                         .values(status="running", run_id=run_id, updated_at=now))
+    return [ClaimedJob(r.id, r.custom_id, r.body, r.attempts) for r in rows]
+
+
+def remaining(engine: Engine, batch_id: int) -> tuple[int, int]:
+    """(jobs left to do: pending + running, all jobs) of the batch."""
+    with engine.connect() as conn:
+        rows = dict(conn.execute(select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id)
+                                 .group_by(jobs.c.status)).all())
+    return rows.get("pending", 0) + rows.get("running", 0), sum(rows.values())
+
+
+@dataclass(slots=True)
+class AttemptRow:
+    job_id: int
+    started_at: float
+    latency_ms: int
+    status_code: int | None
+    error_type: str | None
+    streamed: bool
+    ttft_ms: int | None
+    counts: bool
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A job's final state for this run: succeeded or failed."""
+
+    job_id: int
+    status: str
+    values: dict[str, Any]
+
+
+_record_outcome = (
+    update(jobs)
+    .where(and_(jobs.c.id == bindparam("job_id"), jobs.c.status == "running", jobs.c.run_id == bindparam("run")))
+)
+_count_attempt = update(jobs).where(jobs.c.id == bindparam("job_id")).values(attempts=jobs.c.attempts + 1)
+
+
+def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes: list[Outcome],
+           heartbeat: bool) -> int:
+    """Write attempts and outcomes in one transaction; return outcomes stored."""
+    now = time.time()
+    stored = 0
+    with write(engine) as conn:
+        if attempt_rows:
+            conn.execute(attempts.insert(), [
+                {"job_id": a.job_id, "run_id": run_id, "started_at": a.started_at, "latency_ms": a.latency_ms,
+                 "status_code": a.status_code, "error_type": a.error_type, "streamed": a.streamed,
+                 "ttft_ms": a.ttft_ms} for a in attempt_rows])
+            counted = [{"job_id": a.job_id} for a in attempt_rows if a.counts]
+            if counted:
+                conn.execute(_count_attempt, counted)
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for outcome in outcomes:
+            params = {"job_id": outcome.job_id, "run": run_id, "status": outcome.status, "updated_at": now,
+                      "finished_at": now, **outcome.values}
+            by_shape.setdefault(tuple(sorted(params)), []).append(params)
+        for keys, group in by_shape.items():
+            values = {k: bindparam(k) for k in keys if k not in ("job_id", "run")}
+            # Columns named like bind parameters must be bound under other names.
+            stmt = _record_outcome.values({jobs.c[k]: bindparam("v_" + k) for k in values})
+            result = conn.execute(stmt, [{**{"v_" + k: p[k] for k in values}, "job_id": p["job_id"], "run": run_id}
+                                         for p in group])
+            stored += result.rowcount
+        if heartbeat:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
+    return stored
+
+
+def finish_run(engine: Engine, run_id: int, outcome: str) -> int:
+    """Put this run's unfinished jobs back to pending and close the run."""
+    now = time.time()
+    with write(engine) as conn:
+        released = conn.execute(update(jobs).where(jobs.c.run_id == run_id, jobs.c.status == "running")
+                                .values(status="pending", run_id=None, updated_at=now)).rowcount
+        conn.execute(update(runs).where(runs.c.id == run_id).values(ended_at=now, heartbeat_at=now, outcome=outcome))
+    return released

@@ -1,0 +1,104 @@
+"""Showing a run's progress: a live line on a terminal, plain lines otherwise.
+
+On a terminal the line is redrawn twice a second (rich does the drawing);
+in a log file a status line every 10 s is what a reader can use.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .runner import RunSummary, Snapshot
+
+PLAIN_EVERY_S = 10.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e4 else str(n)
+
+
+def describe(s: Snapshot) -> str:
+    """One line: done/total, outcomes, pace against the target, ETA, tokens."""
+    pct = 100.0 * s.done / s.total if s.total else 100.0
+    parts = [
+        f"{s.done}/{s.total} ({pct:.0f}%)",
+        f"ok {s.succeeded}",
+        f"failed {s.failed}",
+        f"retrying {s.retrying}",
+        f"in flight {s.in_flight}",
+        f"{s.rate_rpm:.0f}/{s.target_rpm:.0f} rpm",
+        f"ETA {_duration(s.eta_s)}",
+        f"tokens {_count(s.input_tokens)} in / {_count(s.output_tokens)} out",
+    ]
+    if s.paused_s > 0.5:
+        parts.append(f"paused {s.paused_s:.0f}s by the rate limit")
+    if s.stopping:
+        parts.append("stopping")
+    return " | ".join(parts)
+
+
+class ProgressDisplay:
+    """Callable the runner feeds snapshots to; close() before the summary."""
+
+    def __init__(self, stream: TextIO | None = None, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.live = None
+        self._last_plain = 0.0
+        if not quiet and self.stream.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live("", console=Console(file=self.stream), refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        if self.quiet:
+            return
+        line = describe(snapshot)
+        if self.live is not None:
+            self.live.update(line)
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= PLAIN_EVERY_S:
+            self._last_plain = now
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def summary_lines(summary: RunSummary) -> list[str]:
+    """The final lines, whatever the display."""
+    minutes = summary.elapsed_s / 60
+    rate = summary.attempts / minutes if minutes > 0 else 0.0
+    lines = [
+        f"batch {summary.batch}: {summary.succeeded} succeeded, {summary.failed} failed this run, "
+        f"{summary.left} left; {summary.attempts} requests in {_duration(summary.elapsed_s)} "
+        f"({rate:.0f}/min, {summary.rate_limited} rate-limited); "
+        f"tokens {summary.input_tokens} in / {summary.output_tokens} out"
+    ]
+    if summary.outcome == "interrupted":
+        lines.append(f"{summary.succeeded + summary.failed} done, {summary.left} left: "
+                     "run the same command again to resume")
+    elif summary.outcome == "stopped":
+        lines.append(f"batcher: run stopped: {summary.message}")
+        lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")
+    elif summary.failed:
+        lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
+    return lines

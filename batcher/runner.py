@@ -1,0 +1,353 @@
+"""The runner: every pending job of a batch through the API, under the limit.
+
+One pipeline, one way: claimer → memory stream → workers (pacer → HTTP
+client → retry policy) → writer. The claimer marks jobs ``running`` in
+chunks; each worker sees a job through to an outcome or hands it back by
+leaving it claimed, and :func:`batcher.jobqueue.finish_run` returns every
+unfinished job to ``pending`` at the end. Answers count as done only once
+the writer has committed them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import anyio
+import orjson
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from sqlalchemy import Engine
+
+from .client import DEFAULT_BASE_URL, Attempt, MessagesClient
+from .errors import EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK
+from .jobqueue import AttemptRow, ClaimedJob, Outcome, claim, finish_run, remaining, start_run
+from .pacer import Pacer, Stopped
+from .retry import Verdict, decide, server_delay
+from .store import Batch
+from .writer import Tally, run_writer
+
+#: Jobs whose max_tokens exceed this are streamed by default: a long
+#: non-streamed answer leaves the connection silent for minutes.
+STREAM_ABOVE_MAX_TOKENS = 4096
+CLAIM_CHUNK = 100
+
+
+def default_concurrency(rpm: float) -> int:
+    """Enough workers that 60-second answers cannot hold the rate back."""
+    return max(4, min(1000, int(rpm)))
+
+
+@dataclass
+class RunConfig:
+    """How to run: pace, retries, endpoint. Defaults match Poe's limits."""
+
+    rpm: float = 500.0
+    concurrency: int | None = None
+    max_attempts: int = 6
+    timeout_s: float = 600.0
+    base_url: str = DEFAULT_BASE_URL
+    auth: str = "x-api-key"
+    stream: bool | None = None
+    grace_s: float = 10.0
+    handle_signals: bool = True
+
+    @property
+    def workers(self) -> int:
+        return self.concurrency or default_concurrency(self.rpm)
+
+
+@dataclass
+class RunSummary:
+    """How a run ended, for the final lines and the exit code."""
+
+    batch: str
+    outcome: str  # finished, interrupted, stopped
+    exit_code: int
+    succeeded: int
+    failed: int
+    left: int
+    attempts: int
+    rate_limited: int
+    elapsed_s: float
+    input_tokens: int
+    output_tokens: int
+    message: str | None = None
+
+
+@dataclass
+class Snapshot:
+    """What the progress display shows."""
+
+    total: int
+    done: int
+    succeeded: int
+    failed: int
+    retrying: int
+    in_flight: int
+    rate_rpm: float
+    target_rpm: float
+    eta_s: float | None
+    input_tokens: int
+    output_tokens: int
+    paused_s: float
+    stopping: bool
+
+
+@dataclass
+class _State:
+    stopping: bool = False
+    fatal: dict[str, Any] | None = None
+    fatal_status: int | None = None
+    retrying: int = 0
+    in_flight: int = 0
+    starts: deque[float] = field(default_factory=deque)
+
+
+class Runner:
+    """One run of one batch; use :func:`run_batch` unless embedding."""
+
+    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig) -> None:
+        self.engine, self.batch, self.config = engine, batch, config
+        self.client = MessagesClient(api_key, config.base_url, concurrency=config.workers,
+                                     timeout_s=config.timeout_s, auth=config.auth)
+        self.pacer = Pacer(config.rpm)
+        self.tally = Tally()
+        self.state = _State()
+        self.stop_event = anyio.Event()
+        self.run_id = 0
+        self.total = 0
+        self.left_at_start = 0
+
+    # --- the pipeline ---------------------------------------------------------
+    async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
+        started = time.monotonic()
+        self.run_id = await anyio.to_thread.run_sync(
+            start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
+        self.left_at_start, self.total = await anyio.to_thread.run_sync(remaining, self.engine, self.batch.id)
+        outcome = "finished"
+        try:
+            async with self.client:
+                outcome = await self._pipeline(on_progress)
+        finally:
+            with anyio.CancelScope(shield=True):
+                left_running = await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome)
+        left, _ = remaining(self.engine, self.batch.id)
+        del left_running
+        return self._summary(outcome, left, time.monotonic() - started)
+
+    async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
+        records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
+        jobs_send, jobs_recv = anyio.create_memory_object_stream[ClaimedJob](CLAIM_CHUNK)
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally)
+            async with anyio.create_task_group() as watchers:
+                if self.config.handle_signals:
+                    watchers.start_soon(self._watch_signals)
+                if on_progress is not None:
+                    watchers.start_soon(self._report, on_progress)
+                async with records_send:
+                    with anyio.CancelScope() as self.work_scope:
+                        async with anyio.create_task_group() as work:
+                            work.start_soon(self._claimer, jobs_send)
+                            for _ in range(self.config.workers):
+                                work.start_soon(self._worker, jobs_recv.clone(), records_send.clone())
+                            jobs_recv.close()
+                watchers.cancel_scope.cancel()
+        if on_progress is not None:
+            on_progress(self.snapshot())
+        if self.state.fatal is not None:
+            return "stopped"
+        return "interrupted" if self.state.stopping else "finished"
+
+    async def _claimer(self, send: ObjectSendStream[ClaimedJob]) -> None:
+        async with send:
+            while not self.state.stopping:
+                chunk = await anyio.to_thread.run_sync(claim, self.engine, self.batch.id, self.run_id, CLAIM_CHUNK)
+                if not chunk:
+                    return
+                for job in chunk:
+                    if self.state.stopping:
+                        return
+                    try:
+                        await send.send(job)
+                    except anyio.BrokenResourceError:  # every worker has gone
+                        return
+
+    async def _worker(self, jobs: ObjectReceiveStream[ClaimedJob],
+                      records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+        async with jobs, records:
+            async for job in jobs:
+                if self.state.stopping:
+                    return
+                await self._see_through(job, records)
+
+    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+        """Attempts until the job has an outcome, or the run stops."""
+        payload = orjson.loads(job.body)
+        stream = self._should_stream(payload)
+        wire: bytes | dict[str, Any] = payload if stream else job.body.encode()
+        used = job.attempts
+        while True:
+            try:
+                await self.pacer.wait()
+            except Stopped:
+                return
+            started = time.time()
+            self.state.starts.append(time.monotonic())
+            self.state.in_flight += 1
+            try:
+                attempt = await self.client.send(wire, stream=stream)
+            finally:
+                self.state.in_flight -= 1
+            self._tell_pacer(attempt)
+            counts = attempt.status_code != 429
+            decision = decide(attempt, used + counts, self.config.max_attempts)
+            used += decision.counts
+            await records.send(AttemptRow(job.id, started, _ms(attempt.latency_s), attempt.status_code,
+                                          attempt.error_type, attempt.streamed, _ms(attempt.ttft_s), decision.counts))
+            if decision.verdict is Verdict.SUCCEEDED:
+                await records.send(Outcome(job.id, "succeeded", _answer(attempt)))
+                return
+            if decision.verdict is Verdict.FAILED:
+                await records.send(Outcome(job.id, "failed", _failure(attempt)))
+                return
+            if decision.verdict is Verdict.STOP_RUN:
+                self._stop_for_good(attempt)
+                return
+            self.state.retrying += 1
+            try:
+                with anyio.move_on_after(decision.delay_s):
+                    await self.stop_event.wait()
+            finally:
+                self.state.retrying -= 1
+            if self.state.stopping:
+                return
+
+    def _should_stream(self, payload: dict[str, Any]) -> bool:
+        if self.config.stream is not None:
+            return self.config.stream
+        return int(payload.get("max_tokens") or 0) > STREAM_ABOVE_MAX_TOKENS
+
+    def _tell_pacer(self, attempt: Attempt) -> None:
+        rate = attempt.rate
+        if attempt.status_code == 429:
+            self.pacer.rate_limited_by_server(server_delay(attempt))
+        elif attempt.ok:
+            self.pacer.succeeded()
+        self.pacer.observe(rate.limit, rate.remaining, rate.reset_s)
+
+    # --- stopping ------------------------------------------------------------
+    def _stop_for_good(self, attempt: Attempt) -> None:
+        """The key cannot be used: stop at once, fail nothing."""
+        if self.state.fatal is None:
+            self.state.fatal = attempt.error
+            self.state.fatal_status = attempt.status_code
+        self.state.stopping = True
+        self.pacer.stop()
+        self.stop_event.set()
+        self.work_scope.cancel()
+
+    def request_stop(self) -> None:
+        """Stop claiming, let in-flight requests finish within the grace period."""
+        if self.state.stopping:
+            return
+        self.state.stopping = True
+        self.pacer.stop()
+        self.stop_event.set()
+        self.work_scope.deadline = anyio.current_time() + self.config.grace_s
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self.state.stopping:
+                    done = self.tally.done
+                    print(f"\nbatcher: stopped at once; {done} done are safely stored, "
+                          "the rest resumes on the next run", file=sys.stderr, flush=True)
+                    os._exit(EXIT_INTERRUPTED)
+                print(f"\nbatcher: stopping: waiting up to {self.config.grace_s:g} s for "
+                      f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)",
+                      file=sys.stderr, flush=True)
+                self.request_stop()
+
+    # --- reporting -------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        starts = self.state.starts
+        while starts and starts[0] < now - 60:
+            starts.popleft()
+        span = min(60.0, max(1.0, now - (starts[0] if starts else now)))
+        rate = len(starts) / span * 60 if len(starts) > 1 else 0.0
+        todo = self.left_at_start - self.tally.done
+        done_rate = len(self.tally.done_times) / 60.0 if self.tally.done_times else 0.0
+        recent = [t for t in self.tally.done_times if t >= now - 10]
+        if recent:
+            done_rate = len(recent) / min(10.0, max(1.0, now - recent[0]))
+        eta = todo / done_rate if done_rate > 0 else None
+        return Snapshot(
+            total=self.total, done=self.total - self.left_at_start + self.tally.done,
+            succeeded=self.tally.succeeded, failed=self.tally.failed, retrying=self.state.retrying,
+            in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.rpm, eta_s=eta,
+            input_tokens=self.tally.input_tokens, output_tokens=self.tally.output_tokens,
+            paused_s=self.pacer.paused_for, stopping=self.state.stopping)
+
+    async def _report(self, on_progress: Callable[[Snapshot], None]) -> None:
+        while True:
+            on_progress(self.snapshot())
+            await anyio.sleep(0.5)
+
+    def _summary(self, outcome: str, left: int, elapsed: float) -> RunSummary:
+        message = None
+        if outcome == "stopped":
+            code = EXIT_API_STOPPED
+            error = (self.state.fatal or {}).get("error", {})
+            message = f"the API refused the key (HTTP {self.state.fatal_status}, {error.get('type')}): " \
+                      f"{error.get('message')}"
+        elif outcome == "interrupted":
+            code = EXIT_INTERRUPTED
+        else:
+            code = EXIT_FAILED_JOBS if self.tally.failed or left else EXIT_OK
+        return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
+                          self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
+                          self.tally.output_tokens, message)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _answer(attempt: Attempt) -> dict[str, Any]:
+    message = attempt.message or {}
+    usage = message.get("usage") or {}
+    return {
+        "response": orjson.dumps(message).decode(),
+        "model": message.get("model"),
+        "input_tokens": usage.get("input_tokens"),
+        "output_tokens": usage.get("output_tokens"),
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
+        "latency_ms": _ms(attempt.latency_s),
+        "streamed": attempt.streamed,
+        "ttft_ms": _ms(attempt.ttft_s),
+        "error": None,
+        "error_type": None,
+        "status_code": None,
+    }
+
+
+def _failure(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "error": orjson.dumps(attempt.error).decode() if attempt.error else None,
+        "error_type": attempt.error_type,
+        "status_code": attempt.status_code,
+    }
+
+
+async def run_batch(engine: Engine, batch: Batch, api_key: str, config: RunConfig,
+                    on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
+    """Send every pending job of ``batch``; see :class:`RunSummary`."""
+    return await Runner(engine, batch, api_key, config).run(on_progress)
