@@ -118,7 +118,7 @@ def batches_command(db: str | None) -> None:
     if not found:
         click.echo("no batches yet: batcher import FILE")
     for batch in found:
-        s = batch_status(engine, batch)
+        s = batch_status(engine, batch, detail=False)
         counts = " ".join(f"{k}={s[k]}" for k in ("pending", "running", "succeeded", "failed", "canceled") if s[k])
         click.echo(f"{batch.name}\t{batch.source}\t{s['total']} jobs: {counts or 'none'}\tcreated {_when(batch.created_at)}")
 
@@ -129,9 +129,12 @@ def batches_command(db: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @friendly
 def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
-    """Show a batch's progress: counts by status and totals."""
+    """Show a batch's progress: counts, failures by kind, tokens by model, pace and the live run.
+
+    BATCH may be left out when the store holds a single batch.
+    """
     from .db import open_store
-    from .status import batch_status
+    from .status import batch_status, status_lines
     from .store import find_batch
 
     engine = open_store(db)
@@ -139,10 +142,8 @@ def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status))
         return
-    click.echo(f"batch {status['batch']} ({status['file']}), created {_when(status['created_at'])}")
-    click.echo(f"  {status['total']} jobs: " + ", ".join(
-        f"{status[k]} {k}" for k in ("pending", "running", "succeeded", "failed", "canceled")))
-    click.echo(f"  {status['attempts']} attempts; tokens in {status['input_tokens']}, out {status['output_tokens']}")
+    for line in status_lines(status):
+        click.echo(line)
 
 
 RUN_EPILOG = """\b
@@ -229,6 +230,105 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     for line in lines:
         click.echo(line, err=summary.exit_code not in (0,))
     sys.exit(summary.exit_code)
+
+
+EXPORT_EPILOG = """\b
+Examples:
+  batcher export prompts                        # -> prompts.results.jsonl
+  batcher export prompts --format merged -o answers.jsonl
+  batcher export prompts --only failed -o - | jq .result.error
+
+\b
+Formats, one line per job in input order:
+  results  Anthropic's Message Batches result lines (succeeded/errored/canceled)
+  text     {"custom_id", "status", "text", "stop_reason", "usage", "error"}
+  merged   the input line's object plus "response", "error" and "usage"
+"""
+
+
+@main.command("export", epilog=EXPORT_EPILOG)
+@click.argument("batch", required=False)
+@db_option
+@click.option("-o", "--output", metavar="FILE|-",
+              help="Where to write; - is stdout (default: BATCH.FORMAT.jsonl in the current folder).")
+@click.option("--format", "fmt", type=click.Choice(["results", "text", "merged"]), default="results",
+              show_default=True, help="Line format (see below).")
+@click.option("--only", type=click.Choice(["all", "succeeded", "failed"]), default="all", show_default=True,
+              help="Which finished jobs to write (all includes canceled).")
+@click.option("--include-pending", is_flag=True,
+              help="Also write unfinished jobs (as type pending), so lines align with the input.")
+@friendly
+def export_command(batch: str | None, db: str | None, output: str | None, fmt: str, only: str,
+                   include_pending: bool) -> None:
+    """Write a batch's results as JSONL, in input order, from one consistent snapshot.
+
+    A file is written under a temporary name and renamed when complete, so an
+    interrupted export never leaves a partial file. Safe while a run is going.
+    """
+    import signal
+
+    from .db import open_store
+    from .export import default_output, export_batch
+    from .store import find_batch
+
+    engine = open_store(db)
+    found = find_batch(engine, batch)
+    output = output or default_output(found, fmt)
+    if output == "-":
+        # Behave like other filters when the reader goes away (| head).
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # SIGTERM ends like Ctrl-C: the temporary file is removed on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    written = export_batch(engine, found, output, fmt, only, include_pending)
+    where = "stdout" if output == "-" else output
+    click.echo(f"batch {found.name}: {written} line(s) written to {where} ({fmt})", err=output == "-")
+
+
+@main.command("retry", epilog="Example: batcher retry prompts --error-type overloaded_error --status-code 529")
+@click.argument("batch", required=False)
+@db_option
+@click.option("--error-type", "error_types", multiple=True, metavar="TYPE",
+              help="Only failures of this type, e.g. api_error (repeatable).")
+@click.option("--status-code", "status_codes", multiple=True, type=int, metavar="N",
+              help="Only failures with this HTTP status, e.g. 529 (repeatable).")
+@click.option("--canceled", is_flag=True, help="Bring back canceled jobs instead of failed ones.")
+@friendly
+def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...], status_codes: tuple[int, ...],
+                  canceled: bool) -> None:
+    """Put failed jobs (all, or those matching) back to pending with a fresh attempt budget.
+
+    The next `batcher run` sends them again (a run going now picks them up).
+    `batcher status` lists failures by type and HTTP status.
+    """
+    from .db import open_store
+    from .manage import retry
+    from .store import find_batch
+
+    engine = open_store(db)
+    found = find_batch(engine, batch)
+    n = retry(engine, found, error_types, status_codes, canceled)
+    what = "canceled" if canceled else "failed"
+    hint = f"; send them with: batcher run {found.name}" if n else ""
+    click.echo(f"batch {found.name}: {n} {what} job(s) back to pending{hint}")
+
+
+@main.command("cancel", epilog="Example: batcher cancel prompts")
+@click.argument("batch", required=False)
+@db_option
+@friendly
+def cancel_command(batch: str | None, db: str | None) -> None:
+    """Mark a batch's pending jobs canceled, so no run sends them.
+
+    Jobs already in flight finish. `batcher retry --canceled` brings them back.
+    """
+    from .db import open_store
+    from .manage import cancel
+    from .store import find_batch
+
+    engine = open_store(db)
+    found = find_batch(engine, batch)
+    n = cancel(engine, found)
+    click.echo(f"batch {found.name}: {n} pending job(s) canceled")
 
 
 def _register_simulator() -> None:

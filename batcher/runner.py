@@ -239,7 +239,7 @@ class Runner:
             self.pacer.rate_limited_by_server(server_delay(attempt))
         elif attempt.ok:
             self.pacer.succeeded()
-        self.pacer.observe(rate.limit, rate.remaining, rate.reset_s)
+        self.pacer.observe(rate.remaining, rate.reset_s)
 
     # --- stopping ------------------------------------------------------------
     def _stop_for_good(self, attempt: Attempt) -> None:

@@ -104,10 +104,12 @@ def serve(config: SimConfig, *, out: Any = None) -> None:
     """Run in the foreground until SIGINT or SIGTERM; returns cleanly on either."""
     out = out or sys.stdout
     _quiet_uvicorn()
-    previous = signal.getsignal(signal.SIGTERM)
-    # uvicorn re-raises the signal that stopped it once it is done; make
-    # SIGTERM arrive as KeyboardInterrupt so both end here, quietly.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # uvicorn re-raises the signal that stopped it once it is done; make both
+    # signals arrive as KeyboardInterrupt (even if inherited as ignored) so
+    # either ends here, quietly.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, signal.default_int_handler)
     try:
         sock = _bind(config.host, config.port)
         url = _url(config.host, sock.getsockname()[1])
@@ -121,7 +123,8 @@ def serve(config: SimConfig, *, out: Any = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Client:

@@ -1,0 +1,54 @@
+"""Changing which jobs a run will send: retrying failures, cancelling the rest.
+
+Both are single UPDATEs in one write transaction, so they are safe while a
+run is going: a run claims only ``pending`` jobs, so retried jobs are picked
+up by it and cancelled ones are no longer claimed. The ``attempts`` table is
+never touched: the history of what was tried stays for status and analysis.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from sqlalchemy import Engine
+
+from .db import write
+from .errors import UsageError
+from .schema import jobs
+from .store import Batch
+
+
+def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_codes: Iterable[int] = (),
+          canceled: bool = False) -> int:
+    """Put failed jobs (or, with ``canceled``, cancelled ones) back to pending.
+
+    ``error_types`` and ``status_codes`` narrow the failed jobs chosen (any of
+    the types, and any of the codes). Chosen jobs get a fresh attempt budget
+    and lose their last error. Returns how many jobs were put back.
+    """
+    error_types, status_codes = tuple(error_types), tuple(status_codes)
+    if canceled and (error_types or status_codes):
+        raise UsageError("--error-type and --status-code choose failed jobs; they do not combine with --canceled")
+    query = jobs.update().where(jobs.c.batch_id == batch.id, jobs.c.status == ("canceled" if canceled else "failed"))
+    if error_types:
+        query = query.where(jobs.c.error_type.in_(error_types))
+    if status_codes:
+        query = query.where(jobs.c.status_code.in_(status_codes))
+    query = query.values(status="pending", attempts=0, error=None, error_type=None, status_code=None,
+                         finished_at=None, updated_at=time.time())
+    with write(engine) as conn:
+        return conn.execute(query).rowcount
+
+
+def cancel(engine: Engine, batch: Batch) -> int:
+    """Mark the batch's pending jobs canceled; jobs already in flight finish.
+
+    Returns how many jobs were cancelled; ``retry(..., canceled=True)``
+    brings them back.
+    """
+    now = time.time()
+    query = (jobs.update().where(jobs.c.batch_id == batch.id, jobs.c.status == "pending")
+             .values(status="canceled", finished_at=now, updated_at=now))
+    with write(engine) as conn:
+        return conn.execute(query).rowcount
