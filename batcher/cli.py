@@ -297,7 +297,7 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
                   canceled: bool) -> None:
     """Put failed jobs (all, or those matching) back to pending with a fresh attempt budget.
 
-    The next `batcher run` sends them again (a run going now picks them up).
+    The next `batcher run` sends them again (a run going now may pick them up too).
     `batcher status` lists failures by type and HTTP status.
     """
     from .db import open_store

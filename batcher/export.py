@@ -80,7 +80,11 @@ def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
 
 
 def error_parts(stored: str | None, error_type: str | None) -> tuple[str, str, str | None]:
-    """(type, message, request_id) of a stored error, whatever shape it came in."""
+    """(type, message, request_id) of a stored error, whatever shape it came in.
+
+    The type is the job's ``error_type`` column when set (what status and
+    retry group by), else the one inside the stored error.
+    """
     etype, message, request_id = error_type, None, None
     try:
         obj = _loads(stored) if stored else None
@@ -90,14 +94,16 @@ def error_parts(stored: str | None, error_type: str | None) -> tuple[str, str, s
     if isinstance(obj, dict):
         inner = obj.get("error")
         if isinstance(inner, dict):
-            etype = inner.get("type") if isinstance(inner.get("type"), str) else etype
+            if not etype and isinstance(inner.get("type"), str):
+                etype = inner["type"]
             message = inner.get("message")
         elif isinstance(inner, str):
             message = inner
         rid = obj.get("request_id")
         request_id = rid if isinstance(rid, str) else None
     if not isinstance(message, str):
-        message = stored if stored and obj is None else ("" if message is None else str(message))
+        # No message where Anthropic puts one: keep what was said, as said.
+        message = str(message) if message is not None else (stored or "")
     return etype or "api_error", message, request_id
 
 

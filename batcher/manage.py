@@ -1,9 +1,10 @@
 """Changing which jobs a run will send: retrying failures, cancelling the rest.
 
 Both are single UPDATEs in one write transaction, so they are safe while a
-run is going: a run claims only ``pending`` jobs, so retried jobs are picked
-up by it and cancelled ones are no longer claimed. The ``attempts`` table is
-never touched: the history of what was tried stays for status and analysis.
+run is going: a run claims only ``pending`` jobs, so cancelled ones are no
+longer claimed, and retried ones are sent by the next run (or by the current
+one, if it is still claiming). The ``attempts`` table is never touched: the
+history of what was tried stays for status and analysis.
 """
 
 from __future__ import annotations

@@ -1,0 +1,151 @@
+"""Retry and cancel: which jobs move, what is reset, what is kept; the commands; retry then run."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from batcher.errors import UsageError
+from batcher.manage import cancel, retry
+from batcher.schema import attempts, jobs
+
+from batchdata import mixed_batch, statuses
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> tuple[Any, Any, str]:
+    return mixed_batch(tmp_path)
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batcher", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def job(engine: Any, custom_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(select(jobs).where(jobs.c.custom_id == custom_id)).one()
+
+
+def attempt_rows(engine: Any) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(attempts)).scalar_one()
+
+
+def test_retry_all_failed_resets_budget_and_error_keeps_history(mixed: Any) -> None:
+    engine, batch, _ = mixed
+    before = attempt_rows(engine)
+    assert retry(engine, batch) == 3
+    now = statuses(engine, batch)
+    assert [k for k, v in sorted(now.items()) if v == "pending"] == ["job-3", "job-6", "job-7", "job-9"]
+    assert now["job-4"] == "canceled" and now["job-10"] == "running" and now["job-1"] == "succeeded"
+    row = job(engine, "job-6")
+    assert (row.attempts, row.error, row.error_type, row.status_code, row.finished_at) == (0, None, None, None, None)
+    assert attempt_rows(engine) == before
+    assert retry(engine, batch) == 0
+
+
+@pytest.mark.parametrize("options, moved", [
+    ({"error_types": ["overloaded_error"]}, ["job-6"]),
+    ({"status_codes": [400]}, ["job-3"]),
+    ({"error_types": ["overloaded_error", "connection_error"]}, ["job-6", "job-9"]),
+    ({"status_codes": [400, 529]}, ["job-3", "job-6"]),
+    ({"error_types": ["overloaded_error"], "status_codes": [400]}, []),
+    ({"error_types": ["invalid_request_error"], "status_codes": [400]}, ["job-3"]),
+])
+def test_retry_filters(mixed: Any, options: dict[str, Any], moved: list[str]) -> None:
+    engine, batch, _ = mixed
+    before = statuses(engine, batch)
+    assert retry(engine, batch, **options) == len(moved)
+    after = statuses(engine, batch)
+    assert sorted(k for k in after if after[k] != before[k]) == moved
+    assert all(after[k] == "pending" for k in moved)
+
+
+def test_retry_canceled(mixed: Any) -> None:
+    engine, batch, _ = mixed
+    assert retry(engine, batch, canceled=True) == 1
+    assert statuses(engine, batch)["job-4"] == "pending" and job(engine, "job-4").finished_at is None
+    assert statuses(engine, batch)["job-3"] == "failed"
+    with pytest.raises(UsageError, match="do not combine with --canceled"):
+        retry(engine, batch, error_types=["api_error"], canceled=True)
+
+
+def test_cancel_marks_only_pending_jobs(mixed: Any) -> None:
+    engine, batch, _ = mixed
+    assert cancel(engine, batch) == 1
+    now = statuses(engine, batch)
+    assert now["job-7"] == "canceled" and now["job-10"] == "running" and now["job-3"] == "failed"
+    assert job(engine, "job-7").finished_at is not None
+    assert cancel(engine, batch) == 0
+    assert retry(engine, batch, canceled=True) == 2  # job-4 and job-7
+    assert statuses(engine, batch)["job-7"] == "pending"
+
+
+def test_cli_retry_and_cancel(mixed: Any) -> None:
+    engine, batch, db = mixed
+    done = cli("retry", "--db", db, "--error-type", "overloaded_error")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("batch b: 1 failed job(s) back to pending; send them with: batcher run b")
+    done = cli("retry", "b", "--db", db, "--status-code", "400", "--status-code", "529")
+    assert "1 failed job(s) back to pending" in done.stdout
+    done = cli("cancel", "b", "--db", db)
+    assert done.returncode == 0 and done.stdout.strip() == "batch b: 3 pending job(s) canceled"
+    done = cli("retry", "b", "--db", db, "--canceled")
+    assert done.stdout.startswith("batch b: 4 canceled job(s) back to pending")
+    done = cli("retry", "b", "--db", db)
+    assert done.returncode == 0 and done.stdout.strip() == "batch b: 1 failed job(s) back to pending; send them " \
+        "with: batcher run b"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["retry", "nope"], "batcher: error: no batch named 'nope'"),
+    (["cancel", "nope"], "batcher: error: no batch named 'nope'"),
+    (["retry", "b", "--canceled", "--error-type", "api_error"], "batcher: error: --error-type and --status-code"),
+    (["retry", "b", "--status-code", "abc"], "Invalid value for '--status-code'"),
+])
+def test_cli_errors_exit_2(mixed: Any, args: list[str], message: str) -> None:
+    _, _, db = mixed
+    done = cli(*args, "--db", db)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    if message.startswith("batcher: error"):
+        assert len(done.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["retry", "cancel", "status", "export"])
+def test_help_has_an_example(command: str) -> None:
+    done = cli(command, "--help")
+    assert done.returncode == 0 and "Example" in done.stdout
+
+
+# -- end to end: retry, then a real run against the simulator ----------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("batcher.runner") is None, reason="the runner is not there yet")
+def test_retry_then_run_completes_the_failures_against_the_simulator(mixed: Any, simulator: Any) -> None:
+    engine, batch, db = mixed
+    env = {**os.environ, "POE_API_KEY": "test"}
+    assert cli("cancel", "b", "--db", db).returncode == 0  # job-7; job-10 is left running by a dead run
+    assert cli("retry", "b", "--db", db).returncode == 0  # job-3, job-6, job-9
+    assert cli("retry", "b", "--db", db, "--canceled").returncode == 0  # job-4, job-7
+    done = cli("run", "b", "--db", db, "--base-url", simulator.base_url, "--quiet", env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(statuses(engine, batch).values()) == {"succeeded"}
+    # Only the six unfinished jobs were sent: answers already stored are kept.
+    assert simulator.stats()["succeeded"] == 6
+    out = cli("export", "b", "--db", db, "-o", "-", "--format", "text")
+    lines = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert [o["custom_id"] for o in lines] == [f"job-{i}" for i in range(1, 11)]
+    assert all(o["status"] == "succeeded" and o["text"] for o in lines)
+    # The retried jobs' answers come from the simulator; the earlier ones are kept.
+    assert lines[0]["text"] == "Answer to job-1."
+    assert lines[2]["text"] != "Answer to job-3." and "Question 3?" in lines[2]["text"]
+    assert job(engine, "job-6").attempts >= 1 and job(engine, "job-6").error is None

@@ -1,0 +1,191 @@
+"""Batch status: counts, attempts, failures by kind, tokens by model, pace, the live run, streaming medians."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batcher.db import write
+from batcher.importer import import_file
+from batcher.schema import runs
+from batcher.status import batch_status, status_lines
+from batcher.store import find_batch
+
+from batchdata import DEFAULTS, fail, make_batch, message, mixed_batch, set_status, succeed, write_job_file
+
+OLD_KEYS = ("batch", "file", "created_at", "total", "pending", "running", "succeeded", "failed", "canceled",
+            "attempts", "input_tokens", "output_tokens")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batcher", *args], capture_output=True, text=True, timeout=60)
+
+
+def add_run(engine: Any, batch: Any, heartbeat_ago: float = 2.0, ended: bool = False, pid: int = 4242) -> None:
+    now = time.time()
+    with write(engine) as conn:
+        conn.execute(runs.insert().values(batch_id=batch.id, pid=pid, host=socket.gethostname(), started_at=now - 600,
+                                          heartbeat_at=now - heartbeat_ago, ended_at=now if ended else None,
+                                          outcome="completed" if ended else None, rpm=500))
+
+
+def test_fresh_batch(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 3)
+    s = batch_status(engine, batch)
+    assert all(k in s for k in OLD_KEYS)
+    assert (s["total"], s["pending"], s["attempts"], s["attempts_made"]) == (3, 3, 0, 0)
+    assert s["models"] == [] and s["failures"] == []
+    assert s["started_at"] is s["ended_at"] is s["achieved_rpm"] is s["run"] is s["streaming"] is None
+    json.dumps(s)
+
+
+def test_counts_attempts_failures_and_tokens(tmp_path: Path) -> None:
+    engine, batch, _ = mixed_batch(tmp_path)
+    succeed(engine, batch, "job-7", failed_before=2)  # two 529s, then an answer
+    fail(engine, batch, "job-10", "overloaded_error", 529, "Overloaded (again)", tries=6)
+    s = batch_status(engine, batch)
+    assert {k: s[k] for k in ("total", "pending", "running", "succeeded", "failed", "canceled")} == {
+        "total": 10, "pending": 0, "running": 0, "succeeded": 5, "failed": 4, "canceled": 1}
+    # 4 answers + 3 for job-7 + 1 + 6 + 6 + 6 failures' attempts
+    assert s["attempts_made"] == 4 + 3 + 1 + 6 + 6 + 6
+    assert s["attempts"] == 4 + 3 + 1 + 6 + 6 + 6
+    assert s["input_tokens"] == 5 * 12 and s["output_tokens"] == 5 * 30
+    assert s["failures"] == [
+        {"error_type": "overloaded_error", "status_code": 529, "count": 2, "example": "Overloaded"},
+        {"error_type": "connection_error", "status_code": None, "count": 1, "example": "Connection reset by peer"},
+        {"error_type": "invalid_request_error", "status_code": 400, "count": 1,
+         "example": "max_tokens: must be positive"},
+    ]
+
+
+def test_failure_examples_from_odd_error_bodies(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 2)
+    fail(engine, batch, "job-1", "api_error", 502, stored="<html>502 Bad Gateway</html>")
+    fail(engine, batch, "job-2", "invalid_request_error", 400, stored='{"error": {"message": "bad", "code": 1}}')
+    examples = {f["status_code"]: f["example"] for f in batch_status(engine, batch)["failures"]}
+    assert examples == {502: "<html>502 Bad Gateway</html>", 400: "bad"}
+
+
+def test_tokens_by_model(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 4)
+    succeed(engine, batch, "job-1", msg=message("job-1", model="claude-sonnet-4-5-20250929", tokens=(100, 10),
+                                                 cache=(50, 0)))
+    for i in (2, 3):
+        succeed(engine, batch, f"job-{i}", msg=message(f"job-{i}", tokens=(10, 20), cache=(0, 7)))
+    s = batch_status(engine, batch)
+    assert s["models"] == [
+        {"model": "claude-haiku-4-5-20251001", "succeeded": 2, "input_tokens": 20, "output_tokens": 40,
+         "cache_creation_input_tokens": 0, "cache_read_input_tokens": 14},
+        {"model": "claude-sonnet-4-5-20250929", "succeeded": 1, "input_tokens": 100, "output_tokens": 10,
+         "cache_creation_input_tokens": 50, "cache_read_input_tokens": 0},
+    ]
+    assert (s["input_tokens"], s["output_tokens"]) == (120, 50)
+    assert (s["cache_creation_input_tokens"], s["cache_read_input_tokens"]) == (50, 14)
+    assert len(batch_status(engine, batch, detail=False)) == len(OLD_KEYS) + 2
+
+
+def test_start_end_and_achieved_rate(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 3)
+    succeed(engine, batch, "job-1", started_at=1000.0, latency_ms=1000)
+    succeed(engine, batch, "job-2", started_at=1030.0, latency_ms=1000)
+    s = batch_status(engine, batch)
+    assert s["started_at"] == 1000.0 and s["ended_at"] is None  # job-3 still pending
+    succeed(engine, batch, "job-3", started_at=1059.0, latency_ms=1000)
+    s = batch_status(engine, batch)
+    assert s["ended_at"] == 1060.0
+    assert s["achieved_rpm"] == 3.0  # 3 requests between 1000 and 1060
+    assert s["run"] is None
+
+
+def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 10)
+    now = time.time()
+    succeed(engine, batch, "job-1", started_at=now - 3600)  # long ago: not in the current rate
+    for i, ago in ((2, 50), (3, 30), (4, 10)):
+        succeed(engine, batch, f"job-{i}", started_at=now - ago, latency_ms=500)
+    set_status(engine, batch, "job-5", "running")
+    assert batch_status(engine, batch)["run"] is None
+    add_run(engine, batch, heartbeat_ago=40)  # dead: heartbeat too old
+    add_run(engine, batch, ended=True)  # over
+    assert batch_status(engine, batch)["run"] is None
+    add_run(engine, batch, heartbeat_ago=3, pid=777)
+    s = batch_status(engine, batch)
+    run = s["run"]
+    assert run["pid"] == 777 and run["host"] == socket.gethostname()
+    assert run["current_rpm"] == 3 and run["in_flight"] == 1
+    assert run["eta_s"] == pytest.approx(6 / 3 * 60)  # 5 pending + 1 running at 3 per minute
+    assert s["ended_at"] is None
+    line = next(x for x in status_lines(s) if x.strip().startswith("running"))
+    assert "pid 777" in line and "3 requests/min now" in line and "1 in flight" in line and "ETA 2m 00s" in line
+
+
+def test_streaming_medians_only_successful_streamed_attempts(tmp_path: Path) -> None:
+    engine, batch, _ = make_batch(tmp_path, 7)
+    for i, (ttft, took) in enumerate([(100, 1000), (300, 4000), (200, 2000), (900, 3000)], start=1):
+        succeed(engine, batch, f"job-{i}", streamed=True, ttft_ms=ttft, latency_ms=took)
+    succeed(engine, batch, "job-5", streamed=False, latency_ms=99999)
+    s = batch_status(engine, batch)
+    assert s["streaming"] == {"streamed": 4, "median_ttft_ms": 250.0, "median_duration_ms": 2500.0}
+    succeed(engine, batch, "job-6", streamed=True, ttft_ms=50, latency_ms=500)
+    s = batch_status(engine, batch)
+    assert s["streaming"] == {"streamed": 5, "median_ttft_ms": 200.0, "median_duration_ms": 2000.0}
+    assert any("median first token 200 ms, median duration 2.0 s" in x for x in status_lines(s))
+
+
+def test_no_streaming_line_without_streamed_answers(tmp_path: Path) -> None:
+    engine, batch, _ = mixed_batch(tmp_path)
+    s = batch_status(engine, batch)
+    assert s["streaming"] is None
+    labels = [line.split()[0] for line in status_lines(s)[1:] if line[2] != " "]
+    assert labels == ["jobs", "attempts", "tokens", "failures", "timing"]
+    text = "\n".join(status_lines(s))
+    assert "failures" in text and "overloaded_error (HTTP 529), e.g. 'Overloaded'" in text
+    assert "no HTTP status" in text
+
+
+def test_other_batches_do_not_leak_in(tmp_path: Path) -> None:
+    engine, first, db = make_batch(tmp_path, 2, name="first")
+    (tmp_path / "two").mkdir()
+    import_file(engine, str(write_job_file(tmp_path / "two" / "second.jsonl", [1, 2, 3])), "second", DEFAULTS)
+    second = find_batch(engine, "second")
+    succeed(engine, first, "job-1", streamed=True, ttft_ms=100)
+    fail(engine, second, "job-1", tries=3)
+    succeed(engine, second, "job-2", streamed=True, ttft_ms=900)
+    a, b = batch_status(engine, first), batch_status(engine, second)
+    assert (a["attempts_made"], b["attempts_made"]) == (1, 4)
+    assert a["streaming"]["median_ttft_ms"] == 100 and b["streaming"]["median_ttft_ms"] == 900
+    assert a["failures"] == [] and b["failures"][0]["count"] == 1
+
+
+def test_cli_text_and_json(tmp_path: Path) -> None:
+    engine, batch, db = mixed_batch(tmp_path)
+    done = cli("status", "--db", db)
+    assert done.returncode == 0, done.stderr
+    labels = [line.split()[0] for line in done.stdout.splitlines()[1:] if line[2] != " "]
+    assert labels == ["jobs", "attempts", "tokens", "failures", "timing"]
+    assert "10: 1 pending, 1 running, 4 succeeded, 3 failed, 1 canceled" in done.stdout
+    done = cli("status", "b", "--db", db, "--json")
+    assert done.returncode == 0 and len(done.stdout.strip().splitlines()) == 1
+    s = json.loads(done.stdout)
+    assert set(s) == set(batch_status(engine, batch))
+    assert (s["failed"], s["attempts_made"], len(s["failures"]), s["models"][0]["succeeded"]) == (3, 17, 3, 4)
+    done = cli("batches", "--db", db)
+    assert done.returncode == 0 and "pending=1" in done.stdout
+
+
+def test_cli_unknown_batch_is_one_line(tmp_path: Path) -> None:
+    _, _, db = make_batch(tmp_path, 1)
+    done = cli("status", "nope", "--db", db)
+    assert done.returncode == 2
+    assert done.stderr.startswith("batcher: error: no batch named 'nope'") and len(done.stderr.splitlines()) == 1
+    done = cli("status", "--db", str(tmp_path / "missing" / "x.db"))
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert os.path.exists(db)
