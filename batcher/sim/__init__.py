@@ -1,32 +1,35 @@
 """A local imitation of Poe's Anthropic-compatible Messages API, for trying batcher without a key and for tests.
 
-Self-contained: it imports nothing from the rest of batcher. The app and its
-config need only orjson; the runners (``serve``, ``SimulatorThread``,
-``SimulatorProcess``) need uvicorn, from the ``sim`` extra, and load on first use.
+Self-contained: it imports nothing from the rest of batcher. Names load on
+first use, so registering the ``simulate`` command costs the CLI nothing;
+the app needs only orjson, the runners (``serve``, ``SimulatorThread``,
+``SimulatorProcess``) need uvicorn from the ``sim`` extra.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-from batcher.sim.app import SimApp, SimConfig, create_app
+if TYPE_CHECKING:
+    from batcher.sim.app import SimApp, SimConfig, create_app
+    from batcher.sim.server import SimulatorProcess, SimulatorThread, serve, start_in_thread
 
-__all__ = [
-    "SimApp",
-    "SimConfig",
-    "SimulatorProcess",
-    "SimulatorThread",
-    "create_app",
-    "serve",
-    "start_in_thread",
-]
+_WHERE = {
+    "SimApp": "app",
+    "SimConfig": "app",
+    "create_app": "app",
+    "serve": "server",
+    "SimulatorThread": "server",
+    "SimulatorProcess": "server",
+    "start_in_thread": "server",
+}
 
-_LAZY = {"serve", "SimulatorThread", "SimulatorProcess", "start_in_thread"}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from batcher.sim import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module 'batcher.sim' has no attribute {name!r}")
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batcher.sim' has no attribute {name!r}")
+    return getattr(import_module(f"batcher.sim.{module}"), name)

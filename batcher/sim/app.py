@@ -16,14 +16,14 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
 
 from batcher.sim.answers import RequestError, build_message, last_user_text, request_digest, stream_events, validate
-from batcher.sim.faults import HTML_502, FaultPlan, directives, error_message, error_type
-from batcher.sim.limits import SlidingWindow, Stats
+from batcher.sim.faults import HTML_502, Fault, FaultPlan, directives, error_message, error_type, parse_fail_status
+from batcher.sim.limits import SlidingWindow, Stats, format_seconds
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,27 +47,6 @@ def parse_latency(value: Any) -> tuple[float, float]:
     if lo < 0 or hi < lo:
         raise ValueError(f"latency needs 0 <= MIN <= MAX, got {lo}:{hi}")
     return lo, hi
-
-
-def parse_fail_status(value: Mapping[int, float] | Iterable[str] | None) -> dict[int, float]:
-    """``{503: 0.1}`` or ``["503=0.1", ...]`` -> {status: probability}."""
-    if not value:
-        return {}
-    if isinstance(value, Mapping):
-        items = [(int(k), float(v)) for k, v in value.items()]
-    else:
-        items = []
-        for item in value:
-            code, sep, p = str(item).partition("=")
-            if not sep:
-                raise ValueError(f"fail-status must be CODE=P, got {item!r}")
-            items.append((int(code), float(p)))
-    for code, p in items:
-        if not 400 <= code <= 599:
-            raise ValueError(f"fail-status code must be 400..599, got {code}")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"fail-status probability must be within 0..1, got {p}")
-    return dict(items)
 
 
 @dataclass
@@ -145,13 +124,6 @@ def _mask(key: str) -> str:
     return key[:4] + "..." + key[-4:] if len(key) > 12 else "***"
 
 
-def _seconds(value: float) -> str:
-    """Seconds as a decimal, rounded up to the millisecond so waiting that long suffices."""
-    if value <= 0:
-        return "0"
-    return f"{math.ceil(value * 1000) / 1000:.3f}"
-
-
 class SimApp:
     """ASGI app answering ``POST /v1/messages``, ``GET /stats`` and ``POST /stats/reset``."""
 
@@ -214,7 +186,7 @@ class SimApp:
     def _error_body(status: int, message: str, rid: str) -> dict[str, Any]:
         return {"type": "error", "error": {"type": error_type(status), "message": message}, "request_id": rid}
 
-    async def _json(self, send: Send, status: int, data: Any, headers: Headers | None = None) -> None:
+    async def _json(self, send: Send, status: int, data: Any) -> None:
         body = orjson.dumps(data)
         rid = data.get("request_id") if isinstance(data, dict) else None
         await send(
@@ -225,7 +197,6 @@ class SimApp:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"request-id", (rid or self._rid()).encode()),
-                    *(headers or ()),
                 ],
             }
         )
@@ -238,11 +209,11 @@ class SimApp:
             (b"request-id", rid.encode()),
             (b"x-ratelimit-limit-requests", str(self.limiter.limit).encode()),
             (b"x-ratelimit-remaining-requests", str(verdict.remaining).encode()),
-            (b"x-ratelimit-reset-requests", _seconds(verdict.reset).encode()),
+            (b"x-ratelimit-reset-requests", format_seconds(verdict.reset).encode()),
         ]
         if retry_after is not None and self.config.retry_after:
             retry_after = max(retry_after, 0.001)
-            headers.append((b"retry-after", _seconds(retry_after).encode()))
+            headers.append((b"retry-after", format_seconds(retry_after).encode()))
             headers.append((b"retry-after-ms", str(math.ceil(retry_after * 1000)).encode()))
         return headers
 
@@ -251,10 +222,11 @@ class SimApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def _fail(
-        self, send: Send, status: int, message: str, key: str, rid: str, retry_after: float | None = None
+        self, send: Send, status: int, message: str, req: _Request, retry_after: float | None = None
     ) -> int:
-        body = orjson.dumps(self._error_body(status, message, rid))
-        headers = self._headers(key, rid, retry_after)
+        """Answer with an Anthropic-format error; returns the status for the log."""
+        body = orjson.dumps(self._error_body(status, message, req.rid))
+        headers = self._headers(req.key, req.rid, retry_after)
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await self._start(send, status, headers)
         await send({"type": "http.response.body", "body": body})
@@ -290,21 +262,20 @@ class SimApp:
                 version = value
         raw = await _read_body(receive)
         key = req.key = api_key or bearer or ""
-        rid = req.rid
         cfg = self.config
 
         if not key:
             msg = "Missing API key: send x-api-key or Authorization: Bearer"
-            return await self._fail(send, 401, msg, key, rid)
+            return await self._fail(send, 401, msg, req)
         if cfg.key is not None and key != cfg.key:
-            return await self._fail(send, 401, "Invalid API key", key, rid)
+            return await self._fail(send, 401, "Invalid API key", req)
         if not version:
-            return await self._fail(send, 400, "anthropic-version: header is required", key, rid)
+            return await self._fail(send, 400, "anthropic-version: header is required", req)
         if len(raw) > MAX_BODY:
-            return await self._fail(send, 413, error_message(413), key, rid)
+            return await self._fail(send, 413, error_message(413), req)
         if cfg.points is not None:
             if self._points_used.get(key, 0) + self._points_held.get(key, 0) >= cfg.points:
-                return await self._fail(send, 402, error_message(402), key, rid)
+                return await self._fail(send, 402, error_message(402), req)
             self._points_held[key] = self._points_held.get(key, 0) + 1
             req.holds_point = True
 
@@ -312,15 +283,15 @@ class SimApp:
         if not verdict.allowed:
             self.stats.rate_limited += 1
             msg = f"Rate limit exceeded: {cfg.rpm} requests per {cfg.window:g}s"
-            return await self._fail(send, 429, msg, key, rid, retry_after=verdict.reset)
+            return await self._fail(send, 429, msg, req, retry_after=verdict.reset)
         self.stats.admit(now)
 
         try:
             body = validate(orjson.loads(raw))
         except orjson.JSONDecodeError as exc:
-            return await self._fail(send, 400, f"Request body is not valid JSON: {exc}", key, rid)
+            return await self._fail(send, 400, f"Request body is not valid JSON: {exc}", req)
         except RequestError as exc:
-            return await self._fail(send, 400, str(exc), key, rid)
+            return await self._fail(send, 400, str(exc), req)
 
         stream = body.get("stream") is True
         forced, extra_sleep = directives(last_user_text(body))
@@ -330,7 +301,7 @@ class SimApp:
             if delay:
                 await asyncio.sleep(delay)
             retry = cfg.window / cfg.rpm if forced == 429 else None
-            return await self._fail(send, forced, error_message(forced), key, rid, retry)
+            return await self._fail(send, forced, error_message(forced), req, retry)
 
         fault = self.faults.decide(raw, stream)
         if fault is not None:
@@ -342,21 +313,17 @@ class SimApp:
                 if delay:
                     await asyncio.sleep(delay)
                 if fault.kind == "html":
-                    headers = self._headers(key, rid)
+                    headers = self._headers(key, req.rid)
                     headers += [(b"content-type", b"text/html"), (b"content-length", str(len(HTML_502)).encode())]
                     await self._start(send, 502, headers)
                     await send({"type": "http.response.body", "body": HTML_502})
                     return 502
                 retry = cfg.window / cfg.rpm if fault.status == 429 else None
-                return await self._fail(send, fault.status, error_message(fault.status), key, rid, retry)
+                return await self._fail(send, fault.status, error_message(fault.status), req, retry)
 
         message = build_message(body, request_digest(body))
-        kind = fault.kind if fault else None
-        if stream:
-            ok = await self._send_stream(send, message, key, rid, delay, kind, fault.fraction if fault else 0.0)
-        else:
-            ok = await self._send_message(send, message, key, rid, delay, kind, fault.fraction if fault else 0.0)
-        if ok:
+        sender = self._send_stream if stream else self._send_message
+        if await sender(send, message, req, delay, fault):
             self.stats.succeeded += 1
             self.stats.input_tokens += message["usage"]["input_tokens"]
             self.stats.output_tokens += message["usage"]["output_tokens"]
@@ -365,13 +332,15 @@ class SimApp:
         return 200
 
     async def _send_message(
-        self, send: Send, message: dict[str, Any], key: str, rid: str, delay: float, kind: str | None, frac: float
+        self, send: Send, message: dict[str, Any], req: _Request, delay: float, fault: Fault | None
     ) -> bool:
+        """Send the answer; True if it was delivered whole (not cut or garbled)."""
+        kind, frac = (fault.kind, fault.fraction) if fault else (None, 0.0)
         payload = orjson.dumps(message)
         if delay:
             await asyncio.sleep(delay)
         cut = 1 + int(frac * (len(payload) - 2))
-        headers = self._headers(key, rid)
+        headers = self._headers(req.key, req.rid)
         headers.append((b"content-type", b"application/json"))
         if kind == "bad_json":
             payload = payload[:cut]
@@ -385,8 +354,10 @@ class SimApp:
         return kind is None
 
     async def _send_stream(
-        self, send: Send, message: dict[str, Any], key: str, rid: str, delay: float, kind: str | None, frac: float
+        self, send: Send, message: dict[str, Any], req: _Request, delay: float, fault: Fault | None
     ) -> bool:
+        """Stream the answer as SSE, the latency spread over the events; True if delivered whole."""
+        kind, frac = (fault.kind, fault.fraction) if fault else (None, 0.0)
         events = stream_events(message)
         if kind == "bad_json":
             events = [b'event: message_start\ndata: {"type": "message_start", "message": {"id": "\n\n']
@@ -398,7 +369,7 @@ class SimApp:
                 events.append(b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
         if delay:
             await asyncio.sleep(delay * 0.25)
-        headers = self._headers(key, rid)
+        headers = self._headers(req.key, req.rid)
         headers += [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
         await self._start(send, 200, headers)
         if delay:

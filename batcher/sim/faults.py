@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from typing import Mapping, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 # Anthropic error type for each HTTP status the simulator can answer with.
 ERROR_TYPES: dict[int, str] = {
@@ -80,6 +80,27 @@ def directives(text: str) -> tuple[int | None, float]:
         status = int(m.group(1))
     m = _SLEEP_DIRECTIVE.search(text)
     return status, float(m.group(1)) if m else 0.0
+
+
+def parse_fail_status(value: Mapping[int, float] | Iterable[str] | None) -> dict[int, float]:
+    """``{503: 0.1}`` or ``["503=0.1", ...]`` -> {status: probability}."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        items = [(int(k), float(v)) for k, v in value.items()]
+    else:
+        items = []
+        for item in value:
+            code, sep, p = str(item).partition("=")
+            if not sep:
+                raise ValueError(f"fail-status must be CODE=P, got {item!r}")
+            items.append((int(code), float(p)))
+    for code, p in items:
+        if not 400 <= code <= 599:
+            raise ValueError(f"fail-status code must be 400..599, got {code}")
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"fail-status probability must be within 0..1, got {p}")
+    return dict(items)
 
 
 class Fault(NamedTuple):

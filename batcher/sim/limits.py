@@ -7,10 +7,18 @@ documented.
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
 from collections import Counter, deque
 from typing import Any, NamedTuple
+
+
+def format_seconds(value: float) -> str:
+    """Seconds as a decimal, rounded up to the millisecond so waiting that long suffices."""
+    if value <= 0:
+        return "0"
+    return f"{math.ceil(value * 1000) / 1000:.3f}"
 
 
 class Verdict(NamedTuple):

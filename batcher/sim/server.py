@@ -58,15 +58,17 @@ def ready_line(base_url: str, config: SimConfig) -> str:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say
+    # so, and without it small responses wait ~40 ms for delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -82,12 +84,49 @@ class _Server(uvicorn.Server):
         self._on_ready = on_ready
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
         await super().startup(sockets=sockets)
         if self.started and self._on_ready is not None:
             self._on_ready()
 
+    async def main_loop(self) -> None:
+        # uvicorn polls should_exit every 0.1 s; waking on an event makes stops immediate.
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            try:
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
 
-def _uvicorn_config(app: SimApp, verbose: bool, graceful: float) -> uvicorn.Config:
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self.force_exit:
+            await super().shutdown(sockets=sockets)
+            return
+        # Forced stop (tests): no grace period, in-flight requests are cancelled.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        for task in list(self.server_state.tasks):
+            task.cancel()
+        await asyncio.sleep(0)
+
+    def wake(self) -> None:
+        """Ask the server to stop now, from any thread."""
+        self.should_exit = True
+        loop = getattr(self, "_loop", None)
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # loop already closed
+                pass
+
+
+def _uvicorn_config(app: SimApp, graceful: float) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         lifespan="off",
@@ -118,7 +157,7 @@ def serve(config: SimConfig, *, out: Any = None) -> None:
         def announce() -> None:
             print(ready_line(url, config), file=out, flush=True)
 
-        server = _Server(_uvicorn_config(app, config.verbose, graceful=1.0), on_ready=announce)
+        server = _Server(_uvicorn_config(app, graceful=1.0), on_ready=announce)
         server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
@@ -164,7 +203,7 @@ class SimulatorThread(_Client):
         self.port = sock.getsockname()[1]
         self.base_url = _url(self.config.host, self.port)
         ready = threading.Event()
-        self._server = _Server(_uvicorn_config(self.app, self.config.verbose, graceful=0.2), on_ready=ready.set)
+        self._server = _Server(_uvicorn_config(self.app, graceful=0.2), on_ready=ready.set)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name=f"batcher-sim-{self.port}", daemon=True
         )
@@ -177,8 +216,8 @@ class SimulatorThread(_Client):
     def stop(self, timeout: float = 10.0) -> None:
         """Stop serving; requests still in flight are cut off."""
         if self._server is not None:
-            self._server.should_exit = True
             self._server.force_exit = True
+            self._server.wake()
         if self._thread is not None:
             self._thread.join(timeout)
         self._server = self._thread = None
