@@ -14,7 +14,15 @@ import click
 _P = click.FloatRange(0.0, 1.0)
 
 
-@click.command("simulate")
+EPILOG = """\b
+Examples:
+  batcher simulate                                  # http://127.0.0.1:8788, 500 rpm
+  batcher simulate --rpm 250 --fail-500 0.05 --seed 1
+  POE_API_KEY=any batcher run jobs.jsonl --base-url http://127.0.0.1:8788
+"""
+
+
+@click.command("simulate", epilog=EPILOG)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8788, show_default=True, type=int, help="Port (0 picks a free one).")
 @click.option("--key", default=None, help="The only API key accepted (default: any non-empty key).")
