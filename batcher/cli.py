@@ -95,8 +95,8 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
         sys.exit(exc.exit_code)
     for warning in report.warnings:
         click.echo(f"batcher: warning: {warning}", err=True)
-    for line in report.error_lines():
-        click.echo(f"skipped {line}", err=True)
+    for line in report.error_lines(prefix="skipped "):
+        click.echo(line, err=True)
     click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected")
 
 
@@ -113,7 +113,7 @@ def batches_command(db: str | None) -> None:
     from .status import batch_status
     from .store import list_batches
 
-    engine = open_store(db)
+    engine = open_store(db, create=False)
     found = list_batches(engine)
     if not found:
         click.echo("no batches yet: batcher import FILE")
@@ -137,7 +137,7 @@ def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
     from .status import batch_status, status_lines
     from .store import find_batch
 
-    engine = open_store(db)
+    engine = open_store(db, create=False)
     status = batch_status(engine, find_batch(engine, batch))
     if as_json:
         click.echo(json.dumps(status))
@@ -202,7 +202,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     if not key:
         fail("no API key: set POE_API_KEY (export POE_API_KEY=your-key; keys at https://poe.com/api_key)", 2)
     check_base_url(base_url)
-    engine = open_store(db)
+    engine = open_store(db, create=os.path.isfile(file_or_batch))
     if os.path.isfile(file_or_batch):
         try:
             report = import_file(engine, file_or_batch, batch, Defaults(model, max_tokens, system))
@@ -271,7 +271,7 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
     from .export import default_output, export_batch
     from .store import find_batch
 
-    engine = open_store(db)
+    engine = open_store(db, create=False)
     found = find_batch(engine, batch)
     output = output or default_output(found, fmt)
     if output == "-":
@@ -304,7 +304,7 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
     from .manage import retry
     from .store import find_batch
 
-    engine = open_store(db)
+    engine = open_store(db, create=False)
     found = find_batch(engine, batch)
     n = retry(engine, found, error_types, status_codes, canceled)
     what = "canceled" if canceled else "failed"
@@ -325,7 +325,7 @@ def cancel_command(batch: str | None, db: str | None) -> None:
     from .manage import cancel
     from .store import find_batch
 
-    engine = open_store(db)
+    engine = open_store(db, create=False)
     found = find_batch(engine, batch)
     n = cancel(engine, found)
     click.echo(f"batch {found.name}: {n} pending job(s) canceled")

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import StoreError
+from .errors import StoreError, UsageError
 
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
@@ -30,11 +30,19 @@ def resolve_url(db: str | None) -> str:
     return "sqlite:///" + os.path.abspath(db)
 
 
-def _create_private_file(path: str) -> None:
-    """Create an empty SQLite file readable by its owner only, if absent."""
+def _create_private_file(path: str, create: bool) -> None:
+    """Create an empty SQLite file readable by its owner only, if absent.
+
+    Commands that only read or change existing batches pass ``create=False``:
+    a mistyped ``--db`` is then an error, not a new empty store.
+    """
+    if not create:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such database (import a job file first, or check --db/BATCHER_DB)")
+        return
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
-        raise StoreError(f"{path}: folder {directory} does not exist")
+        raise UsageError(f"{path}: folder {directory} does not exist")
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
@@ -86,27 +94,36 @@ def _upgrade(engine: Engine) -> None:
         conn.commit()
 
 
-def open_store(db: str | None = None, upgrade: bool = True) -> Engine:
-    """An engine on the job store, schema upgraded; errors as one line."""
+def open_store(db: str | None = None, upgrade: bool = True, create: bool = True) -> Engine:
+    """An engine on the job store, schema upgraded; errors as one line.
+
+    With ``create=False`` a missing SQLite file is a UsageError.
+    """
     url = resolve_url(db)
     try:
         parsed = make_url(url)
     except SQLAlchemyError:
-        raise StoreError(f"{db}: not a database path or URL") from None
+        raise StoreError(f"{url}: not a database path or URL") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database and parsed.database != ":memory:":
-        _create_private_file(parsed.database)
+        _create_private_file(parsed.database, create)
     try:
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S} if is_sqlite else {})
     except (SQLAlchemyError, ImportError) as exc:
-        raise StoreError(f"{db}: cannot open database: {exc}") from None
+        raise StoreError(f"{display_name(url)}: cannot open database: {exc}") from None
     if is_sqlite:
         _setup_sqlite(engine)
     if upgrade:
+        from alembic.util import CommandError
+
         try:
             _upgrade(engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"{display_name(url)}: cannot open database: {exc.orig or exc}") from None
+        except CommandError as exc:
+            # e.g. a revision this version does not know: a newer batcher wrote it.
+            raise StoreError(f"{display_name(url)}: cannot upgrade the database schema: {exc}"
+                             " (was it made by a newer batcher?)") from None
     return engine
 
 

@@ -9,6 +9,7 @@ from a duplicate line or a changed request (both errors).
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from collections import Counter
@@ -44,13 +45,22 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
 
     def reject(self, error: LineError) -> None:
-        self.rejected += 1
-        if len(self.errors) < SHOWN_ERRORS:
-            self.errors.append(error)
+        """Count a bad line; keep it if it is among the first lines of the file.
 
-    def error_lines(self) -> list[str]:
+        Lines are not rejected in file order (a chunk's duplicates are found
+        after its unparsable lines), so the kept ones are the lowest lines
+        seen, held sorted.
+        """
+        self.rejected += 1
+        if len(self.errors) >= SHOWN_ERRORS:
+            if error.line >= self.errors[-1].line:
+                return
+            self.errors.pop()
+        bisect.insort(self.errors, error, key=lambda e: e.line)
+
+    def error_lines(self, prefix: str = "") -> list[str]:
         """``FILE:LINE: message`` for the first bad lines, then a count."""
-        shown = [f"{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
+        shown = [f"{prefix}{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
         if self.rejected > len(self.errors):
             shown.append(f"... and {self.rejected - len(self.errors)} more bad line(s)")
         return shown

@@ -59,11 +59,17 @@ def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
         except InvalidJob as exc:
             out.errors.append(LineError(number, str(exc)))
             continue
+        try:
+            body = orjson.dumps(job.body)
+            extra = orjson.dumps(job.extra).decode() if job.extra else None
+        except orjson.JSONEncodeError as exc:
+            # Parsing allows deeper nesting than encoding does.
+            out.errors.append(LineError(number, f"cannot be encoded for sending: {exc}"))
+            continue
         if job.warnings:
             out.streams_dropped += 1
         if job.body["model"] not in KNOWN_MODELS:
             out.unknown_models[job.body["model"]] += 1
-        body = orjson.dumps(job.body)
         out.rows.append((
             *head,
             number,
@@ -71,7 +77,7 @@ def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
             body.decode(),
             hashlib.blake2b(body, digest_size=16).hexdigest(),
             raw.decode(),
-            orjson.dumps(job.extra).decode() if job.extra else None,
+            extra,
             *tail,
         ))
     return out
