@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -60,6 +62,11 @@ def main() -> None:
       batcher simulate &                 # a local Poe look-alike
       POE_API_KEY=x batcher run jobs/example.jsonl --base-url http://127.0.0.1:8788
     """
+    # SIGTERM ends a command the way Ctrl-C does: one line, exit 130, and
+    # whatever transaction was open rolls back. (A run installs its own
+    # handlers for its graceful stop.)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, select, update
+from sqlalchemy import Engine, and_, bindparam, func, select, tuple_, update
 
 from .db import write
 from .errors import UsageError
@@ -29,6 +29,7 @@ HEARTBEAT_S = 5.0
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: int
+    line: int
     custom_id: str
     body: str
     attempts: int
@@ -38,7 +39,8 @@ class BatchBusy(UsageError):
     """Another live run owns the batch."""
 
 
-def _alive(row: Any, now: float) -> bool:
+def run_is_alive(row: Any, now: float) -> bool:
+    """A run row belongs to a live process: fresh heartbeat, and on this host, the pid exists."""
     if now - row.heartbeat_at > STALE_AFTER_S:
         return False
     if row.host != socket.gethostname():
@@ -61,7 +63,7 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
     with write(engine) as conn:
         live = conn.execute(select(runs).where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))).all()
         for row in live:
-            if _alive(row, now):
+            if run_is_alive(row, now):
                 started = time.strftime("%H:%M:%S", time.localtime(row.started_at))
                 raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
                                 f"(since {started}); wait for it, or stop it and run again")
@@ -73,19 +75,26 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
             rpm=rpm, base_url=base_url)).inserted_primary_key[0]
 
 
-def claim(engine: Engine, batch_id: int, run_id: int, limit: int) -> list[ClaimedJob]:
-    """Mark up to ``limit`` pending jobs as running for this run, in order."""
+def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
+          after: tuple[int, int] = (0, 0)) -> list[ClaimedJob]:
+    """Mark up to ``limit`` pending jobs as running for this run.
+
+    Jobs come in input order, after the ``(line, id)`` cursor of the last
+    claim: the (batch, line) index walks straight to them, however many
+    jobs before them are done.
+    """
     now = time.time()
     with write(engine) as conn:
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.custom_id, jobs.c.body, jobs.c.attempts)
-            .where(jobs.c.batch_id == batch_id, jobs.c.status == "pending")
-            .order_by(jobs.c.id).limit(limit)
+            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.attempts)
+            .where(jobs.c.batch_id == batch_id, tuple_(jobs.c.line, jobs.c.id) > tuple_(*after),
+                   jobs.c.status == "pending")
+            .order_by(jobs.c.line, jobs.c.id).limit(limit)
         ).all()
         if rows:
             conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), jobs.c.status == "pending")
                          .values(status="running", run_id=run_id, updated_at=now))
-    return [ClaimedJob(r.id, r.custom_id, r.body, r.attempts) for r in rows]
+    return [ClaimedJob(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
 
 
 def remaining(engine: Engine, batch_id: int) -> tuple[int, int]:

@@ -165,11 +165,14 @@ class Runner:
         return "interrupted" if self.state.stopping else "finished"
 
     async def _claimer(self, send: ObjectSendStream[ClaimedJob]) -> None:
+        after = (0, 0)
         async with send:
             while not self.state.stopping:
-                chunk = await anyio.to_thread.run_sync(claim, self.engine, self.batch.id, self.run_id, CLAIM_CHUNK)
+                chunk = await anyio.to_thread.run_sync(
+                    claim, self.engine, self.batch.id, self.run_id, CLAIM_CHUNK, after)
                 if not chunk:
                     return
+                after = (chunk[-1].line, chunk[-1].id)
                 for job in chunk:
                     if self.state.stopping:
                         return
@@ -247,10 +250,9 @@ class Runner:
         if self.state.fatal is None:
             self.state.fatal = attempt.error
             self.state.fatal_status = attempt.status_code
-        self.state.stopping = True
-        self.pacer.stop()
-        self.stop_event.set()
-        self.work_scope.cancel()
+        # Requests already in flight may have been admitted and charged:
+        # let them finish (within the grace period) so their answers are kept.
+        self.request_stop()
 
     def request_stop(self) -> None:
         """Stop claiming, let in-flight requests finish within the grace period."""
@@ -266,13 +268,18 @@ class Runner:
             async for _ in signals:
                 if self.state.stopping:
                     done = self.tally.done
-                    print(f"\nbatcher: stopped at once; {done} done are safely stored, "
+                    print(f"{self._newline()}batcher: stopped at once; {done} done are safely stored, "
                           "the rest resumes on the next run", file=sys.stderr, flush=True)
                     os._exit(EXIT_INTERRUPTED)
-                print(f"\nbatcher: stopping: waiting up to {self.config.grace_s:g} s for "
+                print(f"{self._newline()}batcher: stopping: waiting up to {self.config.grace_s:g} s for "
                       f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)",
                       file=sys.stderr, flush=True)
                 self.request_stop()
+
+    @staticmethod
+    def _newline() -> str:
+        """Start on a fresh line after a live progress line, not in a log."""
+        return "\n" if sys.stderr.isatty() else ""
 
     # --- reporting -------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -305,8 +312,8 @@ class Runner:
         if outcome == "stopped":
             code = EXIT_API_STOPPED
             error = (self.state.fatal or {}).get("error", {})
-            message = f"the API refused the key (HTTP {self.state.fatal_status}, {error.get('type')}): " \
-                      f"{error.get('message')}"
+            why = "is out of points" if self.state.fatal_status == 402 else "refused the key"
+            message = f"the API {why} (HTTP {self.state.fatal_status}, {error.get('type')}): {error.get('message')}"
         elif outcome == "interrupted":
             code = EXIT_INTERRUPTED
         else:

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, func, select, true
 
 from .export import error_parts
+from .jobqueue import run_is_alive
 from .schema import attempts, batches, jobs, runs
 from .store import Batch, status_counts
 
@@ -177,7 +178,7 @@ def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | N
                runs.c.heartbeat_at >= now - LIVE_HEARTBEAT_S)
         .order_by(runs.c.heartbeat_at.desc()).limit(1)
     ).first()
-    if row is None:
+    if row is None or not run_is_alive(row, now):
         return None
     return {"id": row.id, "pid": row.pid, "host": row.host, "started_at": row.started_at,
             "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm}

@@ -61,7 +61,6 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Integer),
         sa.UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
     )
-    op.create_index("ix_jobs_batch_status_id", "jobs", ["batch_id", "status", "id"])
     op.create_index("ix_jobs_batch_line", "jobs", ["batch_id", "line"])
     op.create_table(
         "attempts",
