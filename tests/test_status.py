@@ -116,15 +116,19 @@ def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
     add_run(engine, batch, heartbeat_ago=40)  # dead: heartbeat too old
     add_run(engine, batch, ended=True)  # over
     assert batch_status(engine, batch)["run"] is None
-    add_run(engine, batch, heartbeat_ago=3, pid=777)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    add_run(engine, batch, heartbeat_ago=3, pid=dead.pid)  # fresh heartbeat, but its process is gone
+    assert batch_status(engine, batch)["run"] is None
+    add_run(engine, batch, heartbeat_ago=3, pid=os.getpid())
     s = batch_status(engine, batch)
     run = s["run"]
-    assert run["pid"] == 777 and run["host"] == socket.gethostname()
+    assert run["pid"] == os.getpid() and run["host"] == socket.gethostname()
     assert run["current_rpm"] == 3 and run["in_flight"] == 1
     assert run["eta_s"] == pytest.approx(6 / 3 * 60)  # 5 pending + 1 running at 3 per minute
     assert s["ended_at"] is None
     line = next(x for x in status_lines(s) if x.strip().startswith("running"))
-    assert "pid 777" in line and "3 requests/min now" in line and "1 in flight" in line and "ETA 2m 00s" in line
+    assert f"pid {os.getpid()}" in line and "3 requests/min now" in line and "1 in flight" in line and "ETA 2m 00s" in line
 
 
 def test_streaming_medians_only_successful_streamed_attempts(tmp_path: Path) -> None:
