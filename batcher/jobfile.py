@@ -42,15 +42,48 @@ def ensure_readable(path: str) -> None:
     _open(path).close()
 
 
-def numbered_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """``(line number, stripped bytes)`` for every non-blank line."""
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Whole lines of a file: where they start, how many bytes, first line's number.
+
+    A block is small to send to another process, which reads its lines itself.
+    """
+
+    path: str
+    offset: int
+    length: int
+    first_line: int
+
+
+def blocks(path: str, size: int) -> Iterator[Block]:
+    """Cut the file into blocks of about ``size`` bytes, ending at line ends."""
     with _open(path) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM):]
-            raw = raw.strip()
-            if raw:
-                yield number, raw
+        offset, line = 0, 1
+        while data := handle.read(size):
+            if not data.endswith(b"\n"):
+                data += handle.readline()  # finish the last line (or reach the end)
+            yield Block(path, offset, len(data), line)
+            offset += len(data)
+            line += data.count(b"\n")
+
+
+def block_lines(block: Block) -> Iterator[tuple[int, bytes]]:
+    """``(line number, stripped bytes)`` for every non-blank line of a block."""
+    with _open(block.path) as handle:
+        handle.seek(block.offset)
+        data = handle.read(block.length)
+    if block.offset == 0 and data.startswith(BOM):
+        data = data[len(BOM):]
+    for number, raw in enumerate(data.split(b"\n"), start=block.first_line):
+        raw = raw.strip()
+        if raw:
+            yield number, raw
+
+
+def numbered_lines(path: str, block_size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+    """``(line number, stripped bytes)`` for every non-blank line of the file."""
+    for block in blocks(path, block_size):
+        yield from block_lines(block)
 
 
 def parse_line(number: int, raw: bytes) -> Any:

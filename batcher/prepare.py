@@ -15,23 +15,22 @@ import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any, Iterator
 
 import orjson
 
-from .jobfile import LineError, numbered_lines, parse_line
+from .jobfile import Block, LineError, block_lines, blocks, parse_line
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, to_job
 
-CHUNK = 5000
+#: Bytes of the file per unit of work: ~4,000 typical lines.
+BLOCK_BYTES = 1 << 20
 #: Files smaller than this are prepared in-process: a worker's start-up
 #: would cost more than it saves.
 PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 WORKERS = 2
 
-#: Row layout, in the jobs table's column order (see JOB_COLUMNS).
-#: ``line, custom_id, body, body_hash, source, extra``; the importer adds the
-#: batch, import and bookkeeping columns around them.
+#: The jobs columns each prepared row fills, in order; the importer supplies
+#: the rest (batch, import, status, timestamps), the same for every row.
 ROW_FIELDS = ("line", "custom_id", "body", "body_hash", "source", "extra")
 
 
@@ -45,9 +44,8 @@ class PreparedChunk:
     streams_dropped: int = 0
 
 
-def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
-                  head: tuple[Any, ...] = (), tail: tuple[Any, ...] = ()) -> PreparedChunk:
-    """Parse and validate lines into ``head + ROW_FIELDS + tail`` tuples."""
+def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults) -> PreparedChunk:
+    """Parse and validate lines into ``ROW_FIELDS`` tuples."""
     out = PreparedChunk()
     for number, raw in lines:
         obj = parse_line(number, raw)
@@ -71,22 +69,19 @@ def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
         if job.body["model"] not in KNOWN_MODELS:
             out.unknown_models[job.body["model"]] += 1
         out.rows.append((
-            *head,
             number,
             job.custom_id,
             body.decode(),
             hashlib.blake2b(body, digest_size=16).hexdigest(),
             raw.decode(),
             extra,
-            *tail,
         ))
     return out
 
 
-def _raw_chunks(path: str) -> Iterator[list[tuple[int, bytes]]]:
-    lines = numbered_lines(path)
-    while chunk := list(islice(lines, CHUNK)):
-        yield chunk
+def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:
+    """Read a block's lines and prepare them (runs in a worker process)."""
+    return prepare_chunk(list(block_lines(block)), defaults)
 
 
 def _parallel_worthwhile(path: str) -> bool:
@@ -103,20 +98,19 @@ def _parallel_worthwhile(path: str) -> bool:
         return False
 
 
-def prepared_chunks(path: str, defaults: Defaults, head: tuple[Any, ...] = (),
-                    tail: tuple[Any, ...] = ()) -> Iterator[PreparedChunk]:
+def prepared_chunks(path: str, defaults: Defaults) -> Iterator[PreparedChunk]:
     """Prepared chunks of ``path`` in file order (see :func:`prepare_chunk`)."""
-    chunks = _raw_chunks(path)
+    chunks = blocks(path, BLOCK_BYTES)
     if not _parallel_worthwhile(path):
-        for chunk in chunks:
-            yield prepare_chunk(chunk, defaults, head, tail)
+        for block in chunks:
+            yield prepare_block(block, defaults)
         return
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
         pending: deque[Future[PreparedChunk]] = deque()
         try:
-            for chunk in chunks:
-                pending.append(pool.submit(prepare_chunk, chunk, defaults, head, tail))
+            for block in chunks:
+                pending.append(pool.submit(prepare_block, block, defaults))
                 if len(pending) > 2 * WORKERS:
                     yield pending.popleft().result()
             while pending:

@@ -24,7 +24,7 @@ def write_jobs(path: str, lines: int) -> int:
     rng = random.Random(7)
     with open(path, "wb") as out:
         for i in range(lines):
-            prompt = " ".join(rng.choice(WORDS) for _ in range(28))
+            prompt = " ".join(rng.choice(WORDS) for _ in range(38))
             if i % 2:
                 job = {"custom_id": f"job-{i}", "prompt": prompt, "temperature": 0.2, "topic": "bench"}
             else:

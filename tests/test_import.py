@@ -238,7 +238,7 @@ def test_first_twenty_bad_lines_then_a_count(tmp_path: Path, engine: Engine) -> 
 
 
 def test_duplicates_across_chunks(tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prepare, "CHUNK", 3)
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 90)  # about three lines a block
     lines = numbered(7) + [{"custom_id": "j2", "prompt": "Question 2?"}, {"custom_id": "j9", "prompt": "x"},
                            {"custom_id": "j9", "prompt": "x"}, {"custom_id": "j5", "prompt": "other"}]
     path = write_lines(tmp_path / "dup.jsonl", lines)
@@ -378,7 +378,7 @@ def mixed_lines(n: int) -> list[Any]:
 
 def test_parallel_preparation_matches_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_lines(tmp_path / "p.jsonl", mixed_lines(400))
-    monkeypatch.setattr(prepare, "CHUNK", 17)
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 1000)  # many blocks
     seen: list[bool] = []
     real = prepare._parallel_worthwhile
 
@@ -624,3 +624,12 @@ def test_help_has_an_example(command: str, example: str) -> None:
     assert done.returncode == 0
     assert example in " ".join(done.stdout.split())  # as wrapped for the terminal
     assert "--db" in done.stdout
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1 << 20])
+def test_blocks_cut_only_at_line_ends(tmp_path: Path, block_size: int) -> None:
+    text = b"\xef\xbb\xbf" + b'{"a": 1}\n\n  \r\n' + b'{"long": "' + b"x" * 300 + b'"}\r\n{"b": 2}\n{"c": 3}'
+    path = tmp_path / "blocks.jsonl"
+    path.write_bytes(text)
+    expected = [(1, b'{"a": 1}'), (4, b'{"long": "' + b"x" * 300 + b'"}'), (5, b'{"b": 2}'), (6, b'{"c": 3}')]
+    assert list(numbered_lines(str(path), block_size)) == expected
