@@ -7,14 +7,15 @@ newest Alembic revision, so an older database upgrades in place.
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import contextmanager
 from importlib.resources import files
-from typing import Iterator
+from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import StoreError, UsageError
 
@@ -136,6 +137,28 @@ def display_name(url: str) -> str:
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
     return parsed.render_as_string(hide_password=True)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenate[Engine, P], R]:
+    """Turn a database failure inside ``fn(engine, ...)`` into one StoreError line.
+
+    A full disk, a read-only file or a lock held too long then reaches the
+    user as ``PATH: cannot use the job store: database or disk is full``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(engine: Engine, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(engine, *args, **kwargs)
+        except DBAPIError as exc:
+            where = display_name(engine.url.render_as_string(hide_password=False))
+            raise StoreError(f"{where}: cannot use the job store: {exc.orig}") from None
+
+    return wrapper
 
 
 @contextmanager

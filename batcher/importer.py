@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, literal_column, select
 
-from .db import write
+from .db import store_errors, write
 from .errors import UsageError
 from .jobfile import LineError, describe
 from .prepare import ROW_FIELDS, PreparedChunk, prepared_chunks
@@ -168,6 +168,7 @@ class _Importer:
                 f"`stream` dropped from {self.streams} job(s): the runner decides whether to stream")
 
 
+@store_errors
 def import_file(engine: Engine, path: str, batch: str | None = None, defaults: Defaults = Defaults(),
                 skip_invalid: bool = False) -> ImportReport:
     """Import ``path`` into ``batch`` (default: the file's stem).

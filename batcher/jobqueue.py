@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, func, select, tuple_, update
 
-from .db import write
+from .db import store_errors, write
 from .errors import UsageError
 from .schema import attempts, jobs, runs
 
@@ -54,6 +54,7 @@ def run_is_alive(row: Any, now: float) -> bool:
     return True
 
 
+@store_errors
 def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_url: str) -> int:
     """Take ownership of the batch; return the run id.
 
@@ -75,6 +76,7 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
             rpm=rpm, base_url=base_url)).inserted_primary_key[0]
 
 
+@store_errors
 def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
           after: tuple[int, int] = (0, 0)) -> list[ClaimedJob]:
     """Mark up to ``limit`` pending jobs as running for this run.
@@ -97,6 +99,7 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
     return [ClaimedJob(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
 
 
+@store_errors
 def remaining(engine: Engine, batch_id: int) -> tuple[int, int]:
     """(jobs left to do: pending + running, all jobs) of the batch."""
     with engine.connect() as conn:
@@ -133,6 +136,7 @@ _record_outcome = (
 _count_attempt = update(jobs).where(jobs.c.id == bindparam("job_id")).values(attempts=jobs.c.attempts + 1)
 
 
+@store_errors
 def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes: list[Outcome],
            heartbeat: bool) -> int:
     """Write attempts and outcomes in one transaction; return outcomes stored."""
@@ -164,6 +168,7 @@ def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes
     return stored
 
 
+@store_errors
 def finish_run(engine: Engine, run_id: int, outcome: str) -> int:
     """Put this run's unfinished jobs back to pending and close the run."""
     now = time.time()

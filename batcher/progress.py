@@ -96,7 +96,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.outcome == "interrupted":
         lines.append(f"{summary.succeeded + summary.failed} done, {summary.left} left: "
                      "run the same command again to resume")
-    elif summary.outcome == "stopped":
+    elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
         lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")
     elif summary.failed:

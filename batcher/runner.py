@@ -24,10 +24,12 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from sqlalchemy import Engine
 
 from .client import DEFAULT_BASE_URL, Attempt, MessagesClient
-from .errors import EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK
+from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BatcherError,
+                     StoreError)
+from .guard import ConfigGuard
 from .jobqueue import AttemptRow, ClaimedJob, Outcome, claim, finish_run, remaining, start_run
 from .pacer import Pacer, Stopped
-from .retry import Verdict, decide, server_delay
+from .retry import Decision, Verdict, backoff, decide, server_delay
 from .store import Batch
 from .writer import Tally, run_writer
 
@@ -101,8 +103,7 @@ class Snapshot:
 @dataclass
 class _State:
     stopping: bool = False
-    fatal: dict[str, Any] | None = None
-    fatal_status: int | None = None
+    fatal: tuple[str, str] | None = None  # (outcome, message) of a run that cannot go on
     retrying: int = 0
     in_flight: int = 0
     starts: deque[float] = field(default_factory=deque)
@@ -116,6 +117,7 @@ class Runner:
         self.client = MessagesClient(api_key, config.base_url, concurrency=config.workers,
                                      timeout_s=config.timeout_s, auth=config.auth)
         self.pacer = Pacer(config.rpm)
+        self.guard = ConfigGuard(config.base_url)
         self.tally = Tally()
         self.state = _State()
         self.stop_event = anyio.Event()
@@ -129,15 +131,20 @@ class Runner:
         self.run_id = await anyio.to_thread.run_sync(
             start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
         self.left_at_start, self.total = await anyio.to_thread.run_sync(remaining, self.engine, self.batch.id)
-        outcome = "finished"
+        outcome = "failed"
         try:
             async with self.client:
                 outcome = await self._pipeline(on_progress)
+        except BaseExceptionGroup as group:
+            raise _first_user_error(group) from None
         finally:
             with anyio.CancelScope(shield=True):
-                left_running = await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome)
+                try:
+                    await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome)
+                except StoreError:
+                    if outcome != "failed":  # else the first error is the one to report
+                        raise
         left, _ = remaining(self.engine, self.batch.id)
-        del left_running
         return self._summary(outcome, left, time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
@@ -161,7 +168,7 @@ class Runner:
         if on_progress is not None:
             on_progress(self.snapshot())
         if self.state.fatal is not None:
-            return "stopped"
+            return self.state.fatal[0]
         return "interrupted" if self.state.stopping else "finished"
 
     async def _claimer(self, send: ObjectSendStream[ClaimedJob]) -> None:
@@ -208,8 +215,14 @@ class Runner:
             finally:
                 self.state.in_flight -= 1
             self._tell_pacer(attempt)
+            problem = self.guard.problem(attempt)
+            if problem is not None:
+                self._stop("misconfigured", problem)
+                return
             counts = attempt.status_code != 429
             decision = decide(attempt, used + counts, self.config.max_attempts)
+            if decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
+                decision = Decision(Verdict.RETRY, backoff(used), counts=False)
             used += decision.counts
             await records.send(AttemptRow(job.id, started, _ms(attempt.latency_s), attempt.status_code,
                                           attempt.error_type, attempt.streamed, _ms(attempt.ttft_s), decision.counts))
@@ -220,7 +233,7 @@ class Runner:
                 await records.send(Outcome(job.id, "failed", _failure(attempt)))
                 return
             if decision.verdict is Verdict.STOP_RUN:
-                self._stop_for_good(attempt)
+                self._stop("stopped", _refusal(attempt))
                 return
             self.state.retrying += 1
             try:
@@ -245,11 +258,10 @@ class Runner:
         self.pacer.observe(rate.remaining, rate.reset_s)
 
     # --- stopping ------------------------------------------------------------
-    def _stop_for_good(self, attempt: Attempt) -> None:
-        """The key cannot be used: stop at once, fail nothing."""
+    def _stop(self, outcome: str, message: str) -> None:
+        """The run cannot go on (key refused, misconfigured): fail nothing."""
         if self.state.fatal is None:
-            self.state.fatal = attempt.error
-            self.state.fatal_status = attempt.status_code
+            self.state.fatal = (outcome, message)
         # Requests already in flight may have been admitted and charged:
         # let them finish (within the grace period) so their answers are kept.
         self.request_stop()
@@ -308,12 +320,11 @@ class Runner:
             await anyio.sleep(0.5)
 
     def _summary(self, outcome: str, left: int, elapsed: float) -> RunSummary:
-        message = None
+        message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "stopped":
             code = EXIT_API_STOPPED
-            error = (self.state.fatal or {}).get("error", {})
-            why = "is out of points" if self.state.fatal_status == 402 else "refused the key"
-            message = f"the API {why} (HTTP {self.state.fatal_status}, {error.get('type')}): {error.get('message')}"
+        elif outcome == "misconfigured":
+            code = EXIT_USAGE
         elif outcome == "interrupted":
             code = EXIT_INTERRUPTED
         else:
@@ -321,6 +332,15 @@ class Runner:
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message)
+
+
+def _first_user_error(group: BaseExceptionGroup) -> BaseException:
+    """The error worth one line (a store failure, say) out of a task group's."""
+    for exc in group.exceptions:
+        found = _first_user_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, BatcherError):
+            return found
+    return group
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -344,6 +364,13 @@ def _answer(attempt: Attempt) -> dict[str, Any]:
         "error_type": None,
         "status_code": None,
     }
+
+
+def _refusal(attempt: Attempt) -> str:
+    """What to tell the user when the API will not take the key."""
+    error = (attempt.error or {}).get("error", {})
+    why = "is out of points" if attempt.status_code == 402 else "refused the key"
+    return f"the API {why} (HTTP {attempt.status_code}, {error.get('type')}): {error.get('message')}"
 
 
 def _failure(attempt: Attempt) -> dict[str, Any]:

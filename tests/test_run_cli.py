@@ -444,7 +444,12 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: Any) -> None:
             for dead in dead_runs:
                 assert query(db, "SELECT count(*) FROM jobs WHERE status = 'running' AND run_id = ?", dead) == \
                     [(0,)], (dead, note)
-            time.sleep(rng.uniform(0.05, 0.9))
+            # At least one answer of this run committed first, so the kill
+            # lands mid-run however slow the machine is; then a random delay.
+            done_before = counts(db).get("succeeded", 0)
+            wait_for(lambda: counts(db).get("succeeded", 0) > done_before,
+                     what=f"run {k} to record an answer ({note})", proc=proc)
+            time.sleep(rng.uniform(0.0, 0.3))
         assert proc.proc.poll() is None, f"run {k} ended before its kill ({note}): {proc.stderr}"
         proc.kill()
         killed.append(proc)

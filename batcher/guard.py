@@ -1,0 +1,53 @@
+"""The configuration guard: stop a misconfigured run before it fails a batch.
+
+Until the first answer arrives, failures that every job would meet alike are
+the configuration's fault, not the jobs': a base URL nothing answers on, or
+a path or model that only ever gets 404. A handful of them stops the run
+with a clear message and every job still pending, instead of each job
+burning its attempts (connection errors) or being failed for good (404s).
+Once one answer has arrived, the same failures are ordinary again.
+"""
+
+from __future__ import annotations
+
+from .client import Attempt
+
+#: Failures of this kind, before any answer, that stop the run.
+LIMIT = 8
+UNREACHABLE = frozenset({"connection_error", "timeout_error"})
+
+
+class ConfigGuard:
+    """Watches attempts until the first answer; says when to stop."""
+
+    def __init__(self, base_url: str, limit: int = LIMIT) -> None:
+        self.base_url = base_url
+        self.limit = limit
+        self.answered = False
+        self.unreachable = 0
+        self.not_found = 0
+
+    def holds(self, attempt: Attempt) -> bool:
+        """A 404 before any answer is not yet the job's fault: retry it."""
+        return not self.answered and attempt.status_code == 404
+
+    def problem(self, attempt: Attempt) -> str | None:
+        """A message when ``attempt`` shows the run cannot work as configured."""
+        if attempt.ok:
+            self.answered = True
+        if self.answered:
+            return None
+        said = (attempt.error or {}).get("error", {}).get("message", "")
+        if attempt.status_code is None and attempt.error_type in UNREACHABLE:
+            self.unreachable += 1
+            if self.unreachable >= self.limit:
+                return (f"cannot reach {self.base_url} ({said}); "
+                        "check --base-url / POE_BASE_URL and the network")
+        elif attempt.status_code == 404:
+            self.not_found += 1
+            if self.not_found >= self.limit:
+                return (f"every request so far got HTTP 404 from {self.base_url}/v1/messages ({said}); "
+                        "check --base-url (the host only, e.g. https://api.poe.com) and the model names")
+        elif attempt.status_code is not None:
+            self.unreachable = 0  # something answers there
+        return None
