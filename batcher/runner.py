@@ -216,12 +216,11 @@ class Runner:
                 self.state.in_flight -= 1
             self._tell_pacer(attempt)
             problem = self.guard.problem(attempt)
-            if problem is not None:
-                self._stop("misconfigured", problem)
-                return
             counts = attempt.status_code != 429
             decision = decide(attempt, used + counts, self.config.max_attempts)
-            if decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
+            if problem is not None:
+                decision = Decision(Verdict.STOP_RUN, counts=False)
+            elif decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
                 decision = Decision(Verdict.RETRY, backoff(used), counts=False)
             used += decision.counts
             await records.send(AttemptRow(job.id, started, _ms(attempt.latency_s), attempt.status_code,
@@ -233,7 +232,10 @@ class Runner:
                 await records.send(Outcome(job.id, "failed", _failure(attempt)))
                 return
             if decision.verdict is Verdict.STOP_RUN:
-                self._stop("stopped", _refusal(attempt))
+                if problem is not None:
+                    self._stop("misconfigured", problem)
+                else:
+                    self._stop("stopped", _refusal(attempt))
                 return
             self.state.retrying += 1
             try:
