@@ -79,6 +79,8 @@ def _check_messages(messages: Any) -> None:
         if message.get("role") not in ROLES:
             raise InvalidJob(f"`messages[{i}].role` must be \"user\" or \"assistant\"")
         content = message.get("content")
+        if content == "" or content == []:
+            raise InvalidJob(f"`messages[{i}].content` is empty (the API refuses empty messages)")
         if isinstance(content, str):
             continue
         if not isinstance(content, list) or not all(

@@ -263,3 +263,10 @@ def test_system_of_another_type_is_refused() -> None:
 ])
 def test_shape_errors(obj: Any, message: str) -> None:
     assert invalid(obj) == message
+
+
+@pytest.mark.parametrize("content", ["", []])
+def test_empty_message_content_is_refused_on_import(content: object) -> None:
+    with pytest.raises(InvalidJob) as caught:
+        to_job({"messages": [{"role": "user", "content": content}]}, 3, Defaults("claude-haiku-4.5", 10))
+    assert str(caught.value) == "`messages[0].content` is empty (the API refuses empty messages)"
