@@ -14,7 +14,7 @@ from batcher.db import open_store
 from batcher.errors import StoreError
 from batcher.runner import RunConfig, run_batch
 from batcher.store import find_batch
-from test_runner import PROMPTS, assert_all_answered, run, stored, write_jobs
+from test_runner import PROMPTS, run, stored, write_jobs
 from batcher.importer import import_file
 from batcher.validate import Defaults
 

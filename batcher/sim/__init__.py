@@ -12,12 +12,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from batcher.sim.app import SimApp, SimConfig, create_app
+    from batcher.sim.app import SimApp, create_app
+    from batcher.sim.config import SimConfig
     from batcher.sim.server import SimulatorProcess, SimulatorThread, serve, start_in_thread
 
 _WHERE = {
     "SimApp": "app",
-    "SimConfig": "app",
+    "SimConfig": "config",
     "create_app": "app",
     "serve": "server",
     "SimulatorThread": "server",

@@ -59,7 +59,7 @@ def simulate(no_retry_after: bool, fail_status: tuple[str, ...], **options: Any)
     except ImportError:
         click.echo("the simulator needs extra packages: pip install 'batcher[sim]'", err=True)
         sys.exit(2)
-    from batcher.sim.app import SimConfig
+    from batcher.sim.config import SimConfig
     from batcher.sim.server import serve
 
     try:

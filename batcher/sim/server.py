@@ -23,7 +23,8 @@ from typing import Any, Callable, Sequence
 
 import uvicorn
 
-from batcher.sim.app import SimApp, SimConfig
+from batcher.sim.app import SimApp
+from batcher.sim.config import SimConfig
 
 READY_PREFIX = "batcher simulator listening on "
 _READY = re.compile(r"listening on (http://\S+)")
