@@ -20,6 +20,7 @@ from sqlalchemy import Engine, and_, bindparam, func, select, tuple_, update
 from .db import store_errors, write
 from .errors import UsageError
 from .schema import attempts, jobs, runs
+from .store import status_counts
 
 #: A run whose heartbeat is older than this is taken for dead.
 STALE_AFTER_S = 30.0
@@ -100,12 +101,10 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
 
 
 @store_errors
-def remaining(engine: Engine, batch_id: int) -> tuple[int, int]:
-    """(jobs left to do: pending + running, all jobs) of the batch."""
+def batch_counts(engine: Engine, batch_id: int) -> dict[str, int]:
+    """Jobs of the batch by status (every status present)."""
     with engine.connect() as conn:
-        rows = dict(conn.execute(select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id)
-                                 .group_by(jobs.c.status)).all())
-    return rows.get("pending", 0) + rows.get("running", 0), sum(rows.values())
+        return status_counts(conn, batch_id)
 
 
 @dataclass(slots=True)

@@ -99,6 +99,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
     elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
         lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")
-    elif summary.failed:
+    elif summary.failed_in_batch:
+        earlier = summary.failed_in_batch - summary.failed
+        if earlier > 0:
+            lines.append(f"{summary.failed_in_batch} job(s) of the batch have failed ({earlier} in earlier runs)")
         lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
     return lines

@@ -27,7 +27,7 @@ from .client import DEFAULT_BASE_URL, Attempt, MessagesClient
 from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BatcherError,
                      StoreError)
 from .guard import ConfigGuard
-from .jobqueue import AttemptRow, ClaimedJob, Outcome, claim, finish_run, remaining, start_run
+from .jobqueue import AttemptRow, ClaimedJob, Outcome, batch_counts, claim, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .store import Batch
@@ -79,6 +79,7 @@ class RunSummary:
     input_tokens: int
     output_tokens: int
     message: str | None = None
+    failed_in_batch: int = 0
 
 
 @dataclass
@@ -130,7 +131,8 @@ class Runner:
         started = time.monotonic()
         self.run_id = await anyio.to_thread.run_sync(
             start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
-        self.left_at_start, self.total = await anyio.to_thread.run_sync(remaining, self.engine, self.batch.id)
+        counts = await anyio.to_thread.run_sync(batch_counts, self.engine, self.batch.id)
+        self.left_at_start, self.total = counts["pending"] + counts["running"], sum(counts.values())
         outcome = "failed"
         try:
             async with self.client:
@@ -144,8 +146,7 @@ class Runner:
                 except StoreError:
                     if outcome != "failed":  # else the first error is the one to report
                         raise
-        left, _ = remaining(self.engine, self.batch.id)
-        return self._summary(outcome, left, time.monotonic() - started)
+        return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
@@ -321,7 +322,8 @@ class Runner:
             on_progress(self.snapshot())
             await anyio.sleep(0.5)
 
-    def _summary(self, outcome: str, left: int, elapsed: float) -> RunSummary:
+    def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
+        left = counts["pending"] + counts["running"]
         message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "stopped":
             code = EXIT_API_STOPPED
@@ -330,10 +332,11 @@ class Runner:
         elif outcome == "interrupted":
             code = EXIT_INTERRUPTED
         else:
-            code = EXIT_FAILED_JOBS if self.tally.failed or left else EXIT_OK
+            # Not every job succeeded if any failed, in this run or before it.
+            code = EXIT_FAILED_JOBS if counts["failed"] or left else EXIT_OK
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
-                          self.tally.output_tokens, message)
+                          self.tally.output_tokens, message, failed_in_batch=counts["failed"])
 
 
 def _first_user_error(group: BaseExceptionGroup) -> BaseException:

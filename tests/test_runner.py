@@ -211,3 +211,15 @@ def test_shared_key_keeps_refusals_rare(tmp_path: Path, simulator: Any) -> None:
     ours = len(attempt_rows(engine))
     refused_ours = sum(a.status_code == 429 for a in attempt_rows(engine))
     assert refused_ours < 0.10 * ours, (refused_ours, ours, before, after)
+
+
+def test_a_rerun_with_earlier_failures_still_says_not_everything_succeeded(tmp_path: Path, simulator: Any) -> None:
+    from batcher.progress import summary_lines
+
+    sim = simulator(fail_500=1.0)
+    first, engine = run(tmp_path, sim, PROMPTS[:2], max_attempts=1)
+    assert (first.exit_code, first.failed, first.failed_in_batch) == (1, 2, 2)
+    again = anyio.run(run_batch, engine, find_batch(engine, "jobs"), KEY,
+                      RunConfig(rpm=6000, base_url=sim.base_url, handle_signals=False))
+    assert (again.exit_code, again.failed, again.failed_in_batch, again.attempts) == (1, 0, 2, 0)
+    assert "2 job(s) of the batch have failed (2 in earlier runs)" in summary_lines(again)
