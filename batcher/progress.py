@@ -57,7 +57,7 @@ class ProgressDisplay:
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.live = None
-        self._last_plain = 0.0
+        self._last_plain = time.monotonic()  # the first plain line after 10 s, not an empty one at 0
         if not quiet and self.stream.isatty():
             from rich.console import Console
             from rich.live import Live
