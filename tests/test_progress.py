@@ -1,0 +1,50 @@
+"""The progress line: what it says, and how often it is written when not on a terminal."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from batcher import progress
+from batcher.runner import RunSummary, Snapshot
+
+
+def snapshot(**changes: Any) -> Snapshot:
+    values = dict(total=1000, done=250, succeeded=240, failed=10, retrying=3, in_flight=12, rate_rpm=497.4,
+                  target_rpm=500.0, eta_s=95.0, input_tokens=12_345, output_tokens=2_345_678, paused_s=0.0,
+                  stopping=False)
+    return Snapshot(**{**values, **changes})
+
+
+def test_the_line_names_every_figure() -> None:
+    line = progress.describe(snapshot())
+    assert line == ("250/1000 (25%) | ok 240 | failed 10 | retrying 3 | in flight 12 | 497/500 rpm | ETA 1m35s"
+                    " | tokens 12.3k in / 2.3M out")
+    assert progress.describe(snapshot(paused_s=12.0, stopping=True)).endswith(
+        " | paused 12s by the rate limit | stopping")
+
+
+def test_plain_output_is_one_line_every_ten_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    display = progress.ProgressDisplay(stream=out)
+    assert display.live is None  # not a terminal
+    for step in range(25):  # 25 s of half-second updates
+        display(snapshot(done=step))
+        clock[0] += 1.0 if step % 2 else 0.0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("20/1000")
+    quiet = io.StringIO()
+    progress.ProgressDisplay(stream=quiet, quiet=True)(snapshot())
+    assert quiet.getvalue() == ""
+
+
+def test_interrupted_summary_says_how_to_resume() -> None:
+    summary = RunSummary("b", "interrupted", 130, succeeded=7, failed=1, left=42, attempts=9, rate_limited=0,
+                         elapsed_s=61.0, input_tokens=1, output_tokens=2)
+    lines = progress.summary_lines(summary)
+    assert lines[-1] == "8 done, 42 left: run the same command again to resume"
+    assert lines[0].startswith("batch b: 7 succeeded, 1 failed this run, 42 left; 9 requests in 1m01s")
