@@ -14,12 +14,13 @@ from typing import Iterable
 
 from sqlalchemy import Engine
 
-from .db import write
+from .db import store_errors, write
 from .errors import UsageError
 from .schema import jobs
 from .store import Batch
 
 
+@store_errors
 def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_codes: Iterable[int] = (),
           canceled: bool = False) -> int:
     """Put failed jobs (or, with ``canceled``, cancelled ones) back to pending.
@@ -42,6 +43,7 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
         return conn.execute(query).rowcount
 
 
+@store_errors
 def cancel(engine: Engine, batch: Batch) -> int:
     """Mark the batch's pending jobs canceled; jobs already in flight finish.
 
