@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, func, select, tuple_, update
+from sqlalchemy import Engine, and_, bindparam, select, tuple_, update
 
 from .db import store_errors, write
 from .errors import UsageError

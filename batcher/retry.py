@@ -19,9 +19,6 @@ MAX_DELAY_S = 60.0
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 PERMANENT_STATUS = frozenset({400, 404, 413, 422})
 FATAL_STATUS = frozenset({401, 402, 403})
-#: Failures without an API answer, all worth another try.
-RETRYABLE_TYPES = frozenset({"connection_error", "timeout_error", "invalid_response", "incomplete_stream",
-                             "malformed_event", "overloaded_error", "api_error", "rate_limit_error"})
 #: Error types from a stream's ``error`` event that will not get better.
 PERMANENT_TYPES = frozenset({"invalid_request_error", "not_found_error", "request_too_large"})
 
