@@ -1,8 +1,12 @@
 """Errors a user can cause, each carrying the exit code the CLI reports.
 
 Exit codes: 0 ok, 1 finished with failed jobs, 2 usage or configuration
-error, 3 run stopped by the API (bad key, no points), 130 interrupted.
+error, 3 run stopped by the API (bad key, no points), 4 job store unusable,
+130 interrupted. Finished-with-failures (1) is not an error: the failed jobs
+are results like any other.
 """
+
+from typing import Any
 
 EXIT_OK = 0
 EXIT_FAILED_JOBS = 1
@@ -13,9 +17,25 @@ EXIT_INTERRUPTED = 130
 
 
 class BatcherError(Exception):
-    """A failure with a one-line explanation for the user and an exit code."""
+    """A failure with a one-line explanation for the user and an exit code.
+
+    Every error batcher raises on purpose is one of these; the subclass says
+    which exit code the command line reports for it. ``summary`` holds the
+    run's summary when a run ended with this error (else None).
+
+    >>> import batcher
+    >>> with batcher.Store("example.db") as store:
+    ...     try:
+    ...         store.batch("no-such-batch")
+    ...     except batcher.BatcherError as exc:
+    ...         print(exc.exit_code, exc)
+    2 no batch named 'no-such-batch' ...
+    """
+
+    __module__ = "batcher"
 
     exit_code = EXIT_USAGE
+    summary: Any = None
 
     def __init__(self, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
@@ -26,8 +46,32 @@ class BatcherError(Exception):
 class UsageError(BatcherError):
     """Bad option, unknown batch, unreadable file: the user can fix it."""
 
+    __module__ = "batcher"
+
 
 class StoreError(BatcherError):
     """The database cannot be opened or written (full disk, locked, read-only)."""
 
+    __module__ = "batcher"
+
     exit_code = EXIT_STORE
+
+
+class APIStopped(BatcherError):
+    """The API refused to go on (key refused, no points left): nothing was marked failed."""
+
+    __module__ = "batcher"
+
+    exit_code = EXIT_API_STOPPED
+
+
+class Interrupted(BatcherError, KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C, SIGTERM, a notebook's stop button).
+
+    Answers already received are stored; running the same call again resumes.
+    Also a :class:`KeyboardInterrupt`, so code that lets Ctrl-C through still does.
+    """
+
+    __module__ = "batcher"
+
+    exit_code = EXIT_INTERRUPTED

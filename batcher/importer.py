@@ -14,7 +14,8 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
+
 from sqlalchemy import Connection, Engine, bindparam, literal_column, select
 
 from .db import store_errors, write
@@ -40,6 +41,8 @@ class ImportReport:
     rejected: int = 0
     errors: list[LineError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: How many bad lines to keep (the lowest); None keeps every one.
+    keep: int | None = SHOWN_ERRORS
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -49,7 +52,7 @@ class ImportReport:
         seen, held sorted.
         """
         self.rejected += 1
-        if len(self.errors) >= SHOWN_ERRORS:
+        if self.keep is not None and len(self.errors) >= self.keep:
             if error.line >= self.errors[-1].line:
                 return
             self.errors.pop()
@@ -179,14 +182,25 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     """
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
     report = ImportReport(batch=name, file=describe(path))
-    source = os.path.abspath(path)
+    return import_chunks(engine, report, os.path.abspath(path), prepared_chunks(path, defaults), skip_invalid)
+
+
+@store_errors
+def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
+                  skip_invalid: bool = False) -> ImportReport:
+    """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
+
+    The one import path, whether the chunks come from a file or from rows
+    given in Python: all or nothing unless ``skip_invalid``; ``source`` is
+    what the batch and the import record as their origin.
+    """
     with write(engine) as conn:
-        stored, _ = get_or_create_batch(conn, name, source)
+        stored, _ = get_or_create_batch(conn, report.batch, source)
         import_id = conn.execute(imports.insert().values(
             batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0)
         ).inserted_primary_key[0]
         importer = _Importer(conn, stored.id, import_id, report)
-        for chunk in prepared_chunks(path, defaults):
+        for chunk in chunks:
             importer.take(chunk)
         importer.finish()
         if report.rejected and not skip_invalid:

@@ -51,32 +51,41 @@ def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults) -> Prepare
         obj = parse_line(number, raw)
         if isinstance(obj, LineError):
             out.errors.append(obj)
-            continue
-        try:
-            job = to_job(obj, number, defaults)
-        except InvalidJob as exc:
-            out.errors.append(LineError(number, str(exc)))
-            continue
-        try:
-            body = orjson.dumps(job.body)
-            extra = orjson.dumps(job.extra).decode() if job.extra else None
-        except orjson.JSONEncodeError as exc:
-            # Parsing allows deeper nesting than encoding does.
-            out.errors.append(LineError(number, f"cannot be encoded for sending: {exc}"))
-            continue
-        if job.warnings:
-            out.streams_dropped += 1
-        if job.body["model"] not in KNOWN_MODELS:
-            out.unknown_models[job.body["model"]] += 1
-        out.rows.append((
-            number,
-            job.custom_id,
-            body.decode(),
-            hashlib.blake2b(body, digest_size=16).hexdigest(),
-            raw.decode(),
-            extra,
-        ))
+        else:
+            prepare_object(out, number, obj, raw.decode(), defaults)
     return out
+
+
+def prepare_object(out: PreparedChunk, number: int, obj: Any, source: str, defaults: Defaults) -> None:
+    """Validate one parsed job (a line's object, or a row given in Python) into ``out``.
+
+    ``source`` is the input as stored for the merged export: the line as
+    given, or the row's JSON.
+    """
+    try:
+        job = to_job(obj, number, defaults)
+    except InvalidJob as exc:
+        out.errors.append(LineError(number, str(exc)))
+        return
+    try:
+        body = orjson.dumps(job.body)
+        extra = orjson.dumps(job.extra).decode() if job.extra else None
+    except orjson.JSONEncodeError as exc:
+        # Parsing allows deeper nesting than encoding does.
+        out.errors.append(LineError(number, f"cannot be encoded for sending: {exc}"))
+        return
+    if job.warnings:
+        out.streams_dropped += 1
+    if job.body["model"] not in KNOWN_MODELS:
+        out.unknown_models[job.body["model"]] += 1
+    out.rows.append((
+        number,
+        job.custom_id,
+        body.decode(),
+        hashlib.blake2b(body, digest_size=16).hexdigest(),
+        source,
+        extra,
+    ))
 
 
 def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:

@@ -122,6 +122,7 @@ class Runner:
         self.tally = Tally()
         self.state = _State()
         self.stop_event = anyio.Event()
+        self.work_scope: anyio.CancelScope | None = None
         self.run_id = 0
         self.total = 0
         self.left_at_start = 0
@@ -276,7 +277,8 @@ class Runner:
         self.state.stopping = True
         self.pacer.stop()
         self.stop_event.set()
-        self.work_scope.deadline = anyio.current_time() + self.config.grace_s
+        if self.work_scope is not None:  # else the claimer sees ``stopping`` and sends nothing
+            self.work_scope.deadline = anyio.current_time() + self.config.grace_s
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -1,0 +1,83 @@
+"""The one-call functions: rows in, results out, through the same handles as everything else.
+
+``batcher.run(rows, ...)`` *is* ``Store(db).add(batch, rows, ...).run(...)``
+followed by the batch's results: no second code path.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Iterable
+
+import anyio
+
+from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Batch, Store
+from ._results import Result
+
+
+def _add(store: Store, batch: str | None, rows: Iterable[Any] | str | os.PathLike[str], model: str | None,
+         max_tokens: int | None, system: str | None) -> Batch:
+    handle = store.add(batch, rows, model=model, max_tokens=max_tokens, system=system)
+    for warning in handle.report.warnings if handle.report else ():
+        warnings.warn(f"batcher: {warning}", stacklevel=4)
+    return handle
+
+
+def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEFAULT_MODEL,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None, batch: str | None = None,
+        db: str | os.PathLike[str] | None = None, rpm: float = 500, concurrency: int | None = None,
+        max_attempts: int = 6, stream: bool | None = None, api_key: str | None = None,
+        base_url: str | None = None, progress: bool | None = None, **options: Any) -> list[Result]:
+    """Send rows through Claude; return one :class:`batcher.Result` per row, in input order.
+
+    ``rows`` are strings (prompts) or dicts in either job-file line format, a
+    pandas DataFrame or Series, or a job file's path; ``model``,
+    ``max_tokens`` and ``system`` fill in what rows leave out. The rows are
+    stored in the job store ``db`` (``$BATCHER_DB``, then ``./batcher.db``)
+    as the batch ``batch``; when None, its name is derived from the rows and
+    those three options, so the same call finds the same batch: re-running
+    it after a crash or a Ctrl-C resumes, and answered rows are never sent
+    again. Run options are :meth:`batcher.Batch.run`'s.
+
+    Raises :class:`batcher.InvalidRows` (nothing stored) if any row is
+    invalid, :class:`batcher.APIStopped` if the API refuses the key,
+    :class:`batcher.Interrupted` on Ctrl-C. Failed jobs are results with
+    ``status == "failed"``. The results are a list: for millions of rows,
+    use :meth:`batcher.Batch.results` to read them lazily.
+
+    >>> import batcher
+    >>> results = batcher.run(["Name a colour.", "Name a fruit."], max_tokens=64, progress=False)
+    >>> [(r.custom_id, r.status) for r in results]
+    [('line-1', 'succeeded'), ('line-2', 'succeeded')]
+    """
+    with Store(db) as store:
+        handle = _add(store, batch, rows, model, max_tokens, system)
+        handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
+                   base_url=base_url, progress=progress, **options)
+        return list(handle.results())
+
+
+async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEFAULT_MODEL,
+               max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None, batch: str | None = None,
+               db: str | os.PathLike[str] | None = None, rpm: float = 500, concurrency: int | None = None,
+               max_attempts: int = 6, stream: bool | None = None, api_key: str | None = None,
+               base_url: str | None = None, progress: bool | None = None, **options: Any) -> list[Result]:
+    """:func:`batcher.run` for async code; the store's work runs on worker threads.
+
+    Cancelling the calling task stops the run at once; stored answers stay.
+
+    >>> import anyio, batcher
+    >>> async def main():
+    ...     return await batcher.arun(["Name a colour."], max_tokens=64, progress=False)
+    >>> [r.status for r in anyio.run(main)]
+    ['succeeded']
+    """
+    store = await anyio.to_thread.run_sync(Store, db)
+    try:
+        handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system))
+        await handle.arun(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
+                          api_key=api_key, base_url=base_url, progress=progress, **options)
+        return await anyio.to_thread.run_sync(lambda: list(handle.results()))
+    finally:
+        store.close()

@@ -1,0 +1,432 @@
+"""Handles on the job store: :class:`Store` and its :class:`Batch` es.
+
+Everything the command line does goes through these: ``batcher import`` is
+:meth:`Store.add`, ``batcher run`` is :meth:`Batch.run`, and so on, so a
+batch made from Python is the same as one made by the CLI and the other way
+round. The handles hold no API key: it is read (or given) for each run and
+handed to the runner alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any, Iterable, Iterator, Sequence
+
+import anyio
+
+from ._progress import run_display
+from ._results import Result, iter_results
+from ._rows import ROWS_SOURCE, InvalidRows, derived_name, prepared_rows, records, rows_report
+from ._sync import call_sync
+from .db import display_name, open_store
+from .errors import EXIT_API_STOPPED, EXIT_INTERRUPTED, EXIT_USAGE, APIStopped, BatcherError, Interrupted, \
+    UsageError
+from .importer import ImportRejected, ImportReport, import_chunks, import_file
+from .runner import RunConfig, Runner, RunSummary
+from .store import Batch as BatchRecord
+from .store import find_batch, list_batches
+from .validate import Defaults
+
+#: Defaults of :meth:`Store.add` and :func:`batcher.run` for rows that leave them out.
+DEFAULT_MODEL = "claude-haiku-4.5"
+DEFAULT_MAX_TOKENS = 512
+NO_KEY = "no API key: set POE_API_KEY (export POE_API_KEY=your-key; keys at https://poe.com/api_key)"
+
+PathLike = str | os.PathLike[str]
+
+
+class Store:
+    """The job store: an SQLite file or a SQLAlchemy URL, opened (and upgraded) once.
+
+    ``db`` defaults to ``$BATCHER_DB``, then ``./batcher.db``, like ``--db``.
+    With ``create=False`` a missing SQLite file is an error instead of a new,
+    empty store. Use it as a context manager, or call :meth:`close`.
+
+    >>> import batcher
+    >>> with batcher.Store("example.db") as store:
+    ...     b = store.add("greetings", ["Say hello", {"custom_id": "fr", "prompt": "Dis bonjour"}])
+    ...     [x.name for x in store.batches()]
+    ['greetings']
+    """
+
+    __module__ = "batcher"
+
+    def __init__(self, db: PathLike | None = None, *, create: bool = True) -> None:
+        self._engine = open_store(os.fspath(db) if db is not None else None, create=create)
+
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine, for tools built on the store."""
+        return self._engine
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the store's connections (handles made from it stop working)."""
+        self._engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"<batcher.Store {display_name(self._engine.url.render_as_string(hide_password=False))!r}>"
+
+    def add(self, name: str | None, rows: Iterable[Any] | PathLike, *, model: str | None = DEFAULT_MODEL,
+            max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None,
+            skip_invalid: bool = False) -> Batch:
+        """Import rows (or a JSONL job file) into the batch ``name``; return its handle.
+
+        ``rows`` is an iterable of ``str`` (a prompt) or ``dict`` (either
+        job-file line format: ``{"custom_id", "params": {...}}`` or the
+        shorthand with ``prompt``/``messages``), a pandas DataFrame (its
+        records) or Series, or the path of a job file. ``model``,
+        ``max_tokens`` and ``system`` fill in what rows leave out.
+
+        Like ``batcher import``: idempotent (unchanged rows are left alone,
+        new ones added), and all or nothing: one invalid row raises
+        :class:`batcher.InvalidRows` naming every bad row, and nothing is
+        stored, unless ``skip_invalid``. Rows are streamed, so memory stays
+        flat. With ``name=None`` a file's batch is named after the file, and
+        rows' batch after a hash of the rows and these options (the rows are
+        then read twice, so an iterator is first turned into a list).
+        The returned handle's :attr:`Batch.report` says what was done.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add(None, ["What is 2 + 2?"], max_tokens=64)
+        ...     b.name, b.report.added
+        ('rows-...', 1)
+        """
+        defaults = Defaults(model, max_tokens, system)
+        if isinstance(rows, (str, os.PathLike)):
+            return self._add_file(name, os.fspath(rows), defaults, skip_invalid)
+        given = records(rows)
+        if name is None:
+            if not isinstance(given, Sequence):
+                given = list(given)
+            name = derived_name(given, defaults)
+        try:
+            report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE, prepared_rows(given, defaults),
+                                   skip_invalid)
+        except ImportRejected as exc:
+            raise InvalidRows(exc.report, from_rows=True) from None
+        return Batch(self, find_batch(self._engine, name), report)
+
+    def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool) -> Batch:
+        from .jobfile import ensure_readable
+
+        ensure_readable(path)
+        try:
+            report = import_file(self._engine, path, name, defaults, skip_invalid)
+        except ImportRejected as exc:
+            raise InvalidRows(exc.report, from_rows=False) from None
+        return Batch(self, find_batch(self._engine, report.batch), report)
+
+    def batch(self, name: str | None = None) -> Batch:
+        """The batch called ``name``; with no name, the store's only batch.
+
+        Raises :class:`batcher.UsageError` naming the batches there are when
+        there is no such batch.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     _ = store.add("greetings", ["Say hello", {"custom_id": "fr", "prompt": "Dis bonjour"}])
+        ...     store.batch("greetings").status()["total"]
+        2
+        """
+        return Batch(self, find_batch(self._engine, name))
+
+    def batches(self) -> list[Batch]:
+        """Every batch in the store, oldest first (what ``batcher batches`` lists)."""
+        return [Batch(self, record) for record in list_batches(self._engine)]
+
+
+class Batch:
+    """A batch of jobs in a :class:`Store`: run it, watch it, read and export its results.
+
+    Get one from :meth:`Store.add` or :meth:`Store.batch`. Every method reads
+    or changes the store directly, so a handle never goes stale, and the
+    CLI's commands (``status``, ``export``, ``retry``, ``cancel``, ``run``)
+    see the same batch.
+
+    >>> import batcher
+    >>> with batcher.Store("example.db") as store:
+    ...     b = store.add("greetings", ["Say hello", {"custom_id": "fr", "prompt": "Dis bonjour"}])
+    ...     summary = b.run(progress=False)          # sends what is pending
+    ...     [(r.custom_id, r.status) for r in b.results()]
+    [('line-1', 'succeeded'), ('fr', 'succeeded')]
+    """
+
+    __module__ = "batcher"
+
+    def __init__(self, store: Store, record: BatchRecord, report: ImportReport | None = None) -> None:
+        self._store, self._record = store, record
+        #: What the :meth:`Store.add` that returned this handle imported (None otherwise).
+        self.report = report
+
+    @property
+    def name(self) -> str:
+        """The batch's name (unique in its store)."""
+        return self._record.name
+
+    @property
+    def source(self) -> str:
+        """Where its jobs came from: the job file's path, or ``<python rows>``."""
+        return self._record.source
+
+    @property
+    def created_at(self) -> float:
+        """When the batch was created (Unix seconds)."""
+        return self._record.created_at
+
+    def __repr__(self) -> str:
+        return f"<batcher.Batch {self.name!r}>"
+
+    @property
+    def _engine(self) -> Any:
+        return self._store._engine
+
+    # --- reading ---------------------------------------------------------------
+    def status(self, detail: bool = True) -> dict[str, Any]:
+        """The batch's state: the fields of ``batcher status --json``.
+
+        Counts per status (``total``, ``pending``, ``running``, ``succeeded``,
+        ``failed``, ``canceled``), tokens, failures by kind, pace and the live
+        run. ``detail=False`` stops after the counts and token totals.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     s = store.add("tomorrow", ["Not today."]).status()
+        >>> s["total"], s["pending"]
+        (1, 1)
+        """
+        from .status import batch_status
+
+        return batch_status(self._engine, self._record, detail=detail)
+
+    def results(self, only: str | Iterable[str] | None = "all") -> Iterator[Result]:
+        """Its jobs' :class:`batcher.Result` s, lazily, in input order.
+
+        ``only`` is ``"all"`` (every job, pending ones too, so results line up
+        with the input) or a status (``succeeded``, ``failed``, ``canceled``,
+        ``pending``) or several. Memory stays flat: this is the way through
+        millions of rows.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("colours", ["Name a colour.", "Name another colour."])
+        ...     _ = b.run(progress=False)
+        ...     texts = [r.text for r in b.results(only="succeeded")]
+        >>> len(texts)
+        2
+        """
+        return iter_results(self._engine, self._record, only)
+
+    def export(self, path: str | None = None, format: str = "results", only: str = "all",
+               include_pending: bool = False) -> int:
+        """Write the results as JSONL, like ``batcher export``; return the lines written.
+
+        ``format`` is ``results`` (Anthropic's Message Batches result lines),
+        ``text`` or ``merged``; ``only`` is ``all``, ``succeeded`` or
+        ``failed``. ``path`` defaults to ``NAME.FORMAT.jsonl`` here; ``"-"``
+        is stdout. A file is written whole or not at all.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("colours", ["Name a colour.", "Name another colour."])
+        ...     _ = b.run(progress=False)
+        ...     b.export("colours.jsonl", format="text")
+        2
+        """
+        from .export import default_output, export_batch
+
+        return export_batch(self._engine, self._record, path or default_output(self._record, format), format,
+                            only, include_pending)
+
+    # --- changing what a run sends --------------------------------------------------
+    def retry(self, error_type: str | Iterable[str] | None = None, status_code: int | Iterable[int] | None = None,
+              canceled: bool = False) -> int:
+        """Put failed jobs (those matching, if given) back to pending; return how many.
+
+        Like ``batcher retry``: ``error_type`` and ``status_code`` narrow the
+        failures chosen; ``canceled=True`` brings back cancelled jobs instead.
+        The next :meth:`run` sends them.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     store.add("greetings", ["Say hello"]).retry(error_type="overloaded_error", status_code=529)
+        0
+        """
+        from .manage import retry
+
+        types = (error_type,) if isinstance(error_type, str) else tuple(error_type or ())
+        codes = (status_code,) if isinstance(status_code, int) else tuple(status_code or ())
+        return retry(self._engine, self._record, types, codes, canceled)
+
+    def cancel(self) -> int:
+        """Mark pending jobs canceled so no run sends them; return how many (like ``batcher cancel``).
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("later", ["Not now.", "Nor now."])
+        ...     b.cancel(), b.retry(canceled=True)
+        (2, 2)
+        """
+        from .manage import cancel
+
+        return cancel(self._engine, self._record)
+
+    # --- running ------------------------------------------------------------------------
+    def run(self, *, rpm: float = 500, concurrency: int | None = None, max_attempts: int = 6,
+            timeout: float = 600, stream: bool | None = None, api_key: str | None = None,
+            base_url: str | None = None, auth: str = "x-api-key", grace: float = 10,
+            progress: bool | None = None, **options: Any) -> RunSummary:
+        """Send every pending job, at the rate limit; return the run's summary.
+
+        The same run as ``batcher run``, with the same options; ``api_key`` and
+        ``base_url`` default to ``$POE_API_KEY`` and ``$POE_BASE_URL``.
+        Further keyword ``options`` are :class:`batcher.runner.RunConfig` fields.
+        ``progress=None`` shows a live line on a terminal or in a notebook and
+        nothing otherwise; True or False force it on or off.
+
+        Works inside a running event loop too (Jupyter): the run then goes on
+        a worker thread. Ctrl-C (or a notebook's stop) lets in-flight answers
+        finish within ``grace`` seconds, keeps every stored answer and raises
+        :class:`batcher.Interrupted`; a second one stops at once. Calling
+        again resumes. A key the API refuses raises :class:`batcher.APIStopped`
+        with nothing marked failed; jobs that failed are results, not errors.
+        """
+        given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
+                     api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)
+        _run_config(given, signals=False)  # a bad option fails here, before a thread starts
+        control = RunControl()
+        return call_sync(functools.partial(self._arun, given, control), control.stop, control.cancel)
+
+    async def arun(self, *, rpm: float = 500, concurrency: int | None = None, max_attempts: int = 6,
+                   timeout: float = 600, stream: bool | None = None, api_key: str | None = None,
+                   base_url: str | None = None, auth: str = "x-api-key", grace: float = 10,
+                   progress: bool | None = None, signals: bool = False, **options: Any) -> RunSummary:
+        """:meth:`run` for async code (asyncio or trio, through anyio).
+
+        Cancelling the calling task stops the run at once (stored answers
+        stay). ``signals=True`` lets the run catch SIGINT/SIGTERM itself for a
+        graceful stop, as the command line does (main thread only).
+
+        >>> import anyio, batcher
+        >>> async def main():
+        ...     with batcher.Store("example.db") as store:
+        ...         b = store.add("fruits", ["Name a fruit."])
+        ...         return (await b.arun(progress=False)).left
+        >>> anyio.run(main)
+        0
+        """
+        return await self._arun(dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                                     timeout=timeout, stream=stream, api_key=api_key, base_url=base_url,
+                                     auth=auth, grace=grace, progress=progress, **options),
+                                signals=signals)
+
+    async def _arun(self, options: dict[str, Any], control: RunControl | None = None,
+                    signals: bool = False) -> RunSummary:
+        key, config = _run_config(options, signals)
+        display = run_display(options["progress"])
+        try:
+            runner = Runner(self._engine, self._record, key, config)
+            if control is not None:
+                control.attach(runner)
+            with anyio.CancelScope() as scope:
+                if control is not None:
+                    control.scope = scope
+                summary = await runner.run(display)
+            if scope.cancelled_caught:
+                raise Interrupted(f"batch {self.name}: stopped at once; answers already received are stored, "
+                                  "the rest resumes on the next run")
+        finally:
+            if display is not None:
+                display.close()
+        return checked(summary)
+
+
+class RunControl:
+    """How a caller on another thread stops a run: gracefully, then at once."""
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.stop_asked = False
+
+    def attach(self, runner: Runner) -> None:
+        self.runner = runner
+        if self.stop_asked:
+            runner.request_stop()
+
+    def stop(self) -> None:
+        """In-flight requests get the grace period; nothing new is sent."""
+        self.stop_asked = True
+        if self.runner is not None:
+            self.runner.request_stop()
+
+    def cancel(self) -> None:
+        """Stop now: what is stored stays, answers not yet written are sent again next run."""
+        if self.scope is not None:
+            self.scope.cancel()
+        else:
+            self.stop()
+
+
+def _run_config(options: dict[str, Any], signals: bool) -> tuple[str, RunConfig]:
+    """The key and the RunConfig from :meth:`Batch.run`'s options, checked like the CLI's."""
+    from .client import DEFAULT_BASE_URL, check_base_url
+
+    options = dict(options)
+    key = (options.pop("api_key") or os.environ.get("POE_API_KEY", "")).strip()
+    if not key:
+        raise UsageError(NO_KEY)
+    base_url = options.pop("base_url") or os.environ.get("POE_BASE_URL") or DEFAULT_BASE_URL
+    check_base_url(base_url)
+    options.pop("progress")
+    _check_numbers(options)
+    renamed = {"timeout": "timeout_s", "grace": "grace_s"}
+    fields = {renamed.get(k, k): v for k, v in options.items()}
+    if signals and threading.current_thread() is not threading.main_thread():
+        signals = False  # signal handlers can only be installed by the main thread
+    try:
+        return key, RunConfig(base_url=base_url, handle_signals=signals, **fields)
+    except TypeError as exc:
+        raise UsageError(f"unknown run option: {exc}") from None
+
+
+def _check_numbers(options: dict[str, Any]) -> None:
+    checks = (("rpm", 0, False), ("timeout", 0, False), ("grace", 0, True), ("concurrency", 1, True),
+              ("max_attempts", 1, True))
+    for name, low, inclusive in checks:
+        value = options.get(name)
+        if value is None and name == "concurrency":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
+                (value < low if inclusive else value <= low):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise UsageError(f"{name} must be a number {bound}, not {value!r}")
+
+
+def checked(summary: RunSummary) -> RunSummary:
+    """The summary of a run that ended normally; else the error its exit code stands for.
+
+    Failed jobs are not an error (exit code 1): they are results.
+    """
+    if summary.exit_code in (0, 1):
+        return summary
+    if summary.exit_code == EXIT_INTERRUPTED:
+        done = summary.succeeded + summary.failed
+        error: BatcherError = Interrupted(
+            f"batch {summary.batch}: interrupted: {done} done, {summary.left} left; run the same call again to resume")
+    elif summary.exit_code == EXIT_API_STOPPED:
+        error = APIStopped(f"run stopped: {summary.message}")
+    elif summary.exit_code == EXIT_USAGE:
+        error = UsageError(f"run stopped: {summary.message}")
+    else:
+        error = BatcherError(f"run stopped: {summary.message}", summary.exit_code)
+    error.summary = summary
+    raise error

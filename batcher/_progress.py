@@ -1,0 +1,71 @@
+"""Choosing a run's live display: a terminal line, a notebook output, or nothing."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Protocol
+
+from .progress import ProgressDisplay, describe
+from .runner import Snapshot
+
+#: Seconds between two updates of a notebook's output.
+NOTEBOOK_EVERY_S = 0.5
+
+
+class Display(Protocol):
+    def __call__(self, snapshot: Snapshot) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (where output goes to a cell, not a terminal)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except AttributeError:
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class NotebookDisplay:
+    """One output in the cell, updated in place (IPython's display ids; no widgets needed)."""
+
+    def __init__(self) -> None:
+        from IPython.display import Pretty, display
+
+        self._pretty = Pretty
+        self._handle: Any = display(Pretty("starting..."), display_id=True)
+        self._last = 0.0
+        self._shown: Snapshot | None = None
+        self._latest: Snapshot | None = None
+
+    def __call__(self, snapshot: Snapshot) -> None:
+        self._latest = snapshot
+        now = time.monotonic()
+        if now - self._last >= NOTEBOOK_EVERY_S:
+            self._last = now
+            self._show(snapshot)
+
+    def _show(self, snapshot: Snapshot) -> None:
+        self._shown = snapshot
+        self._handle.update(self._pretty(describe(snapshot)))
+
+    def close(self) -> None:
+        """Show the last figures, which the rate of updates may have held back."""
+        if self._latest is not None and self._latest is not self._shown:
+            self._show(self._latest)
+
+
+def run_display(progress: bool | None) -> Display | None:
+    """``None``: live on a terminal or in a notebook, nothing otherwise; True/False force it."""
+    if progress is False:
+        return None
+    if in_notebook():
+        return NotebookDisplay()
+    if progress is None and not sys.stderr.isatty():
+        return None
+    return ProgressDisplay()

@@ -1,0 +1,134 @@
+"""Rows given in Python, turned into jobs the way a job file's lines are.
+
+A row is a ``str`` (a prompt) or a ``dict`` in either job-file line format;
+a pandas DataFrame (its records) or Series (its values) works by duck
+typing, pandas itself never imported. Rows are prepared in chunks as they
+are iterated, so an import's memory stays flat in the number of rows. Row
+``i`` is stored as line ``i + 1``: a row without ``custom_id`` gets
+``line-{i+1}``, exactly as if the rows were written to a file one per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable, Iterator
+
+import orjson
+
+from .importer import ImportRejected, ImportReport
+from .jobfile import LineError
+from .prepare import PreparedChunk, prepare_object
+from .validate import Defaults
+
+#: Rows per prepared chunk handed to the importer.
+ROWS_PER_CHUNK = 2000
+#: Bad rows named in an exception's message (all of them are in ``errors``).
+SHOWN_IN_MESSAGE = 20
+#: How rows given in Python are named as an import's source.
+ROWS_SOURCE = "<python rows>"
+
+
+def _missing(value: Any) -> bool:
+    """An empty DataFrame cell: None, NaN, pandas' NA/NaT."""
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return value != value
+    return type(value).__name__ in ("NAType", "NaTType")
+
+
+def records(rows: Any) -> Iterable[Any]:
+    """The rows of ``rows``: a DataFrame's records (empty cells left out), a Series' values, or ``rows``."""
+    if hasattr(rows, "columns") and hasattr(rows, "iloc") and hasattr(rows, "to_dict"):
+        return _frame_records(rows)
+    if hasattr(rows, "iloc") and hasattr(rows, "tolist"):
+        return rows.tolist()  # type: ignore[no-any-return]
+    return rows  # type: ignore[no-any-return]
+
+
+#: Integer request fields that pandas turns into floats when a cell is empty.
+INTEGER_FIELDS = ("max_tokens", "top_k")
+
+
+def _frame_records(frame: Any) -> Iterator[dict[str, Any]]:
+    # A slice at a time: to_dict converts numpy scalars to Python ones.
+    for start in range(0, len(frame), ROWS_PER_CHUNK):
+        for record in frame.iloc[start:start + ROWS_PER_CHUNK].to_dict("records"):
+            row = {k: v for k, v in record.items() if not _missing(v)}
+            for key in INTEGER_FIELDS:
+                value = row.get(key)
+                if isinstance(value, float) and value.is_integer():
+                    row[key] = int(value)
+            yield row
+
+
+def as_job_object(row: Any) -> Any:
+    """A row as a job-file line's object: a string is a prompt."""
+    return {"prompt": row} if isinstance(row, str) else row
+
+
+def prepared_rows(rows: Iterable[Any], defaults: Defaults) -> Iterator[PreparedChunk]:
+    """Rows validated and prepared in chunks, in order (see :func:`batcher.prepare.prepare_object`)."""
+    chunk = PreparedChunk()
+    dumps = orjson.dumps
+    for number, row in enumerate(rows, start=1):
+        obj = as_job_object(row)
+        try:
+            source = dumps(obj).decode()
+        except (orjson.JSONEncodeError, TypeError) as exc:
+            chunk.errors.append(LineError(number, f"cannot be stored as JSON: {exc}"))
+        else:
+            prepare_object(chunk, number, obj, source, defaults)
+        if number % ROWS_PER_CHUNK == 0:
+            yield chunk
+            chunk = PreparedChunk()
+    yield chunk
+
+
+def derived_name(rows: Iterable[Any], defaults: Defaults) -> str:
+    """A batch name that is the same for the same rows and import options.
+
+    Run options (pace, retries) do not count: they do not change what is sent.
+    """
+    digest = hashlib.blake2b(digest_size=6)
+    digest.update(orjson.dumps([defaults.model, defaults.max_tokens, defaults.system], default=repr))
+    for row in rows:
+        try:
+            digest.update(orjson.dumps(as_job_object(row), option=orjson.OPT_SORT_KEYS, default=repr))
+        except (orjson.JSONEncodeError, TypeError):
+            digest.update(repr(row).encode())
+        digest.update(b"\n")
+    return f"rows-{digest.hexdigest()}"
+
+
+class InvalidRows(ImportRejected):
+    """Some rows (or job-file lines) are invalid, and nothing was imported.
+
+    ``errors`` lists every bad one as ``(position, reason)``: the row's
+    0-based index for rows given in Python, the line number for a file.
+
+    >>> import batcher
+    >>> with batcher.Store(":memory:") as store:
+    ...     store.add("x", ["fine", "", {"prompt": "hi", "max_tokens": 0}])
+    Traceback (most recent call last):
+    batcher.InvalidRows: 2 bad row(s), nothing imported: row 1: `prompt` must be a non-empty string; row 2: `max_tokens` must be a positive integer
+    """
+
+    __module__ = "batcher"
+
+    def __init__(self, report: ImportReport, from_rows: bool) -> None:
+        super().__init__(report)
+        what = "row" if from_rows else "line"
+        self.errors: list[tuple[int, str]] = [
+            (e.line - 1 if from_rows else e.line, e.message) for e in sorted(report.errors, key=lambda e: e.line)]
+        shown = "; ".join(f"{what} {pos}: {reason}" for pos, reason in self.errors[:SHOWN_IN_MESSAGE])
+        more = report.rejected - min(len(self.errors), SHOWN_IN_MESSAGE)
+        if more > 0:
+            shown += f"; ... and {more} more"
+        where = "" if from_rows else f"{report.file}: "
+        self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}",)
+
+
+def rows_report(batch: str) -> ImportReport:
+    """The report of an import of rows: every bad row kept, not only the first."""
+    return ImportReport(batch=batch, file="rows", keep=None)

@@ -1,0 +1,247 @@
+"""The Python API (``import batcher``) against the simulator over real HTTP and a real SQLite file.
+
+What a script or a notebook relies on: results in input order, a repeated
+call that sends nothing, async and inside-a-loop use, Ctrl-C then resume with
+every row answered exactly once, invalid rows refused whole, pandas in and
+out, and the key kept out of every error.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import batcher
+
+KEY = "poe-test-key"
+SECRET = "sk-poe-SECRET-5d1e0b-DO-NOT-LEAK"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: Any) -> Iterator[Any]:
+    """A fresh folder as cwd, the key and the simulator's URL in the environment."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("POE_", "BATCHER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("POE_API_KEY", KEY)
+    monkeypatch.setenv("POE_BASE_URL", simulator.base_url)
+    yield simulator
+
+
+def requests(sim: Any) -> int:
+    return int(sim.stats()["requests"])
+
+
+def db_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_strings_and_dicts_come_back_in_input_order(env: Any) -> None:
+    rows: list[Any] = ["first prompt", {"custom_id": "zz-late", "prompt": "second prompt", "tag": 7},
+                      {"custom_id": "aa-early", "params": {"messages": [{"role": "user", "content": "third"}]}},
+                      "fourth prompt"]
+    results = batcher.run(rows, max_tokens=32, progress=False, rpm=6000)
+    assert [r.custom_id for r in results] == ["line-1", "zz-late", "aa-early", "line-4"]
+    assert [r.index for r in results] == [0, 1, 2, 3]
+    assert all(r.status == "succeeded" and r.ok for r in results)
+    for result, prompt in zip(results, ["first prompt", "second prompt", "third", "fourth prompt"]):
+        assert prompt in (result.text or "")  # the simulator answers about the prompt it was sent
+        assert result.message is not None and result.usage == result.message["usage"]
+        assert result.error is None
+    assert results[0].row == {"prompt": "first prompt"}
+    assert results[1].row == {"custom_id": "zz-late", "prompt": "second prompt", "tag": 7}
+
+
+def test_the_same_call_twice_sends_nothing_the_second_time(env: Any) -> None:
+    rows = [f"question {i}" for i in range(12)]
+    first = batcher.run(rows, max_tokens=16, progress=False, rpm=6000)
+    sent = requests(env)
+    assert sent == 12
+    again = batcher.run(rows, max_tokens=16, progress=False, rpm=6000)
+    assert requests(env) == sent
+    assert [(r.custom_id, r.text) for r in again] == [(r.custom_id, r.text) for r in first]
+    # Other options make other requests: another batch.
+    batcher.run(rows, max_tokens=17, progress=False, rpm=6000)
+    assert requests(env) == 24
+    with batcher.Store() as store:
+        assert len(store.batches()) == 2
+
+
+def test_arun(env: Any) -> None:
+    async def main() -> list[batcher.Result]:
+        return await batcher.arun(["alpha", "beta"], max_tokens=16, progress=False, rpm=6000)
+
+    results = asyncio.run(main())
+    assert [(r.custom_id, r.status) for r in results] == [("line-1", "succeeded"), ("line-2", "succeeded")]
+
+
+def test_sync_run_inside_a_running_loop(env: Any) -> None:
+    async def cell() -> list[batcher.Result]:
+        # What a notebook cell does: a plain call while the kernel's loop runs.
+        return batcher.run(["inside a loop"], max_tokens=16, progress=False, rpm=6000)
+
+    results = asyncio.run(cell())
+    assert [r.status for r in results] == ["succeeded"]
+
+
+def _interrupt_once_answers_arrive(sim: Any, after: int) -> threading.Thread:
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while requests(sim) < after and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _thread.interrupt_main()
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("in_loop", [False, True], ids=["script", "notebook"])
+def test_interrupt_then_the_same_call_finishes_every_row_exactly_once(
+        env: Any, simulator: Any, monkeypatch: pytest.MonkeyPatch, in_loop: bool) -> None:
+    sim = simulator(latency=0.15)
+    monkeypatch.setenv("POE_BASE_URL", sim.base_url)
+    rows = [f"row {i}" for i in range(60)]
+    call = dict(max_tokens=16, progress=False, rpm=6000, concurrency=4)
+
+    async def cell() -> list[batcher.Result]:
+        return batcher.run(rows, **call)
+
+    watcher = _interrupt_once_answers_arrive(sim, after=8)
+    with pytest.raises(batcher.Interrupted) as caught:
+        if in_loop:
+            loop = asyncio.new_event_loop()  # like a kernel's: no SIGINT handler of asyncio's own
+            try:
+                loop.run_until_complete(cell())
+            finally:
+                loop.close()
+        else:
+            batcher.run(rows, **call)
+    watcher.join()
+    assert isinstance(caught.value, KeyboardInterrupt)
+    assert "run the same call again" in str(caught.value)
+    summary = caught.value.summary
+    assert summary is not None and summary.left > 0
+    # In-flight answers got their grace: everything sent so far is stored.
+    assert summary.succeeded == requests(sim)
+
+    results = batcher.run(rows, **call)
+    assert [r.custom_id for r in results] == [f"line-{i + 1}" for i in range(60)]
+    assert all(r.status == "succeeded" for r in results)
+    stats = sim.stats()
+    assert stats["requests"] == stats["succeeded"] == 60  # every row exactly once
+
+
+def test_invalid_rows_raise_naming_each_and_store_nothing(env: Any, tmp_path: Path) -> None:
+    rows = ["fine", "", {"prompt": "ok", "max_tokens": 0}, 42, {"custom_id": "bad id!", "prompt": "x"}, "fine too"]
+    with pytest.raises(batcher.InvalidRows) as caught:
+        batcher.run(rows, progress=False)
+    error = caught.value
+    assert [pos for pos, _ in error.errors] == [1, 2, 3, 4]
+    message = str(error)
+    assert message.startswith("4 bad row(s), nothing imported: row 1: `prompt` must be a non-empty string")
+    assert "row 2: `max_tokens` must be a positive integer" in message
+    assert "row 3: expected a JSON object, found int" in message
+    assert "row 4: `custom_id` must be" in message
+    assert isinstance(error, batcher.UsageError) and error.exit_code == 2
+    assert db_rows(tmp_path / "batcher.db", "SELECT count(*) FROM jobs") == [(0,)]
+    assert requests(env) == 0
+    # skip_invalid imports the rest, like --skip-invalid.
+    with batcher.Store() as store:
+        b = store.add("kept", rows, skip_invalid=True)
+        assert (b.report.added, b.report.rejected) == (2, 4)
+
+
+def test_pandas_in_and_out(env: Any) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"custom_id": ["a", "b", "c"], "prompt": ["one", "two", "three"],
+                          "max_tokens": [16, None, 24], "topic": ["x", "y", None]})
+    results = batcher.run(frame, max_tokens=20, progress=False, rpm=6000)
+    out = pd.DataFrame(results)
+    assert list(out["custom_id"]) == ["a", "b", "c"]
+    assert list(out["status"]) == ["succeeded"] * 3
+    assert {"text", "usage", "error", "row", "index"} <= set(out.columns)
+    # An empty cell is left out of the row, so the default applies.
+    assert [r.message["usage"]["output_tokens"] <= r.row.get("max_tokens", 20) for r in results] == [True] * 3
+    assert results[1].row == {"custom_id": "b", "prompt": "two", "topic": "y"}
+    series = pd.Series(["from a series", "another"])
+    assert [r.status for r in batcher.run(series, max_tokens=16, progress=False, rpm=6000)] == ["succeeded"] * 2
+
+
+def test_a_refused_key_raises_without_the_key(env: Any, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = simulator(key="the-right-key")
+    with pytest.raises(batcher.APIStopped) as caught:
+        batcher.run(["hi"], api_key=SECRET, base_url=sim.base_url, progress=False)
+    error = caught.value
+    assert error.exit_code == 3 and "refused the key" in str(error)
+    assert error.summary is not None and error.summary.failed == 0
+    for text in (str(error), repr(error), repr(error.summary)):
+        assert SECRET not in text
+    with batcher.Store() as store:
+        assert store.batches()[0].status()["pending"] == 1  # nothing marked failed
+        assert SECRET not in repr(store) + repr(store.batches())
+    monkeypatch.delenv("POE_API_KEY")
+    with pytest.raises(batcher.UsageError, match="no API key: set POE_API_KEY"):
+        batcher.run(["hi"], progress=False)
+
+
+def test_handles_on_a_store(env: Any) -> None:
+    with batcher.Store("handles.db") as store:
+        b = store.add("greet", ["hello", "bonjour", "hola"], max_tokens=16)
+        assert (b.report.added, b.report.unchanged) == (3, 0)
+        again = store.add("greet", ["hello", "bonjour", "hola"], max_tokens=16)
+        assert (again.report.added, again.report.unchanged) == (0, 3)
+        assert b.cancel() == 3
+        assert [r.status for r in b.results()] == ["canceled"] * 3
+        assert b.retry(canceled=True) == 3
+        assert [r.status for r in b.results(only="pending")] == ["pending"] * 3
+        summary = b.run(progress=False, rpm=6000)
+        assert (summary.succeeded, summary.left, summary.exit_code) == (3, 0, 0)
+        assert store.batch().name == "greet"  # the only batch
+        with pytest.raises(batcher.UsageError, match="no batch named 'nope'"):
+            store.batch("nope")
+        with pytest.raises(batcher.UsageError, match="only="):
+            b.results(only="done")
+        with pytest.raises(batcher.UsageError, match="rpm must be"):
+            b.run(rpm=0)
+
+
+def test_docstring_examples_run(env: Any) -> None:
+    """Every public name's example runs as written (against the simulator)."""
+    import doctest
+
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    with_examples = set()
+    for name in batcher.__all__:
+        if name == "__version__":
+            continue
+        for test in finder.find(getattr(batcher, name), f"batcher.{name}", module=False, globs={}):
+            if test.examples:
+                with_examples.add(name)
+                runner.run(test)
+    outcome = runner.summarize(verbose=False)
+    assert outcome.failed == 0
+    # RunSummary and the error subclasses are shown through the others' examples.
+    assert {"run", "arun", "Store", "Batch", "Result", "BatcherError", "InvalidRows"} <= with_examples
+
+
+def test_public_names() -> None:
+    for name in batcher.__all__:
+        value = getattr(batcher, name)
+        if name != "__version__":
+            assert value.__doc__, name
+    assert issubclass(batcher.InvalidRows, batcher.UsageError)
+    assert issubclass(batcher.StoreError, batcher.BatcherError)
+    assert [batcher.UsageError.exit_code, batcher.APIStopped.exit_code, batcher.StoreError.exit_code,
+            batcher.Interrupted.exit_code] == [2, 3, 4, 130]
