@@ -1,11 +1,12 @@
-# make test: the whole suite.  make demo: the example job file end to end
+# make test: the whole suite.  make fuzz: the property tests with many more
+# examples.  make demo: the example job file end to end
 # against the built-in simulator, no key needed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench clean
+.PHONY: test fuzz demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m property
 
 demo: $(STAMP)
 	$(BIN)/python -m batcher.demo

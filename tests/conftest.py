@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a few dozen examples each in the ordinary suite (seconds in
+# all), many more with HYPOTHESIS_PROFILE=fuzz (`make fuzz`).
+settings.register_profile("default", max_examples=40, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=2000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every Hypothesis test ``property``, so `make fuzz` finds them all."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
 
 if TYPE_CHECKING:  # the simulator needs the sim extra; load it only when a test asks
     from batcher.sim import SimulatorProcess, SimulatorThread
