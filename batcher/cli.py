@@ -134,18 +134,30 @@ def batches_command(db: str | None) -> None:
 @click.argument("batch", required=False)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.option("--verify", is_flag=True,
+              help="Recount every figure from the job rows and check the kept totals agree (slow on big batches).")
 @friendly
-def status_command(batch: str | None, db: str | None, as_json: bool) -> None:
+def status_command(batch: str | None, db: str | None, as_json: bool, verify: bool) -> None:
     """Show a batch's progress: counts, failures by kind, tokens by model, pace and the live run.
 
     BATCH may be left out when the store holds a single batch.
     """
     from .db import open_store
     from .status import batch_status, status_lines
+    from .status import verify as verify_tally
     from .store import find_batch
 
     engine = open_store(db, create=False)
-    status = batch_status(engine, find_batch(engine, batch))
+    found = find_batch(engine, batch)
+    if verify:
+        problems = verify_tally(engine, found)
+        for problem in problems:
+            click.echo(f"batcher: tally differs from the rows: {problem}", err=True)
+        if problems:
+            sys.exit(4)
+        click.echo(f"batch {found.name}: the kept totals agree with a recount of the rows")
+        return
+    status = batch_status(engine, found)
     if as_json:
         click.echo(json.dumps(status))
         return

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import Connection, Engine, bindparam, literal_column, select
 
+from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .jobfile import LineError, describe
@@ -207,4 +208,5 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             raise ImportRejected(report)
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             added=report.added, unchanged=report.unchanged, rejected=report.rejected))
+        tally.add_statuses(conn, stored.id, {"pending": report.added})
     return report

@@ -15,11 +15,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, update
 
+from . import tally
 from .db import store_errors, write
 from .errors import UsageError
-from .schema import attempts, jobs, runs
+from .schema import attempts, in_status, jobs, runs
 from .store import status_counts
 
 #: A run whose heartbeat is older than this is taken for dead.
@@ -70,8 +71,7 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
                 raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
                                 f"(since {started}); wait for it, or stop it and run again")
             conn.execute(update(runs).where(runs.c.id == row.id).values(ended_at=now, outcome="died"))
-        conn.execute(update(jobs).where(jobs.c.batch_id == batch_id, jobs.c.status == "running")
-                     .values(status="pending", run_id=None, updated_at=now))
+        _release(conn, batch_id, None, now)
         return conn.execute(runs.insert().values(
             batch_id=batch_id, pid=os.getpid(), host=socket.gethostname(), started_at=now, heartbeat_at=now,
             rpm=rpm, base_url=base_url)).inserted_primary_key[0]
@@ -90,14 +90,27 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
     with write(engine) as conn:
         rows = conn.execute(
             select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.attempts)
-            .where(jobs.c.batch_id == batch_id, tuple_(jobs.c.line, jobs.c.id) > tuple_(*after),
-                   jobs.c.status == "pending")
+            .where(jobs.c.batch_id == batch_id, in_status("pending"), tuple_(jobs.c.line, jobs.c.id) > tuple_(*after))
             .order_by(jobs.c.line, jobs.c.id).limit(limit)
         ).all()
         if rows:
-            conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), jobs.c.status == "pending")
-                         .values(status="running", run_id=run_id, updated_at=now))
+            claimed = conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), in_status("pending"))
+                                   .values(status="running", run_id=run_id, updated_at=now)).rowcount
+            tally.add_statuses(conn, batch_id, {"pending": -claimed, "running": claimed})
     return [ClaimedJob(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
+
+
+def _release(conn: Connection, batch_id: int, run_id: int | None, now: float) -> int:
+    """Put jobs left running (by ``run_id``, or by any run) back to pending.
+
+    The partial index on running jobs finds them without reading the batch.
+    """
+    query = update(jobs).where(jobs.c.batch_id == batch_id, in_status("running"))
+    if run_id is not None:
+        query = query.where(jobs.c.run_id == run_id)
+    released = conn.execute(query.values(status="pending", run_id=None, updated_at=now)).rowcount
+    tally.add_statuses(conn, batch_id, {"running": -released, "pending": released})
+    return released
 
 
 @store_errors
@@ -138,23 +151,33 @@ _count_attempt = update(jobs).where(jobs.c.id == bindparam("job_id")).values(att
 @store_errors
 def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes: list[Outcome],
            heartbeat: bool) -> int:
-    """Write attempts and outcomes in one transaction; return outcomes stored."""
+    """Write attempts and outcomes in one transaction, with their tally; return outcomes stored."""
     now = time.time()
     stored = 0
+    delta = tally.TallyDelta()
     with write(engine) as conn:
+        batch_id = conn.execute(select(runs.c.batch_id).where(runs.c.id == run_id)).scalar_one()
         if attempt_rows:
             conn.execute(attempts.insert(), [
                 {"job_id": a.job_id, "run_id": run_id, "started_at": a.started_at, "latency_ms": a.latency_ms,
                  "status_code": a.status_code, "error_type": a.error_type, "streamed": a.streamed,
                  "ttft_ms": a.ttft_ms} for a in attempt_rows])
+            for a in attempt_rows:
+                delta.attempt(a.started_at, a.latency_ms, a.streamed, a.error_type is None, a.ttft_ms)
             counted = [{"job_id": a.job_id} for a in attempt_rows if a.counts]
             if counted:
-                conn.execute(_count_attempt, counted)
+                delta.budget += conn.execute(_count_attempt, counted).rowcount
+        if outcomes:
+            # Only jobs still claimed by this run take an outcome (and count).
+            mine = set(conn.execute(select(jobs.c.id).where(
+                jobs.c.id.in_([o.job_id for o in outcomes]), in_status("running"), jobs.c.run_id == run_id)).scalars())
+            outcomes = [o for o in outcomes if o.job_id in mine]
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for outcome in outcomes:
             params = {"job_id": outcome.job_id, "run": run_id, "status": outcome.status, "updated_at": now,
                       "finished_at": now, **outcome.values}
             by_shape.setdefault(tuple(sorted(params)), []).append(params)
+            _tally_outcome(delta, outcome)
         for keys, group in by_shape.items():
             values = {k: bindparam(k) for k in keys if k not in ("job_id", "run")}
             # Columns named like bind parameters must be bound under other names.
@@ -162,9 +185,23 @@ def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes
             result = conn.execute(stmt, [{**{"v_" + k: p[k] for k in values}, "job_id": p["job_id"], "run": run_id}
                                          for p in group])
             stored += result.rowcount
+        if outcomes:
+            delta.statuses["running"] -= len(outcomes)
+            delta.last_finished_at = now
+        tally.apply(conn, batch_id, delta)
         if heartbeat:
             conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
     return stored
+
+
+def _tally_outcome(delta: tally.TallyDelta, outcome: Outcome) -> None:
+    """What one recorded outcome adds to the batch's tally."""
+    delta.statuses[outcome.status] += 1
+    values = outcome.values
+    if outcome.status == "succeeded":
+        delta.answer(values.get("model"), values)
+    elif outcome.status == "failed":
+        delta.failures[values.get("error_type"), values.get("status_code")] += 1
 
 
 @store_errors
@@ -172,7 +209,7 @@ def finish_run(engine: Engine, run_id: int, outcome: str) -> int:
     """Put this run's unfinished jobs back to pending and close the run."""
     now = time.time()
     with write(engine) as conn:
-        released = conn.execute(update(jobs).where(jobs.c.run_id == run_id, jobs.c.status == "running")
-                                .values(status="pending", run_id=None, updated_at=now)).rowcount
+        batch_id = conn.execute(select(runs.c.batch_id).where(runs.c.id == run_id)).scalar_one()
+        released = _release(conn, batch_id, run_id, now)
         conn.execute(update(runs).where(runs.c.id == run_id).values(ended_at=now, heartbeat_at=now, outcome=outcome))
     return released

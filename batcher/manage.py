@@ -1,7 +1,7 @@
 """Changing which jobs a run will send: retrying failures, cancelling the rest.
 
-Both are single UPDATEs in one write transaction, so they are safe while a
-run is going: a run claims only ``pending`` jobs, so cancelled ones are no
+Both are single UPDATEs in one write transaction (with the tally's change),
+so they are safe while a run is going: a run claims only ``pending`` jobs, so cancelled ones are no
 longer claimed, and retried ones are sent by the next run (or by the current
 one, if it is still claiming). The ``attempts`` table is never touched: the
 history of what was tried stays for status and analysis.
@@ -10,13 +10,15 @@ history of what was tried stays for status and analysis.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Iterable
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, func, select
 
+from . import tally
 from .db import store_errors, write
 from .errors import UsageError
-from .schema import jobs
+from .schema import in_status, jobs
 from .store import Batch
 
 
@@ -32,15 +34,29 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
     error_types, status_codes = tuple(error_types), tuple(status_codes)
     if canceled and (error_types or status_codes):
         raise UsageError("--error-type and --status-code choose failed jobs; they do not combine with --canceled")
-    query = jobs.update().where(jobs.c.batch_id == batch.id, jobs.c.status == ("canceled" if canceled else "failed"))
+    status = "canceled" if canceled else "failed"
+    chosen = and_(jobs.c.batch_id == batch.id, in_status(status))
     if error_types:
-        query = query.where(jobs.c.error_type.in_(error_types))
+        chosen = and_(chosen, jobs.c.error_type.in_(error_types))
     if status_codes:
-        query = query.where(jobs.c.status_code.in_(status_codes))
-    query = query.values(status="pending", attempts=0, error=None, error_type=None, status_code=None,
-                         finished_at=None, updated_at=time.time())
+        chosen = and_(chosen, jobs.c.status_code.in_(status_codes))
+    delta = tally.TallyDelta()
     with write(engine) as conn:
-        return conn.execute(query).rowcount
+        # What the chosen jobs take out of the tally, read in the same
+        # transaction as the update that moves them.
+        groups = select(jobs.c.error_type, jobs.c.status_code, func.count(), func.coalesce(func.sum(jobs.c.attempts), 0))
+        for error_type, status_code, n, spent in conn.execute(
+                groups.where(chosen).group_by(jobs.c.error_type, jobs.c.status_code)):
+            delta.statuses[status] -= n
+            delta.statuses["pending"] += n
+            delta.budget -= spent
+            if not canceled:
+                delta.failures[error_type, status_code] -= n
+        moved = conn.execute(jobs.update().where(chosen).values(
+            status="pending", attempts=0, error=None, error_type=None, status_code=None, finished_at=None,
+            updated_at=time.time())).rowcount
+        tally.apply(conn, batch.id, delta)
+    return moved
 
 
 @store_errors
@@ -51,7 +67,10 @@ def cancel(engine: Engine, batch: Batch) -> int:
     brings them back.
     """
     now = time.time()
-    query = (jobs.update().where(jobs.c.batch_id == batch.id, jobs.c.status == "pending")
+    query = (jobs.update().where(jobs.c.batch_id == batch.id, in_status("pending"))
              .values(status="canceled", finished_at=now, updated_at=now))
     with write(engine) as conn:
-        return conn.execute(query).rowcount
+        n = conn.execute(query).rowcount
+        tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({"pending": -n, "canceled": n}),
+                                                     last_finished_at=now if n else None))
+        return n

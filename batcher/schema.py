@@ -5,6 +5,8 @@ module only describes them so queries can be written against names, not SQL
 strings. Timestamps are Unix seconds (floats): cheap to write and compare.
 """
 
+from typing import Any
+
 from sqlalchemy import (
     Boolean,
     Column,
@@ -17,6 +19,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    literal_column,
+    text,
 )
 
 metadata = MetaData()
@@ -42,6 +46,9 @@ imports = Table(
     Column("added", Integer, nullable=False, default=0),
     Column("unchanged", Integer, nullable=False, default=0),
     Column("rejected", Integer, nullable=False, default=0),
+    # The --model/--max-tokens/--system given: with a job's input line they
+    # rebuild its request body, which is then not stored a second time.
+    Column("defaults", Text),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, how it ended.
@@ -62,8 +69,10 @@ runs = Table(
     Index("ix_runs_batch_ended", "batch_id", "ended_at"),
 )
 
-#: One row per request to send. ``body`` is the exact JSON that goes on the
-#: wire; ``source`` is the input line as given (for the merged export).
+#: One row per request to send. ``source`` is the input line as given (for
+#: the merged export); ``body`` the exact JSON that goes on the wire, or empty
+#: when it is rebuilt from ``source`` and the import's defaults (see
+#: :func:`batcher.jobqueue.claim`), which halves what an import writes.
 jobs = Table(
     "jobs",
     metadata,
@@ -97,10 +106,20 @@ jobs = Table(
     Column("latency_ms", Integer),
     Column("streamed", Boolean),
     Column("ttft_ms", Integer),
-    # Two indexes only: every index costs import speed. (batch, line) serves
-    # both the export's input order and the runner's claim cursor.
+    # Every index costs import speed. (batch, line) serves the export's input
+    # order; the partial indexes hold only jobs in one status, so the claim
+    # finds the next pending job, a new run the jobs a dead one left running,
+    # and status a failure's example, without reading the jobs in between.
+    # Queries must spell the status as a literal (``in_status``) for SQLite
+    # to use them.
     UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
     Index("ix_jobs_batch_line", "batch_id", "line"),
+    Index("ix_jobs_pending", "batch_id", "line", sqlite_where=text("status = 'pending'"),
+          postgresql_where=text("status = 'pending'")),
+    Index("ix_jobs_running", "batch_id", "run_id", sqlite_where=text("status = 'running'"),
+          postgresql_where=text("status = 'running'")),
+    Index("ix_jobs_failed", "batch_id", "error_type", "status_code", sqlite_where=text("status = 'failed'"),
+          postgresql_where=text("status = 'failed'")),
 )
 
 #: Every HTTP attempt, successful or not: the raw material for retries,
@@ -118,6 +137,67 @@ attempts = Table(
     Column("streamed", Boolean, nullable=False, default=False),
     Column("ttft_ms", Integer),
     Index("ix_attempts_job", "job_id"),
+    Index("ix_attempts_started", "started_at"),
+)
+
+# -- the tally (see batcher.tally): a batch's figures kept as rows change ------
+
+#: Jobs by status, the attempt budget used, HTTP attempts and their span.
+batch_tallies = Table(
+    "batch_tallies",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    *(Column(status, Integer, nullable=False, server_default="0")
+      for status in ("pending", "running", "succeeded", "failed", "canceled")),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("requests", Integer, nullable=False, server_default="0"),
+    Column("streamed_ok", Integer, nullable=False, server_default="0"),
+    Column("first_request_at", Float),
+    Column("last_request_end", Float),
+    Column("last_finished_at", Float),
+)
+
+#: Answers and tokens by model ("" for answers that name no model).
+model_tallies = Table(
+    "model_tallies",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("model", String(100), primary_key=True),
+    *(Column(k, Integer, nullable=False, server_default="0")
+      for k in ("succeeded", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                "cache_read_input_tokens")),
+)
+
+#: Failed jobs by error type ("" for none) and HTTP status (0 for none).
+failure_tallies = Table(
+    "failure_tallies",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("error_type", String(64), primary_key=True),
+    Column("status_code", Integer, primary_key=True),
+    Column("count", Integer, nullable=False, server_default="0"),
+)
+
+#: Successful streamed attempts by time to first token / duration, to the
+#: millisecond: exact medians from a few thousand rows at most.
+timing_tallies = Table(
+    "timing_tallies",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("kind", String(8), primary_key=True),
+    Column("ms", Integer, primary_key=True),
+    Column("count", Integer, nullable=False, server_default="0"),
 )
 
 STATUSES = ("pending", "running", "succeeded", "failed", "canceled")
+
+
+def in_status(status: str) -> Any:
+    """``jobs.status = 'STATUS'`` with the status written into the SQL.
+
+    A bound parameter would hide the value from SQLite's planner, which then
+    cannot use the partial indexes on pending, running and failed jobs.
+    """
+    if status not in STATUSES:
+        raise ValueError(f"not a job status: {status!r}")
+    return jobs.c.status == literal_column(f"'{status}'")

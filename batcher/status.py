@@ -1,9 +1,9 @@
 """What a batch looks like now: counts, failures, tokens, pace and the live run.
 
 A pure reader of the store, safe while a run is going (WAL readers do not
-block the writer). Every figure is aggregated in SQL so that a million-job
-batch costs a handful of index-driven queries, never a row-by-row loop in
-Python.
+block the writer). Every figure comes from the batch's tally (see
+:mod:`batcher.tally`) or an index lookup, so a batch of ten million jobs
+answers as fast as one of ten.
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, true
+from sqlalchemy import Connection, Engine, func, select
 
+from . import tally
 from .export import error_parts
 from .jobqueue import run_is_alive
-from .schema import attempts, batches, jobs, runs
-from .store import Batch, status_counts
+from .schema import attempts, in_status, jobs, runs
+from .store import Batch
 
 #: A run whose heartbeat is older than this is dead, whatever its row says.
 LIVE_HEARTBEAT_S = 30.0
 #: The window the current rate is measured over.
 RECENT_S = 60.0
-TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
 def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail: bool = True) -> dict[str, Any]:
@@ -38,133 +38,87 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
     """
     now = time.time() if now is None else now
     with engine.connect() as conn, conn.begin():
-        counts = status_counts(conn, batch.id)
-        models, totals = _by_model(conn, batch.id)
+        kept = tally.read(conn, batch.id)
+        counts = kept.counts
         summary = {
             "batch": batch.name, "file": batch.source, "created_at": batch.created_at,
-            "total": sum(counts.values()), **counts, "attempts": totals["attempts"],
-            **{k: totals[k] for k in TOKEN_KEYS},
+            "total": kept.total, **counts, "attempts": kept.budget, **kept.tokens(),
         }
         if not detail:
             return summary
-        source = _attempts_source(conn, batch.id)
-        tries = _attempt_figures(conn, source, now)
-        failures = _failures(conn, batch.id)
+        failures = _failures(conn, batch.id, kept)
         run = _live_run(conn, batch.id, now)
-        streaming = _streaming(conn, source, tries) if tries["streamed_ok"] else None
+        recent = _recent_requests(conn, batch.id, now) if run else 0
     unfinished = counts["pending"] + counts["running"]
-    ended_at = totals["last_finish"] if not unfinished and totals["last_finish"] else None
-    started_at = tries["first"]
+    ended_at = kept.last_finished_at if not unfinished and kept.last_finished_at else None
+    started_at = kept.first_request_at
     # Pace over the time requests were being sent: up to now while a run
     # is live, else up to the end of the last attempt.
-    achieved = _per_minute(tries["count"], started_at, now if run else tries["last"])
+    achieved = _per_minute(kept.requests, started_at, now if run else kept.last_request_end)
     if run:
-        run["current_rpm"] = tries["recent"]
+        run["current_rpm"] = recent
         run["in_flight"] = counts["running"]
-        run["eta_s"] = round(unfinished / tries["recent"] * 60.0, 1) if tries["recent"] else None
+        run["eta_s"] = round(unfinished / recent * 60.0, 1) if recent else None
     return {
         **summary,
-        "attempts_made": tries["count"],
-        "models": models,
+        "attempts_made": kept.requests,
+        "models": _models(kept),
         "failures": failures,
         "started_at": started_at,
         "ended_at": ended_at,
         "achieved_rpm": achieved,
         "run": run,
-        "streaming": streaming,
+        "streaming": _streaming(kept) if kept.streamed_ok else None,
     }
 
 
-def _by_model(conn: Connection, batch_id: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Answers and tokens per model, and the batch totals.
+def verify(engine: Engine, batch: Batch) -> list[str]:
+    """Recount the batch from its rows and say where the tally disagrees (empty: it agrees).
 
-    One pass without grouping gives the totals and tells whether more than one
-    model answered; only then is the (sorting) GROUP BY worth its cost.
+    Reads every row of the batch: seconds for a million jobs. Status itself
+    never needs it.
     """
-    sums = [func.coalesce(func.sum(jobs.c[k]), 0) for k in TOKEN_KEYS]
-    mine = jobs.c.batch_id == batch_id
-    row = conn.execute(select(
-        func.count(jobs.c.response), *sums, func.coalesce(func.sum(jobs.c.attempts), 0),
-        func.max(jobs.c.finished_at), func.min(jobs.c.model), func.max(jobs.c.model)).where(mine)).one()
-    answers, tokens, (spent, last, first_model, last_model) = row[0], row[1:5], row[5:]
-    totals = dict(zip(TOKEN_KEYS, tokens)) | {"attempts": spent, "last_finish": last}
-    if first_model is None:
-        return [], totals
-    if first_model == last_model:
-        return [{"model": first_model, "succeeded": answers, **dict(zip(TOKEN_KEYS, tokens))}], totals
-    query = (select(jobs.c.model, func.count(jobs.c.response), *sums)
-             .where(mine, jobs.c.model.is_not(None)).group_by(jobs.c.model))
-    models = [{"model": model, "succeeded": n, **dict(zip(TOKEN_KEYS, figures))}
-              for model, n, *figures in conn.execute(query)]
+    with engine.connect() as conn, conn.begin():
+        return tally.differences(tally.read(conn, batch.id), tally.recount(conn, batch.id))
+
+
+def _models(kept: tally.Tally) -> list[dict[str, Any]]:
+    """Answers and tokens per named model, most answers first."""
+    models = [{"model": model, **figures} for model, figures in kept.models.items() if model != tally.NO_MODEL]
     models.sort(key=lambda m: (-m["succeeded"], m["model"]))
-    return models, totals
+    return models
 
 
-def _attempts_source(conn: Connection, batch_id: int) -> tuple[Any, Any]:
-    """(FROM, WHERE) selecting the batch's attempts.
-
-    Attempts are reached through their jobs (indexed both ways); when the
-    store holds this batch alone, every attempt is its own and the join,
-    half the cost on a large batch, is skipped.
-    """
-    if conn.execute(select(func.count()).select_from(batches)).scalar() == 1:
-        return attempts, true()
-    return attempts.join(jobs, jobs.c.id == attempts.c.job_id), jobs.c.batch_id == batch_id
+def _recent_requests(conn: Connection, batch_id: int, now: float) -> int:
+    """HTTP attempts started in the last minute: a range of the attempts' time index."""
+    query = (select(func.count()).select_from(attempts.join(jobs, jobs.c.id == attempts.c.job_id))
+             .where(attempts.c.started_at >= now - RECENT_S, jobs.c.batch_id == batch_id))
+    return conn.execute(query).scalar_one()
 
 
-def _ok_streamed() -> Any:
-    return (attempts.c.streamed == True) & attempts.c.error_type.is_(None)  # noqa: E712
-
-
-def _attempt_figures(conn: Connection, source: tuple[Any, Any], now: float) -> dict[str, Any]:
-    """HTTP attempts: how many, first start, last end, how many lately, streamed."""
-    table, where = source
-    ok = _ok_streamed()
-
-    def count_if(cond: Any) -> Any:
-        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
-
-    last_end = attempts.c.started_at + func.coalesce(attempts.c.latency_ms, 0) / 1000.0
-    row = conn.execute(
-        select(func.count(), func.min(attempts.c.started_at), func.max(last_end),
-               count_if(attempts.c.started_at >= now - RECENT_S), count_if(ok),
-               count_if(ok & attempts.c.ttft_ms.is_not(None)), count_if(ok & attempts.c.latency_ms.is_not(None)))
-        .select_from(table).where(where)
-    ).one()
-    keys = ("count", "first", "last", "recent", "streamed_ok", "with_ttft", "with_latency")
-    return dict(zip(keys, row))
-
-
-def _median(conn: Connection, source: tuple[Any, Any], column: Any, n: int) -> float | None:
-    """Exact median of ``column`` over successful streamed attempts: the middle one or two rows."""
-    if not n:
-        return None
-    table, where = source
-    query = (select(column).select_from(table).where(where, _ok_streamed(), column.is_not(None))
-             .order_by(column).offset((n - 1) // 2).limit(2 - n % 2))
-    middle = conn.execute(query).scalars().all()
-    return sum(middle) / len(middle) if middle else None
-
-
-def _streaming(conn: Connection, source: tuple[Any, Any], tries: dict[str, Any]) -> dict[str, Any]:
+def _streaming(kept: tally.Tally) -> dict[str, Any]:
     return {
-        "streamed": tries["streamed_ok"],
-        "median_ttft_ms": _median(conn, source, attempts.c.ttft_ms, tries["with_ttft"]),
-        "median_duration_ms": _median(conn, source, attempts.c.latency_ms, tries["with_latency"]),
+        "streamed": kept.streamed_ok,
+        "median_ttft_ms": kept.median("ttft"),
+        "median_duration_ms": kept.median("duration"),
     }
 
 
-def _failures(conn: Connection, batch_id: int) -> list[dict[str, Any]]:
-    """Failed jobs by error type and HTTP status, most frequent first, each with one message."""
-    query = (
-        select(jobs.c.error_type, jobs.c.status_code, func.count(), func.min(jobs.c.id))
-        .where(jobs.c.batch_id == batch_id, jobs.c.status == "failed")
-        .group_by(jobs.c.error_type, jobs.c.status_code)
-    )
-    groups = sorted(conn.execute(query).all(), key=lambda r: (-r[2], r[0] or "", r[1] or 0))
+def _failures(conn: Connection, batch_id: int, kept: tally.Tally) -> list[dict[str, Any]]:
+    """Failed jobs by error type and HTTP status, most frequent first, each with one message.
+
+    The counts are the tally's; each example is one failed job found through
+    the partial index on failed jobs.
+    """
+    groups = sorted(kept.failures.items(), key=lambda g: (-g[1], g[0][0] or "", g[0][1] or 0))
     out = []
-    for error_type, status_code, n, example_id in groups:
-        stored = conn.execute(select(jobs.c.error).where(jobs.c.id == example_id)).scalar()
+    for (error_type, status_code), n in groups:
+        query = select(jobs.c.error).where(
+            jobs.c.batch_id == batch_id, in_status("failed"),
+            jobs.c.error_type.is_(None) if error_type is None else jobs.c.error_type == error_type,
+            jobs.c.status_code.is_(None) if status_code is None else jobs.c.status_code == status_code,
+        ).order_by(jobs.c.id).limit(1)
+        stored = conn.execute(query).scalar()
         out.append({"error_type": error_type, "status_code": status_code, "count": n,
                     "example": error_parts(stored, error_type)[1] or None})
     return out

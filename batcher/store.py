@@ -1,7 +1,7 @@
 """Batches in the job store: finding them and counting their jobs.
 
 Knows SQL and nothing of HTTP. The runner's queue operations live in
-:mod:`batcher.queue`; the import path in :mod:`batcher.importer`.
+:mod:`batcher.jobqueue`; a batch's running totals in :mod:`batcher.tally`; the import path in :mod:`batcher.importer`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, select
 
+from . import tally
 from .errors import UsageError
-from .schema import STATUSES, batches, jobs
+from .schema import batches
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ def get_or_create_batch(conn: Connection, name: str, source: str) -> tuple[Batch
         return _batch(row), False
     created = time.time()
     new_id = conn.execute(batches.insert().values(name=name, source=source, created_at=created)).inserted_primary_key[0]
+    tally.create(conn, new_id)
     return Batch(new_id, name, source, created), True
 
 
@@ -63,9 +65,5 @@ def find_batch(engine: Engine, name: str | None) -> Batch:
 
 
 def status_counts(conn: Connection, batch_id: int) -> dict[str, int]:
-    """Jobs of a batch by status, every status present (zero when none)."""
-    counts = dict.fromkeys(STATUSES, 0)
-    query = select(jobs.c.status, func.count()).where(jobs.c.batch_id == batch_id).group_by(jobs.c.status)
-    for status, n in conn.execute(query):
-        counts[status] = n
-    return counts
+    """Jobs of a batch by status, every status present, from its tally (no scan)."""
+    return tally.counts(conn, batch_id)

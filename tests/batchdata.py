@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import orjson
 from sqlalchemy import Engine, select
 
+from batcher import tally
 from batcher.db import open_store, write
 from batcher.importer import import_file
 from batcher.schema import attempts, jobs
@@ -86,6 +87,7 @@ def succeed(engine: Engine, batch: Batch, custom_id: str, *, msg: dict[str, Any]
             cache_creation_input_tokens=usage["cache_creation_input_tokens"],
             cache_read_input_tokens=usage["cache_read_input_tokens"], latency_ms=latency_ms, streamed=streamed,
             ttft_ms=ttft_ms, finished_at=started_at + latency_ms / 1000, updated_at=time.time()))
+        tally.rebuild(conn, batch.id)
     return msg
 
 
@@ -104,6 +106,7 @@ def fail(engine: Engine, batch: Batch, custom_id: str, error_type: str = "invali
         conn.execute(jobs.update().where(jobs.c.id == job_id).values(
             status="failed", attempts=tries, run_id=1, error=error, error_type=error_type, status_code=status_code,
             finished_at=started_at + tries, updated_at=time.time()))
+        tally.rebuild(conn, batch.id)
 
 
 def set_status(engine: Engine, batch: Batch, custom_id: str, status: str) -> None:
@@ -112,6 +115,7 @@ def set_status(engine: Engine, batch: Batch, custom_id: str, status: str) -> Non
     with write(engine) as conn:
         conn.execute(jobs.update().where(jobs.c.batch_id == batch.id, jobs.c.custom_id == custom_id).values(
             status=status, run_id=1, updated_at=now, finished_at=now if status == "canceled" else None))
+        tally.rebuild(conn, batch.id)
 
 
 def mixed_batch(tmp_path: Path) -> tuple[Engine, Batch, str]:

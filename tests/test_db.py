@@ -9,7 +9,7 @@ import threading
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import orjson
 import pytest
@@ -24,7 +24,7 @@ from batcher.errors import StoreError, UsageError
 from batcher.importer import import_file
 from batcher.jobfile import numbered_lines
 from batcher.prepare import prepare_chunk
-from batcher.schema import attempts, batches, imports, jobs, runs
+from batcher.schema import attempts, batches, imports, jobs, metadata
 from batcher.validate import Defaults
 
 DEFAULTS = Defaults(model="claude-haiku-4.5", max_tokens=32)
@@ -64,10 +64,11 @@ def write_jobs(path: Path, n: int) -> Path:
     return path
 
 
-def test_revisions_are_linear_and_head_is_0002() -> None:
+def test_revisions_are_linear_and_numbered_in_order() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    assert [r.revision for r in script.walk_revisions()] == ["0002", "0001"]
-    assert HEAD == "0002"
+    walked = [r.revision for r in script.walk_revisions()]
+    assert walked == sorted(walked, reverse=True) and walked[-1] == "0001" and "0003" in walked
+    assert HEAD == walked[0]
 
 
 # --- where the store is -----------------------------------------------------
@@ -237,10 +238,12 @@ def test_database_from_a_newer_version_is_a_clear_error(tmp_path: Path) -> None:
 def test_fresh_store_has_the_whole_schema(tmp_path: Path) -> None:
     engine = open_store(str(tmp_path / "store.db"))
     inspector = inspect(engine)
-    assert set(inspector.get_table_names()) == {"alembic_version", "batches", "imports", "jobs", "attempts", "runs"}
-    for table in (batches, imports, jobs, attempts, runs):
+    assert set(inspector.get_table_names()) >= {"alembic_version", "batches", "imports", "jobs", "attempts", "runs",
+                                                "batch_tallies", "model_tallies", "failure_tallies", "timing_tallies"}
+    for table in metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.c.keys()), table.name
-    assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_line"}
+    assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_line", "ix_jobs_pending",
+                                                                   "ix_jobs_running", "ix_jobs_failed"}
     engine.dispose()
     assert revision(tmp_path / "store.db") == HEAD
 
@@ -256,15 +259,21 @@ def test_reopen_does_not_migrate_again(tmp_path: Path) -> None:
     assert revision(db) == HEAD
 
 
-def make_0001_store(db: Path, job_file: Path) -> None:
-    """A store left at revision 0001 holding batch ``old``: the file's jobs, j1 answered after two attempts."""
+def migrate(db: Path | str, to: str, down: bool = False) -> Any:
+    """Bring the SQLite store ``db`` to revision ``to`` with Alembic; return an engine on it."""
     engine = create_engine(f"sqlite:///{db}")
     _setup_sqlite(engine)
     cfg = alembic_config()
     with engine.connect() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0001")
+        (command.downgrade if down else command.upgrade)(cfg, to)
         conn.commit()
+    return engine
+
+
+def make_0001_store(db: Path, job_file: Path) -> None:
+    """A store left at revision 0001 holding batch ``old``: the file's jobs, j1 answered after two attempts."""
+    engine = migrate(db, "0001")
     prepared = prepare_chunk(list(numbered_lines(str(job_file))), DEFAULTS)
     assert not prepared.errors
     with engine.begin() as conn:

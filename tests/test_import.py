@@ -17,7 +17,7 @@ import orjson
 import pytest
 from sqlalchemy import Engine, func, select
 
-from batcher import prepare
+from batcher import prepare, tally
 from batcher.db import open_store, write
 from batcher.errors import UsageError
 from batcher.importer import SHOWN_ERRORS, ImportRejected, import_file
@@ -280,6 +280,8 @@ def answer(engine: Engine, custom_id: str) -> None:
             status="succeeded", response='{"content": [{"type": "text", "text": "42"}]}', attempts=1,
             input_tokens=10, output_tokens=3, model="claude-haiku-4-5-20251001", finished_at=2000.0,
             updated_at=2000.0))
+        for batch_id in conn.execute(select(jobs.c.batch_id).where(jobs.c.custom_id == custom_id)).scalars():
+            tally.rebuild(conn, batch_id)
 
 
 def snapshot(engine: Engine) -> dict[str, tuple[Any, ...]]:

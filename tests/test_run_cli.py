@@ -458,6 +458,10 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: Any) -> None:
         running_after_kill.append(now["running"])
         mid_run_kills += 0 < now["succeeded"] < n
         assert now["failed"] == 0, (now, note)
+        # Whatever the kill cut short, the kept totals agree with the rows.
+        if query(db, "SELECT 1 FROM batches"):
+            verified = cli("status", "--verify", "--db", str(db), key=None)
+            assert verified.returncode == 0, (verified.stderr, note)
     assert mid_run_kills >= 2, (running_after_kill, note)
     assert sum(running_after_kill) > 0, note
 
@@ -471,6 +475,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: Any) -> None:
 
     # Every job succeeded exactly once, with its own answer.
     assert counts(db) == {"succeeded": n}, note
+    assert cli("status", "--verify", "--db", str(db), key=None).returncode == 0, note
     ids = assert_answers_are_their_own(db, prompts)
     assert len(set(ids.values())) == n
 
