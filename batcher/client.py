@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -69,17 +70,41 @@ def _number(value: str | None) -> float | None:
         return None
 
 
+def _reset_seconds(value: str | None) -> float | None:
+    """Seconds until a window's reset: a number of seconds, or an RFC 3339 time
+    (Anthropic's spelling), read against this machine's clock."""
+    seconds = _number(value)
+    if seconds is not None or not value:
+        return seconds
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
 def rate_info(headers: httpx.Headers) -> RateInfo:
-    """Parse the rate-limit and retry headers leniently."""
+    """Parse the rate-limit and retry headers leniently.
+
+    The request window comes as ``x-ratelimit-*-requests`` (Poe, OpenAI) or
+    as ``anthropic-ratelimit-requests-*`` (Anthropic and servers copying it);
+    the first spelling present wins.
+    """
     retry_after = _number(headers.get("retry-after-ms"))
     retry_after = retry_after / 1000 if retry_after is not None else _number(headers.get("retry-after"))
     should_retry = headers.get("x-should-retry")
-    limit = _number(headers.get("x-ratelimit-limit-requests"))
-    remaining = _number(headers.get("x-ratelimit-remaining-requests"))
+    if "x-ratelimit-remaining-requests" in headers:
+        limit, remaining, reset = (headers.get(f"x-ratelimit-{k}-requests") for k in ("limit", "remaining", "reset"))
+    else:
+        limit, remaining, reset = (headers.get(f"anthropic-ratelimit-requests-{k}")
+                                   for k in ("limit", "remaining", "reset"))
+    limit_n, remaining_n = _number(limit), _number(remaining)
     return RateInfo(
-        limit=int(limit) if limit is not None else None,
-        remaining=int(remaining) if remaining is not None else None,
-        reset_s=_number(headers.get("x-ratelimit-reset-requests")),
+        limit=int(limit_n) if limit_n is not None else None,
+        remaining=int(remaining_n) if remaining_n is not None else None,
+        reset_s=_reset_seconds(reset),
         retry_after_s=retry_after,
         should_retry={"true": True, "false": False}.get((should_retry or "").strip().lower()),
     )

@@ -150,8 +150,11 @@ _count_attempt = update(jobs).where(jobs.c.id == bindparam("job_id")).values(att
 
 @store_errors
 def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes: list[Outcome],
-           heartbeat: bool) -> int:
-    """Write attempts and outcomes in one transaction, with their tally; return outcomes stored."""
+           heartbeat: bool, run_values: dict[str, Any] | None = None) -> int:
+    """Write attempts and outcomes in one transaction, with their tally; return outcomes stored.
+
+    With the heartbeat, ``run_values`` (columns of the run's row) are written too.
+    """
     now = time.time()
     stored = 0
     delta = tally.TallyDelta()
@@ -190,7 +193,7 @@ def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes
             delta.last_finished_at = now
         tally.apply(conn, batch_id, delta)
         if heartbeat:
-            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
+            conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, **(run_values or {})))
     return stored
 
 

@@ -1,15 +1,32 @@
-"""The pacer: when the next request may start.
+"""The pacer: when the next request may start, at the rate the server takes.
 
-Requests are spaced evenly at the current rate by one aiolimiter bucket of
-capacity one, so there is no burst at start-up nor after a pause: in any
-window of W seconds at most ``rate*W/60 + 1`` requests start. On top of the
-bucket, the pacer
+Requests are spaced evenly by one aiolimiter bucket of capacity one, so there
+is no burst at start-up nor after a pause: in any window of W seconds at most
+``pace*W/60 + 1`` requests start. The pace is the least of three figures:
 
-* pauses every caller at once when the server says the window is spent
-  (a 429, or ``remaining`` reaching 0), until its reset time;
-* adapts: each congestion event (429s) cuts the rate multiplicatively, and
-  every success wins a little of it back, up to the configured rate, as
-  TCP does with its window.
+* ``--rpm``, never exceeded;
+* **what the window's headers allow**: ``remaining`` requests may start before
+  ``reset`` seconds have passed, so remaining/reset is a rate that spends the
+  window evenly (exact for a fixed window, safe for a sliding window or a
+  token bucket, where slots come back sooner). With ``remaining`` at 0 the
+  window is spent: every caller waits for the reset, then one request per
+  reset until fresh headers arrive;
+* **a congestion ceiling**, additive increase / multiplicative decrease as
+  TCP does: cut by :data:`DECREASE` on evidence that the key's window is
+  spent, raised by :data:`INCREASE_PER_S` of ``--rpm`` every second
+  otherwise, so a cut is won back in seconds. Several runs on one key read
+  the same headers, cut together and rise together: AIMD converges to a fair
+  share for each.
+
+The evidence that the window is spent, and only it, cuts the ceiling:
+``remaining`` at or under a reserve (:data:`RESERVE_SHARE` of the limit, at
+least :data:`RESERVE_MIN`); or, when the server sends no rate-limit headers,
+more than :data:`CONGESTED_SHARE` of the last :data:`SHARE_WINDOW_S` seconds'
+answers refused. A 429 whose headers show room is an upstream refusal: only
+its own request waits and retries; the pace is not touched unless refusals
+pass :data:`UPSTREAM_SHARE`, far above stray ones, and the key's window only
+stops everyone when it is spent. Each cut answers requests sent before it:
+evidence about requests started before the last cut is not cut for twice.
 
 It knows nothing of jobs or HTTP: callers report what the server said.
 """
@@ -17,20 +34,33 @@ It knows nothing of jobs or HTTP: callers report what the server said.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import anyio
 from aiolimiter import AsyncLimiter
 
 #: Pace slightly under the limit: arrival times jitter on the way to the
-#: server, and a strict sliding window refuses the one request that lands
-#: early.
+#: server, and a strict sliding window refuses the one request that lands early.
 HEADROOM = 0.995
-#: How early the caller at the head of the queue stops sleeping and starts
-#: polling the bucket.
+#: How early the caller at the head of the queue stops sleeping and starts polling the bucket.
 SPIN_S = 0.002
-DECREASE = 0.7
-#: Share of the configured rate regained per successful request.
-RECOVERY = 0.002
+#: The ceiling after a cut, as a share of the pace that met the evidence.
+DECREASE = 0.85
+#: Share of ``--rpm`` the ceiling regains per second without evidence.
+INCREASE_PER_S = 0.1
+#: Window "at or near 0": this share of the announced limit, at least RESERVE_MIN.
+RESERVE_SHARE = 0.02
+RESERVE_MIN = 2
+#: Answers considered for the share refused.
+SHARE_WINDOW_S = 2.0
+#: Without rate-limit headers, a share refused above this is a spent window.
+CONGESTED_SHARE = 0.05
+#: With headers showing room, refusals above this share slow the run anyway.
+UPSTREAM_SHARE = 0.25
+#: Headers older than this no longer steer the pace.
+HEADERS_FRESH_S = 10.0
+#: Displays name what held the pace under --rpm this recently.
+SHOWN_S = 2.0
 MIN_RPM = 1.0
 DEFAULT_PAUSE_S = 1.0
 
@@ -40,22 +70,36 @@ class Stopped(Exception):
 
 
 class Pacer:
-    """Spaces request starts at up to ``rpm`` per minute and adapts to 429s."""
+    """Spaces request starts at up to ``rpm`` per minute, at what the server allows.
+
+    ``rpm`` is the pace now, what the server allows as far as the pacer can
+    tell (``max_rpm`` when nothing says less), and ``reason`` why it is lower.
+    """
 
     def __init__(self, rpm: float, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
         if rpm <= 0:
             raise ValueError("rpm must be positive")
         self.max_rpm = rpm
         self._clock = clock
-        self.rpm = rpm
+        self.rpm = rpm  # the pace the bucket spaces starts at
         self._limiter = AsyncLimiter(1, 60.0 / (rpm * HEADROOM))
         self._paused_until = 0.0
         self._next_at = 0.0
         self._gate = anyio.Lock()
         self._woken = anyio.Event()
-        self._last_cut = -1e9
         self._stopped = False
         self.rate_limited = 0
+        self.ceiling = rpm
+        self._window_rpm = rpm
+        self._last_cut = -1e9
+        self._grown_at = clock()
+        self._headers_at = -1e9
+        self._shared = False
+        self._cause = self._binding = "window"
+        self._window_s = 1.0
+        self._bound_at = -1e9
+        self.starts: deque[float] = deque()  # grants of the last minute
+        self._answers: deque[tuple[float, bool]] = deque()  # (when, refused)
 
     # --- waiting --------------------------------------------------------
     async def wait(self) -> None:
@@ -83,7 +127,11 @@ class Pacer:
                     await anyio.sleep(0)
                     continue
                 await self._limiter.acquire()  # has room: returns at once
-                self._next_at = self._clock() + self._limiter.time_period
+                now = self._clock()
+                self._next_at = now + self._limiter.time_period
+                self.starts.append(now)
+                while self.starts[0] < now - 60.0:
+                    self.starts.popleft()
                 return
 
     async def _sleep(self, seconds: float) -> None:
@@ -100,35 +148,114 @@ class Pacer:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - self._clock())
 
-    # --- what the server said --------------------------------------------
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` (extends, never shortens, a pause)."""
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
 
-    def observe(self, remaining: int | None, reset_s: float | None) -> None:
-        """Headers of any answer: when the window is spent, pause until reset.
+    # --- what the server said --------------------------------------------
+    def answered(self, sent_at: float, remaining: int | None, reset_s: float | None, limit: int | None) -> None:
+        """An answer that is not a 429, with its window headers (None: absent)."""
+        self._count(refused=False)
+        self._observe(sent_at, remaining, reset_s, limit)
+        self._update()
 
-        The announced limit is not used as a pace: it counts per window, and
-        the window's length is not announced.
-        """
-        if remaining is not None and remaining <= 0:
-            self.pause(reset_s if reset_s is not None else DEFAULT_PAUSE_S)
-
-    def rate_limited_by_server(self, wait_s: float | None) -> None:
-        """A 429: everyone waits, and the pace drops once per congestion event."""
+    def refused(self, sent_at: float, remaining: int | None, reset_s: float | None, limit: int | None,
+                wait_s: float | None) -> None:
+        """A 429 for a request started at ``sent_at``; ``wait_s`` is what the server asked."""
         self.rate_limited += 1
-        wait = wait_s if wait_s is not None else DEFAULT_PAUSE_S
-        self.pause(wait)
-        now = self._clock()
-        # 429s for requests already in flight belong to the same event.
-        if now - self._last_cut >= max(wait, 60.0 / self.rpm * 4, 1.0):
-            self._last_cut = now
-            self._set_rate(max(MIN_RPM, self.rpm * DECREASE))
+        share = self._count(refused=True)
+        spent = self._observe(sent_at, remaining, reset_s, limit)
+        if spent:
+            self._cut(sent_at, "window")
+        elif remaining is None and share > CONGESTED_SHARE:
+            spent = True
+            self._cut(sent_at, "429s, no rate headers")
+        elif not spent and share > UPSTREAM_SHARE:
+            self._cut(sent_at, "upstream 429s")
+        if spent and wait_s is not None:
+            self.pause(wait_s)
+        self._update()
 
-    def succeeded(self) -> None:
-        """An answer arrived: win back a little of the pace."""
-        if self.rpm < self.max_rpm:
-            self._set_rate(min(self.max_rpm, self.rpm + self.max_rpm * RECOVERY))
+    def _observe(self, sent_at: float, remaining: int | None, reset_s: float | None, limit: int | None) -> bool:
+        """Window headers: set the window's rate; True when the window is (nearly) spent."""
+        if remaining is None:
+            return False
+        now = self._clock()
+        self._headers_at = now
+        reserve = max(RESERVE_MIN, RESERVE_SHARE * limit) if limit else RESERVE_MIN
+        if reset_s:
+            self._window_s = min(60.0, max(self._window_s, reset_s))  # the longest reset: about the window
+        if limit is not None:
+            # The server counts more than this run sent in the window.
+            ours = sum(1 for t in self.starts if t >= now - self._window_s)
+            self._shared = limit - remaining > ours + reserve
+        if not reset_s or reset_s <= 0:
+            self._window_rpm = self.max_rpm  # the window has just been renewed
+            return False
+        if remaining <= 0:
+            self.pause(reset_s)
+        left = max(remaining, 1)
+        # Slots come back before the reset in a sliding window or a bucket:
+        # the more of the window is left, the faster it may be spent.
+        spare = 1.0 - left / limit if limit and left < limit else 0.0
+        self._window_rpm = 60.0 * left / reset_s / spare if spare > 0 else self.max_rpm
+        return remaining <= reserve
+
+    def _count(self, refused: bool) -> float:
+        """Record an answer; the share refused over the last SHARE_WINDOW_S."""
+        now = self._clock()
+        answers = self._answers
+        answers.append((now, refused))
+        while answers[0][0] < now - SHARE_WINDOW_S:
+            answers.popleft()
+        return sum(r for _, r in answers) / len(answers)
+
+    def _cut(self, sent_at: float, cause: str) -> None:
+        if sent_at < self._last_cut:
+            return  # sent before the last cut: that cut already answered it
+        self._last_cut = self._clock()
+        self._cause = cause
+        self.ceiling = max(MIN_RPM, min(self.ceiling, self._sending_rpm()) * DECREASE)
+
+    def _sending_rpm(self) -> float:
+        """Starts per minute over the last SHARE_WINDOW_S: the pace that met the evidence."""
+        now, starts = self._clock(), self.starts
+        recent = 0
+        for t in reversed(starts):  # newest last
+            if t < now - SHARE_WINDOW_S:
+                break
+            recent += 1
+        span = min(SHARE_WINDOW_S, now - starts[0]) if starts else 0.0
+        return 60.0 * recent / span if span > 0.5 else self.rpm
+
+    def _update(self) -> None:
+        now = self._clock()
+        if now - self._headers_at > HEADERS_FRESH_S:
+            self._window_rpm = self.max_rpm
+        self.ceiling = min(self.max_rpm, self.ceiling + INCREASE_PER_S * self.max_rpm * (now - self._grown_at))
+        self._grown_at = now
+        if min(self.ceiling, self._window_rpm) < self.max_rpm * 0.99:
+            self._bound_at = now
+            self._binding = "window" if self._window_rpm <= self.ceiling else self._cause
+        self._set_rate(max(MIN_RPM, min(self.max_rpm, self.ceiling, self._window_rpm)))
+
+    @property
+    def shown_rpm(self) -> float:
+        """The pace the server allows now, for displays: while something holds
+        the pace under ``--rpm``, the starts of the last seconds, since the
+        window's figure moves with every answer."""
+        return self.max_rpm if self.reason is None else min(self.max_rpm, self._sending_rpm())
+
+    @property
+    def reason(self) -> str | None:
+        """Why the pace is under ``--rpm`` (None: it is not), for displays."""
+        if self.paused_for > 0.5:
+            return "window spent"
+        if self._clock() - self._bound_at > SHOWN_S:
+            return None
+        if self._binding == "window":
+            return "key shared" if self._shared else "server limit"
+        return self._binding
 
     def _set_rate(self, rpm: float) -> None:
         if rpm == self.rpm:

@@ -11,6 +11,7 @@ import time
 from typing import TextIO
 
 from .runner import RunSummary, Snapshot
+from .status import pace_against
 
 PLAIN_EVERY_S = 10.0
 
@@ -31,7 +32,8 @@ def _count(n: int) -> str:
 
 
 def describe(s: Snapshot) -> str:
-    """One line: done/total, outcomes, pace against the target, ETA, tokens."""
+    """One line: done/total, outcomes, rate against --rpm (and the pace the
+    server allows, with why, when lower), ETA, tokens."""
     pct = 100.0 * s.done / s.total if s.total else 100.0
     parts = [
         f"{s.done}/{s.total} ({pct:.0f}%)",
@@ -39,10 +41,12 @@ def describe(s: Snapshot) -> str:
         f"failed {s.failed}",
         f"retrying {s.retrying}",
         f"in flight {s.in_flight}",
-        f"{s.rate_rpm:.0f}/{s.target_rpm:.0f} rpm",
+        f"{s.rate_rpm:.0f}/{s.max_rpm or s.target_rpm:.0f} rpm",
         f"ETA {_duration(s.eta_s)}",
         f"tokens {_count(s.input_tokens)} in / {_count(s.output_tokens)} out",
     ]
+    if s.pace_reason and s.max_rpm and s.paused_s <= 0.5:
+        parts.insert(6, f"{s.pace_reason}: {pace_against(s.target_rpm, s.max_rpm)}")
     if s.paused_s > 0.5:
         parts.append(f"paused {s.paused_s:.0f}s by the rate limit")
     if s.stopping:

@@ -14,8 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import anyio
@@ -99,6 +98,9 @@ class Snapshot:
     output_tokens: int
     paused_s: float
     stopping: bool
+    #: --rpm, and why the pace (target_rpm) is lower when it is.
+    max_rpm: float | None = None
+    pace_reason: str | None = None
 
 
 @dataclass
@@ -107,7 +109,6 @@ class _State:
     fatal: tuple[str, str] | None = None  # (outcome, message) of a run that cannot go on
     retrying: int = 0
     in_flight: int = 0
-    starts: deque[float] = field(default_factory=deque)
 
 
 class Runner:
@@ -153,7 +154,7 @@ class Runner:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
         jobs_send, jobs_recv = anyio.create_memory_object_stream[ClaimedJob](CLAIM_CHUNK)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally)
+            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace)
             async with anyio.create_task_group() as watchers:
                 if self.config.handle_signals:
                     watchers.start_soon(self._watch_signals)
@@ -209,14 +210,13 @@ class Runner:
                 await self.pacer.wait()
             except Stopped:
                 return
-            started = time.time()
-            self.state.starts.append(time.monotonic())
+            started, sent_at = time.time(), time.monotonic()
             self.state.in_flight += 1
             try:
                 attempt = await self.client.send(wire, stream=stream)
             finally:
                 self.state.in_flight -= 1
-            self._tell_pacer(attempt)
+            self._tell_pacer(attempt, sent_at)
             problem = self.guard.problem(attempt)
             counts = attempt.status_code != 429
             decision = decide(attempt, used + counts, self.config.max_attempts)
@@ -253,13 +253,13 @@ class Runner:
             return self.config.stream
         return int(payload.get("max_tokens") or 0) > STREAM_ABOVE_MAX_TOKENS
 
-    def _tell_pacer(self, attempt: Attempt) -> None:
+    def _tell_pacer(self, attempt: Attempt, sent_at: float) -> None:
+        """What the server said about the key's window, in the pacer's terms."""
         rate = attempt.rate
         if attempt.status_code == 429:
-            self.pacer.rate_limited_by_server(server_delay(attempt))
-        elif attempt.ok:
-            self.pacer.succeeded()
-        self.pacer.observe(rate.remaining, rate.reset_s)
+            self.pacer.refused(sent_at, rate.remaining, rate.reset_s, rate.limit, server_delay(attempt))
+        elif attempt.status_code is not None:
+            self.pacer.answered(sent_at, rate.remaining, rate.reset_s, rate.limit)
 
     # --- stopping ------------------------------------------------------------
     def _stop(self, outcome: str, message: str) -> None:
@@ -301,9 +301,7 @@ class Runner:
     # --- reporting -------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
-        starts = self.state.starts
-        while starts and starts[0] < now - 60:
-            starts.popleft()
+        starts = [t for t in self.pacer.starts if t >= now - 60]
         span = min(60.0, max(1.0, now - (starts[0] if starts else now)))
         rate = len(starts) / span * 60 if len(starts) > 1 else 0.0
         todo = self.left_at_start - self.tally.done
@@ -315,9 +313,14 @@ class Runner:
         return Snapshot(
             total=self.total, done=self.total - self.left_at_start + self.tally.done,
             succeeded=self.tally.succeeded, failed=self.tally.failed, retrying=self.state.retrying,
-            in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.rpm, eta_s=eta,
+            in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.shown_rpm, eta_s=eta,
             input_tokens=self.tally.input_tokens, output_tokens=self.tally.output_tokens,
-            paused_s=self.pacer.paused_for, stopping=self.state.stopping)
+            paused_s=self.pacer.paused_for, stopping=self.state.stopping, max_rpm=self.pacer.max_rpm,
+            pace_reason=self.pacer.reason)
+
+    def _pace(self) -> dict[str, Any]:
+        """The pace for the run's row, so that ``status`` shows it."""
+        return {"pace_rpm": round(self.pacer.shown_rpm, 1), "pace_reason": self.pacer.reason}
 
     async def _report(self, on_progress: Callable[[Snapshot], None]) -> None:
         while True:

@@ -51,7 +51,7 @@ imports = Table(
     Column("defaults", Text),
 )
 
-#: Runs of a batch: who is sending (pid, host), since when, how it ended.
+#: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.
 #: A live row with a fresh heartbeat is what refuses a second run.
 runs = Table(
     "runs",
@@ -66,6 +66,9 @@ runs = Table(
     Column("outcome", String(20)),
     Column("rpm", Float),
     Column("base_url", Text),
+    # The pace now and why it is under ``rpm``, refreshed with the heartbeat.
+    Column("pace_rpm", Float),
+    Column("pace_reason", String(40)),
     Index("ix_runs_batch_ended", "batch_id", "ended_at"),
 )
 

@@ -32,7 +32,9 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
     jobs' used attempt budgets), token totals; then attempts_made (HTTP
     requests), models, failures (by error type and HTTP status, with an
     example), started_at/ended_at, achieved_rpm, run (the live run, with
-    current_rpm, in_flight, eta_s; else None) and streaming (medians; None
+    rpm_limit, pace_rpm and pace_reason (the pace the server allows now and
+    why it is under rpm_limit, None when it is not), current_rpm, in_flight,
+    eta_s; else None) and streaming (medians; None
     when nothing was streamed). ``detail=False`` stops after the token
     totals, for listings of many batches. Times are Unix seconds.
     """
@@ -127,7 +129,8 @@ def _failures(conn: Connection, batch_id: int, kept: tally.Tally) -> list[dict[s
 def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | None:
     """The run sending this batch now: not ended, heartbeat fresh."""
     row = conn.execute(
-        select(runs.c.id, runs.c.pid, runs.c.host, runs.c.started_at, runs.c.heartbeat_at, runs.c.rpm)
+        select(runs.c.id, runs.c.pid, runs.c.host, runs.c.started_at, runs.c.heartbeat_at, runs.c.rpm,
+               runs.c.pace_rpm, runs.c.pace_reason)
         .where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None),
                runs.c.heartbeat_at >= now - LIVE_HEARTBEAT_S)
         .order_by(runs.c.heartbeat_at.desc()).limit(1)
@@ -135,7 +138,13 @@ def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | N
     if row is None or not run_is_alive(row, now):
         return None
     return {"id": row.id, "pid": row.pid, "host": row.host, "started_at": row.started_at,
-            "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm}
+            "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm, "pace_rpm": row.pace_rpm,
+            "pace_reason": row.pace_reason}
+
+
+def pace_against(pace_rpm: float, max_rpm: float) -> str:
+    """The pace the server allows now against --rpm: ``1,740/3,000 rpm``."""
+    return f"{pace_rpm:,.0f}/{max_rpm:,.0f} rpm"
 
 
 def _per_minute(n: int, start: float | None, end: float | None) -> float | None:
@@ -193,6 +202,8 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
         eta = _duration(run["eta_s"]) if run["eta_s"] is not None else "unknown"
         lines.append(label("running") + f"pid {run['pid']} on {run['host']}: {run['current_rpm']:,} requests/min "
                      f"now, {run['in_flight']:,} in flight, ETA {eta}")
+        if run["pace_reason"] and run["pace_rpm"] is not None and run["rpm_limit"]:
+            lines.append(label("pace") + f"{run['pace_reason']}: {pace_against(run['pace_rpm'], run['rpm_limit'])}")
     st = s["streaming"]
     if st:
         ttft = _ms(st["median_ttft_ms"]) if st["median_ttft_ms"] is not None else "-"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -39,8 +39,12 @@ class Tally:
 
 
 async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[AttemptRow | Outcome],
-                     tally: Tally, on_commit: Callable[[], None] | None = None) -> None:
-    """Commit records from ``inbox`` until it is closed and drained."""
+                     tally: Tally, on_commit: Callable[[], None] | None = None,
+                     on_beat: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Commit records from ``inbox`` until it is closed and drained.
+
+    ``on_beat`` gives values for the run's row, written with each heartbeat.
+    """
     last_beat = 0.0
     async with inbox:
         closed = False
@@ -76,7 +80,8 @@ async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[Att
             # Shielded: once records are taken from the inbox they are written
             # even if the run is being cancelled.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(record, engine, run_id, attempt_rows, outcomes, beat)
+                await anyio.to_thread.run_sync(record, engine, run_id, attempt_rows, outcomes, beat,
+                                               on_beat() if beat and on_beat else None)
             _count(tally, attempt_rows, outcomes)
             if on_commit is not None:
                 on_commit()

@@ -23,7 +23,7 @@ import orjson
 from batcher.sim.answers import RequestError, build_message, last_user_text, request_digest, stream_events, validate
 from batcher.sim.faults import HTML_502, Fault, directives, error_message, error_type
 from batcher.sim.config import SimConfig
-from batcher.sim.limits import SlidingWindow, Stats, format_seconds
+from batcher.sim.limits import SlidingWindow, Stats, format_seconds, rfc3339_after
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -119,13 +119,20 @@ class SimApp:
 
     def _headers(self, key: str, rid: str, retry_after: float | None = None) -> Headers:
         """request-id and rate-limit headers, read from the window as it is now."""
-        verdict = self.limiter.peek(key)
-        headers = [
-            (b"request-id", rid.encode()),
-            (b"x-ratelimit-limit-requests", str(self.limiter.limit).encode()),
-            (b"x-ratelimit-remaining-requests", str(verdict.remaining).encode()),
-            (b"x-ratelimit-reset-requests", format_seconds(verdict.reset).encode()),
-        ]
+        headers = [(b"request-id", rid.encode())]
+        style = self.config.rate_headers
+        if style != "none":
+            verdict = self.limiter.peek(key)
+            if style == "anthropic":
+                prefix, reset = b"anthropic-ratelimit-requests-", rfc3339_after(verdict.reset)
+            else:
+                prefix, reset = b"x-ratelimit-", format_seconds(verdict.reset)
+            suffix = b"-requests" if style == "poe" else b""
+            headers += [
+                (prefix + b"limit" + suffix, str(self.limiter.limit).encode()),
+                (prefix + b"remaining" + suffix, str(verdict.remaining).encode()),
+                (prefix + b"reset" + suffix, reset.encode()),
+            ]
         if retry_after is not None and self.config.retry_after:
             retry_after = max(retry_after, 0.001)
             headers.append((b"retry-after", format_seconds(retry_after).encode()))

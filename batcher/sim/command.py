@@ -48,6 +48,9 @@ Examples:
 @click.option("--points", default=None, type=click.IntRange(min=0),
               help="The key runs out of points after this many answers (then 402).")
 @click.option("--no-retry-after", "no_retry_after", is_flag=True, help="Omit retry-after headers on 429.")
+@click.option("--rate-headers", type=click.Choice(["poe", "anthropic", "none"]), default="poe", show_default=True,
+              help="Announce the window as x-ratelimit-*-requests (poe), as anthropic-ratelimit-requests-* "
+                   "with an RFC 3339 reset (anthropic), or not at all (none).")
 @click.option("--verbose", is_flag=True, help="Log one line per request on stderr.")
 def simulate(no_retry_after: bool, fail_status: tuple[str, ...], **options: Any) -> None:
     """Run a local imitation of Poe's Anthropic-compatible Messages API (no key needed).

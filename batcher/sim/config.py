@@ -24,6 +24,10 @@ def parse_latency(value: Any) -> tuple[float, float]:
     return lo, hi
 
 
+#: How the window is announced: Poe's spelling, Anthropic's, or not at all.
+RATE_HEADERS = ("poe", "anthropic", "none")
+
+
 @dataclass
 class SimConfig:
     """Everything the simulator can be told; mirrors the ``simulate`` command's flags."""
@@ -47,11 +51,14 @@ class SimConfig:
     stall_seconds: float = 30.0
     points: int | None = None
     retry_after: bool = True
+    rate_headers: str = "poe"  # poe: x-ratelimit-*; anthropic: anthropic-ratelimit-* (RFC 3339 reset); none
     verbose: bool = False
 
     def __post_init__(self) -> None:
         self.latency = parse_latency(self.latency)
         self.fail_status = parse_fail_status(self.fail_status)
+        if self.rate_headers not in RATE_HEADERS:
+            raise ValueError(f"rate_headers must be one of {', '.join(RATE_HEADERS)}, got {self.rate_headers!r}")
         if self.rpm < 1 or self.window <= 0:
             raise ValueError("rpm must be >= 1 and window > 0")
         self.fault_plan()  # validates the probabilities

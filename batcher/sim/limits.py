@@ -11,6 +11,7 @@ import math
 import time
 from array import array
 from collections import Counter, deque
+from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 
@@ -19,6 +20,12 @@ def format_seconds(value: float) -> str:
     if value <= 0:
         return "0"
     return f"{math.ceil(value * 1000) / 1000:.3f}"
+
+
+def rfc3339_after(seconds: float) -> str:
+    """The wall-clock time ``seconds`` from now in RFC 3339 (UTC, milliseconds), as Anthropic sends a reset."""
+    when = datetime.fromtimestamp(time.time() + math.ceil(max(0.0, seconds) * 1000) / 1000, timezone.utc)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Verdict(NamedTuple):
