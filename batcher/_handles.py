@@ -110,7 +110,7 @@ class Store:
             name = derived_name(given, defaults)
         try:
             report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE, prepared_rows(given, defaults),
-                                   skip_invalid)
+                                   skip_invalid, defaults=defaults)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
         return Batch(self, find_batch(self._engine, name), report)

@@ -22,7 +22,7 @@ from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .jobfile import LineError, describe
-from .prepare import ROW_FIELDS, PreparedChunk, prepared_chunks
+from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
 from .schema import imports, jobs
 from .store import get_or_create_batch
 from .validate import Defaults
@@ -114,7 +114,7 @@ class _Importer:
     def __init__(self, conn: Connection, batch_id: int, import_id: int, report: ImportReport) -> None:
         self.conn, self.batch_id, self.import_id, self.report = conn, batch_id, import_id, report
         now = time.time()
-        self.insert = _BulkInsert(conn, ROW_FIELDS, {"batch_id": batch_id, "import_id": import_id,
+        self.insert = _BulkInsert(conn, ROW_FIELDS, {"batch_id": batch_id, "import_id": import_id, "body": "",
                                                      "status": "pending", "attempts": 0,
                                                      "created_at": now, "updated_at": now})
         self.models: Counter[str] = Counter()
@@ -183,22 +183,26 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     """
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
     report = ImportReport(batch=name, file=describe(path))
-    return import_chunks(engine, report, os.path.abspath(path), prepared_chunks(path, defaults), skip_invalid)
+    return import_chunks(engine, report, os.path.abspath(path), prepared_chunks(path, defaults), skip_invalid,
+                         defaults=defaults)
 
 
 @store_errors
 def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
-                  skip_invalid: bool = False) -> ImportReport:
+                  skip_invalid: bool = False, *, defaults: Defaults) -> ImportReport:
     """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
 
     The one import path, whether the chunks come from a file or from rows
     given in Python: all or nothing unless ``skip_invalid``; ``source`` is
-    what the batch and the import record as their origin.
+    what the batch and the import record as their origin. ``defaults`` must
+    be those the chunks were prepared with: they are kept with the import,
+    to rebuild each job's request body when it is sent.
     """
     with write(engine) as conn:
         stored, _ = get_or_create_batch(conn, report.batch, source)
         import_id = conn.execute(imports.insert().values(
-            batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0)
+            batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
+            defaults=defaults_text(defaults))
         ).inserted_primary_key[0]
         importer = _Importer(conn, stored.id, import_id, report)
         for chunk in chunks:

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, upda
 
 from . import tally
 from .db import store_errors, write
-from .errors import UsageError
-from .schema import attempts, in_status, jobs, runs
+from .errors import StoreError, UsageError
+from .prepare import body_hash, request_body
+from .schema import attempts, imports, in_status, jobs, runs
 from .store import status_counts
 
 #: A run whose heartbeat is older than this is taken for dead.
@@ -89,7 +90,9 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
     now = time.time()
     with write(engine) as conn:
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.attempts)
+            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash, jobs.c.source,
+                   jobs.c.attempts, imports.c.defaults)
+            .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
             .where(jobs.c.batch_id == batch_id, in_status("pending"), tuple_(jobs.c.line, jobs.c.id) > tuple_(*after))
             .order_by(jobs.c.line, jobs.c.id).limit(limit)
         ).all()
@@ -97,7 +100,18 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
             claimed = conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), in_status("pending"))
                                    .values(status="running", run_id=run_id, updated_at=now)).rowcount
             tally.add_statuses(conn, batch_id, {"pending": -claimed, "running": claimed})
-    return [ClaimedJob(r.id, r.line, r.custom_id, r.body, r.attempts) for r in rows]
+    return [ClaimedJob(r.id, r.line, r.custom_id, r.body or _rebuilt_body(r), r.attempts) for r in rows]
+
+
+def _rebuilt_body(row: Any) -> str:
+    """A job's request body from its input line and its import's defaults, checked against its hash."""
+    try:
+        body = request_body(row.source, row.line, row.defaults)
+    except (ValueError, TypeError):
+        body = None
+    if body is None or body_hash(body.encode()) != row.body_hash:
+        raise StoreError(f"job {row.custom_id!r}: its request cannot be rebuilt as imported; import the file again")
+    return body
 
 
 def _release(conn: Connection, batch_id: int, run_id: int | None, now: float) -> int:

@@ -30,8 +30,10 @@ PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 WORKERS = 2
 
 #: The jobs columns each prepared row fills, in order; the importer supplies
-#: the rest (batch, import, status, timestamps), the same for every row.
-ROW_FIELDS = ("line", "custom_id", "body", "body_hash", "source", "extra")
+#: the rest (batch, import, status, timestamps), the same for every row. The
+#: request body is hashed but not stored: :func:`request_body` rebuilds it
+#: from the source and the import's defaults, so the request is stored once.
+ROW_FIELDS = ("line", "custom_id", "body_hash", "source", "extra")
 
 
 @dataclass
@@ -81,11 +83,30 @@ def prepare_object(out: PreparedChunk, number: int, obj: Any, source: str, defau
     out.rows.append((
         number,
         job.custom_id,
-        body.decode(),
-        hashlib.blake2b(body, digest_size=16).hexdigest(),
+        body_hash(body),
         source,
         extra,
     ))
+
+
+def body_hash(body: bytes) -> str:
+    """What tells an unchanged request from a changed one on re-import."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def defaults_text(defaults: Defaults) -> str:
+    """The import's defaults as stored with it (see :func:`request_body`)."""
+    return orjson.dumps([defaults.model, defaults.max_tokens, defaults.system]).decode()
+
+
+def request_body(source: str, line: int, defaults: str | None) -> str:
+    """The exact request body a job's stored source gives with its import's defaults.
+
+    Validation made the same body from the same two on import; the hash
+    stored then lets the caller check it.
+    """
+    given = Defaults(*orjson.loads(defaults)) if defaults else Defaults()
+    return orjson.dumps(to_job(orjson.loads(source), line, given).body).decode()
 
 
 def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:

@@ -208,8 +208,14 @@ class Tally:
 
 
 def read(conn: Connection, batch_id: int) -> Tally:
-    """The batch's tally: a handful of primary-key lookups."""
-    row = conn.execute(select(batch_tallies).where(batch_tallies.c.batch_id == batch_id)).one()
+    """The batch's tally: a handful of primary-key lookups.
+
+    A batch written without one (by hand, or by an older tool) is recounted
+    from its rows instead: slow, but never wrong.
+    """
+    row = conn.execute(select(batch_tallies).where(batch_tallies.c.batch_id == batch_id)).first()
+    if row is None:
+        return recount(conn, batch_id)
     models = {r.model: {k: r._mapping[k] for k in MODEL_FIGURES}
               for r in conn.execute(select(model_tallies).where(model_tallies.c.batch_id == batch_id))}
     failures = {(r.error_type or None, None if r.status_code == NO_CODE else r.status_code): r.count
@@ -226,10 +232,10 @@ def read(conn: Connection, batch_id: int) -> Tally:
 
 
 def counts(conn: Connection, batch_id: int) -> dict[str, int]:
-    """Jobs of the batch by status, from the tally."""
+    """Jobs of the batch by status, from the tally (see :func:`read`)."""
     row = conn.execute(select(*(batch_tallies.c[s] for s in STATUSES))
-                       .where(batch_tallies.c.batch_id == batch_id)).one()
-    return dict(zip(STATUSES, row))
+                       .where(batch_tallies.c.batch_id == batch_id)).first()
+    return dict(zip(STATUSES, row)) if row is not None else recount(conn, batch_id).counts
 
 
 # -- recounting -----------------------------------------------------------------

@@ -22,6 +22,7 @@ import orjson
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from batcher import tally  # noqa: E402
 from batcher.db import open_store  # noqa: E402
 from batcher.export import export_batch  # noqa: E402
 from batcher.store import find_batch  # noqa: E402
@@ -109,6 +110,7 @@ def build(db: str, jobs: int) -> None:
             if tries:
                 conn.exec_driver_sql("INSERT INTO attempts (job_id, run_id, started_at, latency_ms, status_code, "
                                      "error_type, streamed, ttft_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tries)
+        tally.rebuild(conn, 1)
     engine.dispose()
 
 

@@ -23,7 +23,7 @@ from batcher.db import DEFAULT_DB, _setup_sqlite, open_store, resolve_url, write
 from batcher.errors import StoreError, UsageError
 from batcher.importer import import_file
 from batcher.jobfile import numbered_lines
-from batcher.prepare import prepare_chunk
+from batcher.prepare import defaults_text, prepare_chunk, request_body
 from batcher.schema import attempts, batches, imports, jobs, metadata
 from batcher.validate import Defaults
 
@@ -281,7 +281,8 @@ def make_0001_store(db: Path, job_file: Path) -> None:
                              (str(job_file),))
         conn.exec_driver_sql("INSERT INTO imports (id, batch_id, source, at, added, unchanged, rejected) "
                              "VALUES (1, 1, ?, 1000.0, ?, 0, 0)", (str(job_file), len(prepared.rows)))
-        for line, custom_id, body, body_hash, source, extra in prepared.rows:
+        for line, custom_id, body_hash, source, extra in prepared.rows:
+            body = request_body(source, line, defaults_text(DEFAULTS))  # stored in full before 0003
             done = custom_id == "j1"
             conn.exec_driver_sql(
                 "INSERT INTO jobs (batch_id, import_id, line, custom_id, body, body_hash, source, extra, status,"

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from batcher import prepare, tally
+from batcher.prepare import request_body
 from batcher.db import open_store, write
 from batcher.errors import UsageError
 from batcher.importer import SHOWN_ERRORS, ImportRejected, import_file
@@ -46,11 +47,18 @@ def numbered(n: int, start: int = 1) -> list[dict[str, Any]]:
 
 
 def rows(engine: Engine, *columns: str, batch: str | None = None) -> list[tuple[Any, ...]]:
-    query = select(*(jobs.c[c] for c in columns)).order_by(jobs.c.line)
+    """Columns of the jobs in line order; ``body`` is the request as it will be sent."""
+    query = (select(*(jobs.c[c] for c in columns), jobs.c.source, jobs.c.line, imports.c.defaults)
+             .join_from(jobs, imports, imports.c.id == jobs.c.import_id).order_by(jobs.c.line))
     if batch is not None:
         query = query.join(batches, batches.c.id == jobs.c.batch_id).where(batches.c.name == batch)
     with engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(query)]
+        found = [list(r) for r in conn.execute(query)]
+    if "body" in columns:
+        at = columns.index("body")
+        for r in found:
+            r[at] = r[at] or request_body(*r[-3:])
+    return [tuple(r[:len(columns)]) for r in found]
 
 
 def count(engine: Engine, table: Any) -> int:
@@ -96,7 +104,7 @@ def test_both_formats_stored_as_sent(tmp_path: Path, engine: Engine) -> None:
                                       dumps(messages_line).decode()]
     assert {(r[5], r[6], r[7]) for r in stored} == {("pending", 0, None)}
     with engine.connect() as conn:
-        hashes = conn.execute(select(jobs.c.body, jobs.c.body_hash)).all()
+        hashes = rows(engine, "body", "body_hash")
         assert all(h == hashlib.blake2b(b.encode(), digest_size=16).hexdigest() for b, h in hashes)
         batch = conn.execute(select(batches)).one()
         assert (batch.name, batch.source) == ("jobs", str(path))
@@ -470,7 +478,7 @@ def test_big_file_streams_in_flat_memory_over_processes(tmp_path: Path) -> None:
     assert len(expected) == len(sample) > 40
     ids = [r[1] for r in expected]
     with engine.connect() as conn:
-        got = conn.execute(select(jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash, jobs.c.source,
+        got = conn.execute(select(jobs.c.line, jobs.c.custom_id, jobs.c.body_hash, jobs.c.source,
                                   jobs.c.extra).where(jobs.c.custom_id.in_(ids)).order_by(jobs.c.line)).all()
         assert [tuple(r) for r in got] == expected
         last = conn.execute(select(jobs.c.line, jobs.c.custom_id).order_by(jobs.c.line.desc()).limit(1)).one()
