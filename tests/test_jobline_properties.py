@@ -15,7 +15,7 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from batcher.jobfile import LineError
-from batcher.prepare import prepare_chunk
+from batcher.prepare import ROW_FIELDS, defaults_text, prepare_chunk, request_body
 from batcher.validate import Defaults
 
 
@@ -133,6 +133,7 @@ def test_a_line_is_accepted_exactly_when_documented(obj: Any, defaults: Defaults
     event("accepted" if rows else "refused")
     assert bool(rows) == documented_ok(obj, defaults), errors
     if rows:
-        body = orjson.loads(rows[0][2])
+        row = dict(zip(ROW_FIELDS, rows[0]))
+        body = orjson.loads(request_body(row["source"], row["line"], defaults_text(defaults)))
         assert "stream" not in body
         assert body["messages"] and body["model"] and body["max_tokens"] >= 1
