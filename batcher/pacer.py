@@ -6,11 +6,12 @@ is no burst at start-up nor after a pause: in any window of W seconds at most
 
 * ``--rpm``, never exceeded;
 * **what the window's headers allow**: ``remaining`` requests may start before
-  ``reset`` seconds have passed, so remaining/reset is a rate that spends the
-  window evenly (exact for a fixed window, safe for a sliding window or a
-  token bucket, where slots come back sooner). With ``remaining`` at 0 the
-  window is spent: every caller waits for the reset, then one request per
-  reset until fresh headers arrive;
+  ``reset`` seconds have passed. Once ``remaining`` runs low (under
+  :data:`SPREAD_SHARE` of the limit) they are spread evenly over the time to
+  the reset: exact for a fixed window, safe for a sliding window or a token
+  bucket, where slots come back sooner. With ``remaining`` at 0 the window is
+  spent: every caller waits for the reset, then one request per reset until
+  fresh headers arrive;
 * **a congestion ceiling**, additive increase / multiplicative decrease as
   TCP does: cut by :data:`DECREASE` on evidence that the key's window is
   spent, raised by :data:`INCREASE_PER_S` of ``--rpm`` every second
@@ -51,6 +52,9 @@ INCREASE_PER_S = 0.1
 #: Window "at or near 0": this share of the announced limit, at least RESERVE_MIN.
 RESERVE_SHARE = 0.02
 RESERVE_MIN = 2
+#: Under this share of the limit (at least two reserves) the remaining requests
+#: are spread over the time to the reset.
+SPREAD_SHARE = 0.05
 #: Answers considered for the share refused.
 SHARE_WINDOW_S = 2.0
 #: Without rate-limit headers, a share refused above this is a spent window.
@@ -194,11 +198,12 @@ class Pacer:
             return False
         if remaining <= 0:
             self.pause(reset_s)
-        left = max(remaining, 1)
-        # Slots come back before the reset in a sliding window or a bucket:
-        # the more of the window is left, the faster it may be spent.
-        spare = 1.0 - left / limit if limit and left < limit else 0.0
-        self._window_rpm = 60.0 * left / reset_s / spare if spare > 0 else self.max_rpm
+        # Spread what is left over the time to the reset once it runs low. Not
+        # sooner: in a sliding window or a bucket slots come back before the
+        # reset, and a reset that means "all of them back" would hold a run
+        # far under a limit it is not even reaching.
+        low = max(SPREAD_SHARE * limit, 2 * RESERVE_MIN) if limit else 2 * RESERVE_MIN
+        self._window_rpm = 60.0 * max(remaining, 1) / reset_s if remaining <= low else self.max_rpm
         return remaining <= reserve
 
     def _count(self, refused: bool) -> float:

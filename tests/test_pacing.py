@@ -105,6 +105,16 @@ def test_a_429_with_room_neither_pauses_nor_slows() -> None:
     assert pacer.rate_limited == 1
 
 
+def test_a_window_with_plenty_left_does_not_hold_the_pace_and_a_low_one_spreads_it() -> None:
+    clock = Clock()
+    pacer = Pacer(500, clock=clock)
+    pacer.answered(clock.now, 400, 59.0, 500)  # a reset that means "all back" must not hold a run back
+    assert pacer.rpm == 500
+    pacer.answered(clock.now, 10, 6.0, 500)  # 10 left for 6 s: 100 per minute
+    assert pacer.rpm == pytest.approx(100)
+    assert pacer.reason == "key shared"  # 490 used, none of them by this pacer
+
+
 def test_a_spent_window_pauses_everyone_and_cuts_once_per_event() -> None:
     clock = Clock()
     pacer = Pacer(3000, clock=clock)
@@ -158,7 +168,7 @@ def test_random_upstream_429s_with_room_do_not_slow_the_run(tmp_path: Path, simu
 def test_a_lower_limit_announced_in_headers_is_held_with_few_refusals(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(rpm=40, window=1, latency=(0, 0.02))  # 2,400/min against --rpm 6,000
     seen: list[Snapshot] = []
-    summary = anyio.run(runner(tmp_path, sim, 160).run, seen.append)
+    summary = anyio.run(runner(tmp_path, sim, 100).run, seen.append)
     assert summary.exit_code == 0
     stats = sim.stats(times=True)
     assert refused_share(stats) < 0.15, stats["by_status"]
@@ -169,8 +179,8 @@ def test_a_lower_limit_announced_in_headers_is_held_with_few_refusals(tmp_path: 
 
 def test_without_headers_nor_retry_after_most_of_the_limit_is_used(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(rpm=40, window=1, latency=(0, 0.02), rate_headers="none", retry_after=False)
-    summary = anyio.run(runner(tmp_path, sim, 160).run)
-    assert (summary.exit_code, summary.succeeded) == (0, 160)
+    summary = anyio.run(runner(tmp_path, sim, 100).run)
+    assert (summary.exit_code, summary.succeeded) == (0, 100)
     stats = sim.stats(times=True)
     assert refused_share(stats) < 0.25, stats["by_status"]
     assert accepted_rate(stats) > 0.5 * 40
@@ -178,7 +188,7 @@ def test_without_headers_nor_retry_after_most_of_the_limit_is_used(tmp_path: Pat
 
 def test_two_runs_on_one_key_share_it(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(rpm=50, window=1, latency=(0, 0.02))  # 3,000/min for both, each told 6,000
-    runs = [runner(tmp_path, sim, 120, name=name) for name in ("first", "second")]
+    runs = [runner(tmp_path, sim, 80, name=name) for name in ("first", "second")]
     summaries = []
 
     async def both() -> None:
@@ -201,11 +211,11 @@ def test_status_shows_the_pace_and_why_it_is_lower(tmp_path: Path, simulator: An
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer, "HEARTBEAT_S", 0.3)
     sim = simulator(rpm=20, window=1, latency=(0, 0.02))  # 1,200/min against --rpm 6,000
-    run = runner(tmp_path, sim, 80)
+    run = runner(tmp_path, sim, 60)
     shown: list[dict[str, Any]] = []
 
     async def watch() -> None:
-        await anyio.sleep(2.0)
+        await anyio.sleep(1.5)
         shown.append(await anyio.to_thread.run_sync(batch_status, run.engine, run.batch))
 
     async def both() -> None:

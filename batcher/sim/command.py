@@ -32,7 +32,9 @@ Examples:
 @click.option("--latency", default="0.1:0.4", show_default=True, metavar="MIN:MAX",
               help="Answer latency in seconds, uniform in MIN..MAX (0 for none).")
 @click.option("--seed", default=None, type=int, help="Make faults and latencies reproducible.")
-@click.option("--fail-429", default=0.0, type=_P, help="Probability of a 429 rate_limit_error.")
+@click.option("--fail-429", default=0.0, type=_P,
+              help="Probability of an upstream 429 rate_limit_error: the request counts in the window, "
+                   "whose headers still show the room left.")
 @click.option("--fail-500", default=0.0, type=_P, help="Probability of a 500 api_error.")
 @click.option("--fail-529", default=0.0, type=_P, help="Probability of a 529 overloaded_error.")
 @click.option("--fail-cut", default=0.0, type=_P, help="Probability of dropping the connection mid-response.")
