@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 import anyio
 
-from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Batch, Store
+from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Batch, Store, check_run
 from ._results import Result
 
 
@@ -51,6 +51,8 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     >>> [(r.custom_id, r.status) for r in results]
     [('line-1', 'succeeded'), ('line-2', 'succeeded')]
     """
+    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, api_key=api_key, base_url=base_url,
+              **options)
     with Store(db) as store:
         handle = _add(store, batch, rows, model, max_tokens, system)
         handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
@@ -73,6 +75,8 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
     >>> [r.status for r in anyio.run(main)]
     ['succeeded']
     """
+    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, api_key=api_key, base_url=base_url,
+              **options)
     store = await anyio.to_thread.run_sync(Store, db)
     try:
         handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system))

@@ -10,6 +10,7 @@ handed to the runner alone.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 from typing import Any, Iterable, Iterator, Sequence
@@ -207,6 +208,21 @@ class Batch:
 
         return batch_status(self._engine, self._record, detail=detail)
 
+    def verify(self) -> list[str]:
+        """Recount the batch from its rows; say where the kept totals differ (empty: they agree).
+
+        What ``batcher status --verify`` does: reads every row, seconds for a
+        million jobs; :meth:`status` never needs it.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     store.add("tomorrow", ["Not today."]).verify()
+        []
+        """
+        from .status import verify
+
+        return verify(self._engine, self._record)
+
     def results(self, only: str | Iterable[str] | None = "all") -> Iterator[Result]:
         """Its jobs' :class:`batcher.Result` s, lazily, in input order.
 
@@ -301,7 +317,7 @@ class Batch:
         """
         given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
                      api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)
-        _run_config(given, signals=False)  # a bad option fails here, before a thread starts
+        run_config(given)  # a bad option fails here, before a thread starts
         control = RunControl()
         return call_sync(functools.partial(self._arun, given, control), control.stop, control.cancel)
 
@@ -330,7 +346,7 @@ class Batch:
 
     async def _arun(self, options: dict[str, Any], control: RunControl | None = None,
                     signals: bool = False) -> RunSummary:
-        key, config = _run_config(options, signals)
+        key, config = run_config(options, signals)
         display = run_display(options["progress"])
         try:
             runner = Runner(self._engine, self._record, key, config)
@@ -376,7 +392,15 @@ class RunControl:
             self.stop()
 
 
-def _run_config(options: dict[str, Any], signals: bool) -> tuple[str, RunConfig]:
+def check_run(**options: Any) -> None:
+    """Raise now if :meth:`Batch.run` would refuse these options (no key, unsafe URL, bad number).
+
+    Lets a caller refuse before it imports anything or touches the store.
+    """
+    run_config({**RUN_DEFAULTS, **options})
+
+
+def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, RunConfig]:
     """The key and the RunConfig from :meth:`Batch.run`'s options, checked like the CLI's."""
     from .client import DEFAULT_BASE_URL, check_base_url
 
@@ -396,6 +420,11 @@ def _run_config(options: dict[str, Any], signals: bool) -> tuple[str, RunConfig]
         return key, RunConfig(base_url=base_url, handle_signals=signals, **fields)
     except TypeError as exc:
         raise UsageError(f"unknown run option: {exc}") from None
+
+
+#: :meth:`Batch.run`'s keyword defaults.
+RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(Batch.run).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def _check_numbers(options: dict[str, Any]) -> None:

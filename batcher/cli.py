@@ -86,20 +86,21 @@ def _defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def import_command(file: str, batch: str | None, db: str | None, model: str | None, max_tokens: int | None,
                    system: str | None, skip_invalid: bool) -> None:
     """Load a JSONL job file into a batch (idempotent: run it again after editing)."""
-    from .db import open_store
-    from .importer import ImportRejected, import_file
+    from ._handles import Store
+    from .importer import ImportRejected
     from .jobfile import ensure_readable
-    from .validate import Defaults
 
-    ensure_readable(file)
-    engine = open_store(db)
-    try:
-        report = import_file(engine, file, batch, Defaults(model, max_tokens, system), skip_invalid)
-    except ImportRejected as exc:
-        for line in exc.report.error_lines():
-            click.echo(line, err=True)
-        click.echo("batcher: nothing imported; fix the lines above or pass --skip-invalid", err=True)
-        sys.exit(exc.exit_code)
+    ensure_readable(file)  # before the store is created
+    with Store(db) as store:
+        try:
+            report = store.add(batch, file, model=model, max_tokens=max_tokens, system=system,
+                               skip_invalid=skip_invalid).report
+        except ImportRejected as exc:
+            for line in exc.report.error_lines():
+                click.echo(line, err=True)
+            click.echo("batcher: nothing imported; fix the lines above or pass --skip-invalid", err=True)
+            sys.exit(exc.exit_code)
+    assert report is not None
     for warning in report.warnings:
         click.echo(f"batcher: warning: {warning}", err=True)
     for line in report.error_lines(prefix="skipped "):
@@ -116,18 +117,17 @@ def _when(ts: float | None) -> str:
 @friendly
 def batches_command(db: str | None) -> None:
     """List the batches in the store with their job counts."""
-    from .db import open_store
-    from .status import batch_status
-    from .store import list_batches
+    from ._handles import Store
 
-    engine = open_store(db, create=False)
-    found = list_batches(engine)
-    if not found:
-        click.echo("no batches yet: batcher import FILE")
-    for batch in found:
-        s = batch_status(engine, batch, detail=False)
-        counts = " ".join(f"{k}={s[k]}" for k in ("pending", "running", "succeeded", "failed", "canceled") if s[k])
-        click.echo(f"{batch.name}\t{batch.source}\t{s['total']} jobs: {counts or 'none'}\tcreated {_when(batch.created_at)}")
+    with Store(db, create=False) as store:
+        found = store.batches()
+        if not found:
+            click.echo("no batches yet: batcher import FILE")
+        for batch in found:
+            s = batch.status(detail=False)
+            counts = " ".join(f"{k}={s[k]}" for k in ("pending", "running", "succeeded", "failed", "canceled") if s[k])
+            click.echo(f"{batch.name}\t{batch.source}\t{s['total']} jobs: {counts or 'none'}\t"
+                       f"created {_when(batch.created_at)}")
 
 
 @main.command("status", epilog="Example: batcher status prompts --json")
@@ -142,22 +142,20 @@ def status_command(batch: str | None, db: str | None, as_json: bool, verify: boo
 
     BATCH may be left out when the store holds a single batch.
     """
-    from .db import open_store
-    from .status import batch_status, status_lines
-    from .status import verify as verify_tally
-    from .store import find_batch
+    from ._handles import Store
+    from .status import status_lines
 
-    engine = open_store(db, create=False)
-    found = find_batch(engine, batch)
-    if verify:
-        problems = verify_tally(engine, found)
-        for problem in problems:
-            click.echo(f"batcher: tally differs from the rows: {problem}", err=True)
-        if problems:
-            sys.exit(4)
-        click.echo(f"batch {found.name}: the kept totals agree with a recount of the rows")
-        return
-    status = batch_status(engine, found)
+    with Store(db, create=False) as store:
+        found = store.batch(batch)
+        if verify:
+            problems = found.verify()
+            for problem in problems:
+                click.echo(f"batcher: tally differs from the rows: {problem}", err=True)
+            if problems:
+                sys.exit(4)
+            click.echo(f"batch {found.name}: the kept totals agree with a recount of the rows")
+            return
+        status = found.status()
     if as_json:
         click.echo(json.dumps(status))
         return
@@ -205,48 +203,44 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     Interrupted runs resume where they stopped: run the same command again.
     The key is read from POE_API_KEY.
     """
+    import functools
     import os
 
     import anyio
 
-    from .client import check_base_url
-    from .db import open_store
-    from .importer import ImportRejected, import_file
-    from .progress import ProgressDisplay, summary_lines
-    from .runner import RunConfig, run_batch
-    from .store import find_batch
-    from .validate import Defaults
+    from ._handles import Store, check_run
+    from .importer import ImportRejected
+    from .progress import summary_lines
 
-    key = os.environ.get("POE_API_KEY", "").strip()
-    if not key:
-        fail("no API key: set POE_API_KEY (export POE_API_KEY=your-key; keys at https://poe.com/api_key)", 2)
-    check_base_url(base_url)
-    engine = open_store(db, create=os.path.isfile(file_or_batch))
-    if os.path.isfile(file_or_batch):
-        try:
-            report = import_file(engine, file_or_batch, batch, Defaults(model, max_tokens, system))
-        except ImportRejected as exc:
-            for line in exc.report.error_lines():
-                click.echo(line, err=True)
-            fail("nothing imported, nothing sent; fix the lines above (or import with --skip-invalid)", 2)
-        for warning in report.warnings:
-            click.echo(f"batcher: warning: {warning}", err=True)
-        if not quiet and report.added:
-            click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
-        name = report.batch
-    elif os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json")):
+    options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
+                   auth=auth, stream=stream, grace=grace, progress=not quiet)
+    check_run(**options)  # no key, unsafe URL: refused before the store is touched
+    is_file = os.path.isfile(file_or_batch)
+    if not is_file and (os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json"))):
         fail(f"{file_or_batch}: not a readable job file", 2)
-    else:
-        name = file_or_batch
-    config = RunConfig(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout_s=timeout,
-                       base_url=base_url, auth=auth, stream=stream, grace_s=grace)
-    display = ProgressDisplay(quiet=quiet)
-    try:
-        summary = anyio.run(run_batch, engine, find_batch(engine, name), key, config, display)
-    finally:
-        display.close()
-    lines = summary_lines(summary)
-    for line in lines:
+    with Store(db, create=is_file) as store:
+        if is_file:
+            try:
+                handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system)
+            except ImportRejected as exc:
+                for line in exc.report.error_lines():
+                    click.echo(line, err=True)
+                fail("nothing imported, nothing sent; fix the lines above (or import with --skip-invalid)", 2)
+            report = handle.report
+            assert report is not None
+            for warning in report.warnings:
+                click.echo(f"batcher: warning: {warning}", err=True)
+            if not quiet and report.added:
+                click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
+        else:
+            handle = store.batch(file_or_batch)
+        try:
+            summary = anyio.run(functools.partial(handle.arun, signals=True, **options))
+        except BatcherError as exc:
+            if exc.summary is None:
+                raise
+            summary = exc.summary  # a run that ended early: its summary says how
+    for line in summary_lines(summary):
         click.echo(line, err=summary.exit_code not in (0,))
     sys.exit(summary.exit_code)
 
@@ -286,19 +280,18 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
     """
     import signal
 
-    from .db import open_store
-    from .export import default_output, export_batch
-    from .store import find_batch
+    from ._handles import Store
+    from .export import default_output
 
-    engine = open_store(db, create=False)
-    found = find_batch(engine, batch)
-    output = output or default_output(found, fmt)
-    if output == "-":
-        # Behave like other filters when the reader goes away (| head).
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    # SIGTERM ends like Ctrl-C: the temporary file is removed on the way out.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    written = export_batch(engine, found, output, fmt, only, include_pending)
+    with Store(db, create=False) as store:
+        found = store.batch(batch)
+        output = output or default_output(found, fmt)
+        if output == "-":
+            # Behave like other filters when the reader goes away (| head).
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        # SIGTERM ends like Ctrl-C: the temporary file is removed on the way out.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        written = found.export(output, fmt, only, include_pending)
     where = "stdout" if output == "-" else output
     click.echo(f"batch {found.name}: {written} line(s) written to {where} ({fmt})", err=output == "-")
 
@@ -319,13 +312,11 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
     The next `batcher run` sends them again (a run going now may pick them up too).
     `batcher status` lists failures by type and HTTP status.
     """
-    from .db import open_store
-    from .manage import retry
-    from .store import find_batch
+    from ._handles import Store
 
-    engine = open_store(db, create=False)
-    found = find_batch(engine, batch)
-    n = retry(engine, found, error_types, status_codes, canceled)
+    with Store(db, create=False) as store:
+        found = store.batch(batch)
+        n = found.retry(error_types, status_codes, canceled)
     what = "canceled" if canceled else "failed"
     hint = f"; send them with: batcher run {found.name}" if n else ""
     click.echo(f"batch {found.name}: {n} {what} job(s) back to pending{hint}")
@@ -340,13 +331,11 @@ def cancel_command(batch: str | None, db: str | None) -> None:
 
     Jobs already in flight finish. `batcher retry --canceled` brings them back.
     """
-    from .db import open_store
-    from .manage import cancel
-    from .store import find_batch
+    from ._handles import Store
 
-    engine = open_store(db, create=False)
-    found = find_batch(engine, batch)
-    n = cancel(engine, found)
+    with Store(db, create=False) as store:
+        found = store.batch(batch)
+        n = found.cancel()
     click.echo(f"batch {found.name}: {n} pending job(s) canceled")
 
 

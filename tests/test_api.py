@@ -9,9 +9,14 @@ out, and the key kept out of every error.
 from __future__ import annotations
 
 import _thread
+import importlib.util
 import asyncio
+import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -245,3 +250,114 @@ def test_public_names() -> None:
     assert issubclass(batcher.StoreError, batcher.BatcherError)
     assert [batcher.UsageError.exit_code, batcher.APIStopped.exit_code, batcher.StoreError.exit_code,
             batcher.Interrupted.exit_code] == [2, 3, 4, 130]
+
+
+# -- one store, two faces: the handles and the command line ---------------------------------------
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batcher", *args], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=timeout)
+
+
+def test_handles_agree_with_the_cli(env: Any, simulator: Any, tmp_path: Path) -> None:
+    sim = simulator(fail_500=0.4, seed=7)
+    jobs = tmp_path / "mixed.jsonl"
+    jobs.write_text("".join(json.dumps({"custom_id": f"j{i:02d}", "prompt": f"question {i}"}) + "\n"
+                            for i in range(20)))
+    db = str(tmp_path / "shared.db")
+    assert cli("import", str(jobs), "--db", db, "--model", "claude-haiku-4.5", "--max-tokens", "16").returncode == 0
+
+    with batcher.Store(db) as store:
+        b = store.batch("mixed")  # made by the CLI
+        summary = b.run(base_url=sim.base_url, max_attempts=1, rpm=6000, progress=False)
+        failed = summary.failed
+        assert 0 < failed < 20 and summary.exit_code == 1
+
+        shown = json.loads(cli("status", "mixed", "--db", db, "--json").stdout)
+        mine = b.status()
+        for key in ("total", "pending", "succeeded", "failed", "canceled", "attempts", "input_tokens",
+                    "output_tokens", "failures", "models", "attempts_made"):
+            assert mine[key] == shown[key], key
+
+        assert cli("export", "mixed", "--db", db, "--format", "text", "-o", "cli.jsonl").returncode == 0
+        assert b.export("py.jsonl", format="text") == 20
+        assert Path("py.jsonl").read_bytes() == Path("cli.jsonl").read_bytes()
+        lines = [json.loads(line) for line in Path("cli.jsonl").read_text().splitlines()]
+        assert [(r.custom_id, r.status, r.text) for r in b.results()] == [
+            (line["custom_id"], line["status"], line["text"]) for line in lines]
+        for result in b.results(only="failed"):
+            assert result.status_code == 500 and result.error["error"]["type"] == "api_error"
+
+        assert b.retry(status_code=500) == failed
+        assert json.loads(cli("status", "mixed", "--db", db, "--json").stdout)["pending"] == failed
+        assert cli("cancel", "mixed", "--db", db).stdout.strip() == f"batch mixed: {failed} pending job(s) canceled"
+        assert b.status()["canceled"] == failed
+        assert b.retry(canceled=True) == failed
+
+        made = store.add("from-python", ["visible to the CLI"], max_tokens=16)
+        assert made.name in cli("batches", "--db", db).stdout
+
+
+def test_a_python_run_and_a_cli_run_refuse_each_other(env: Any, simulator: Any, tmp_path: Path) -> None:
+    sim = simulator(latency=0.2)
+    db = str(tmp_path / "busy.db")
+    jobs = tmp_path / "busy.jsonl"
+    jobs.write_text("".join(json.dumps({"prompt": f"slow {i}"}) + "\n" for i in range(24)))
+    assert cli("import", str(jobs), "--db", db, "--model", "claude-haiku-4.5", "--max-tokens", "16").returncode == 0
+
+    # The CLI runs; a Python run on the batch is refused.
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", "busy", "--db", db, "--base-url", sim.base_url,
+                             "--rpm", "6000", "--concurrency", "2", "-q"], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while requests(sim) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with batcher.Store(db) as store, pytest.raises(batcher.BatchBusy, match=f"process {proc.pid}"):
+            store.batch("busy").run(base_url=sim.base_url, progress=False)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+    # A Python run goes; the CLI is refused.
+    with batcher.Store(db) as store:
+        b = store.add("busy", [{"custom_id": f"more-{i}", "prompt": f"more {i}"} for i in range(16)], max_tokens=16)
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=lambda: outcome.update(
+            summary=b.run(base_url=sim.base_url, rpm=6000, concurrency=2, progress=False)))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            while b.status()["run"] is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            done = cli("run", "busy", "--db", db, "--base-url", sim.base_url)
+            assert done.returncode == 2
+            assert done.stderr.strip().startswith(f"batcher: error: batch 'busy' is already being run by process "
+                                                  f"{os.getpid()}")
+        finally:
+            worker.join(timeout=60)
+        assert outcome["summary"].left == 0
+        assert b.status()["succeeded"] == 40
+
+
+def test_the_readme_python_section_runs(env: Any) -> None:
+    """Every code block of the README's Python section, in order, as a notebook would run them."""
+    import ast
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    namespace: dict[str, Any] = {}
+    for block in blocks:
+        if "import pandas" in block and importlib.util.find_spec("pandas") is None:
+            continue
+        code = compile(block, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        outcome = eval(code, namespace)  # a coroutine when the block awaits, as in a notebook cell
+        if asyncio.iscoroutine(outcome):
+            asyncio.run(outcome)
+    assert all(r.status == "succeeded" for r in namespace["results"])
+    with batcher.Store() as store:
+        assert store.batch("reviews").status()["succeeded"] == 20
