@@ -46,11 +46,16 @@ def backoff(retry_number: int, harder: bool = False, rng: random.Random | None =
 
 
 def server_delay(attempt: Attempt) -> float | None:
-    """The wait the server asked for: retry-after, or the window's reset."""
-    if attempt.rate.retry_after_s is not None:
-        return max(0.0, attempt.rate.retry_after_s)
-    if attempt.status_code == 429 and attempt.rate.reset_s is not None:
-        return max(0.0, attempt.rate.reset_s)
+    """The wait the server asked for: retry-after, or the reset of a spent window.
+
+    A 429 while the window has room is an upstream refusal: the reset says
+    nothing about it, and back-off is the wait.
+    """
+    rate = attempt.rate
+    if rate.retry_after_s is not None:
+        return max(0.0, rate.retry_after_s)
+    if attempt.status_code == 429 and rate.reset_s is not None and not (rate.remaining or 0) > 0:
+        return max(0.0, rate.reset_s)
     return None
 
 

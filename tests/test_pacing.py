@@ -16,11 +16,12 @@ import orjson
 import pytest
 
 from batcher import writer
-from batcher.client import MessagesClient, rate_info
+from batcher.client import Attempt, MessagesClient, RateInfo, rate_info
 from batcher.db import open_store
 from batcher.importer import import_file
 from batcher.pacer import Pacer
 from batcher.progress import describe
+from batcher.retry import Verdict, decide
 from batcher.runner import RunConfig, Runner, Snapshot
 from batcher.status import batch_status, status_lines
 from batcher.store import find_batch
@@ -80,6 +81,17 @@ def test_the_simulator_announces_its_window_as_told(simulator: Any, style: str) 
     else:
         assert (attempt.rate.limit, attempt.rate.remaining) == (10, 9)
         assert 3.0 < attempt.rate.reset_s <= 4.01
+
+
+def test_an_upstream_429_without_retry_after_backs_off_rather_than_waiting_for_the_reset() -> None:
+    def refusal(remaining: int) -> Attempt:
+        error = {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit exceeded"}}
+        return Attempt(429, 0.1, error=error, error_type="rate_limit_error",
+                       rate=RateInfo(limit=500, remaining=remaining, reset_s=40.0))
+
+    assert decide(refusal(0), 0, 6).delay_s == 40.0  # the window is spent: its reset
+    upstream = decide(refusal(300), 0, 6)
+    assert upstream.verdict is Verdict.RETRY and upstream.delay_s <= 0.25 and not upstream.counts
 
 
 # --- the pacer's reading of evidence (its own clock: pure decisions) -------------
