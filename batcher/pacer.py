@@ -19,15 +19,18 @@ is no burst at start-up nor after a pause: in any window of W seconds at most
   the same headers, cut together and rise together: AIMD converges to a fair
   share for each.
 
-The evidence that the window is spent, and only it, cuts the ceiling:
-``remaining`` at or under a reserve (:data:`RESERVE_SHARE` of the limit, at
-least :data:`RESERVE_MIN`); or, when the server sends no rate-limit headers,
-more than :data:`CONGESTED_SHARE` of the last :data:`SHARE_WINDOW_S` seconds'
-answers refused. A 429 whose headers show room is an upstream refusal: only
-its own request waits and retries; the pace is not touched unless refusals
-pass :data:`UPSTREAM_SHARE`, far above stray ones, and the key's window only
-stops everyone when it is spent. Each cut answers requests sent before it:
-evidence about requests started before the last cut is not cut for twice.
+Only evidence that the key's window is spent cuts the ceiling: a 429 whose
+headers show ``remaining`` at or under a reserve (:data:`RESERVE_SHARE` of
+the limit, at least :data:`RESERVE_MIN`) on a key that others use too (the
+server counts more than this run sent in the window) or while more than
+:data:`CONGESTED_SHARE` of the last :data:`SHARE_WINDOW_S` seconds' answers
+are refused (alone, the window's figure and the pause suffice); or, from a
+server that sends no rate-limit headers, that same share refused. A 429
+whose headers show room is an upstream refusal: only its own request waits
+and retries; the pace is not touched unless refusals pass
+:data:`UPSTREAM_SHARE`, far above stray ones, and nobody else waits. Each
+cut answers requests sent before it: evidence about requests started before
+the last cut is not cut for twice.
 
 It knows nothing of jobs or HTTP: callers report what the server said.
 """
@@ -170,7 +173,8 @@ class Pacer:
         share = self._count(refused=True)
         spent = self._observe(sent_at, remaining, reset_s, limit)
         if spent:
-            self._cut(sent_at, "window")
+            if self._shared or share > CONGESTED_SHARE:
+                self._cut(sent_at, "window")  # alone, the window's figure and the pause suffice
         elif remaining is None and share > CONGESTED_SHARE:
             spent = True
             self._cut(sent_at, "429s, no rate headers")

@@ -163,6 +163,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=600)
     parser.add_argument("--only", nargs="*", choices=SCENARIOS, default=list(SCENARIOS))
     args = parser.parse_args()
+    # Pacing needs the CPU on time: on a busy machine every figure drops.
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             if name == "fast":

@@ -127,13 +127,13 @@ def test_a_window_with_plenty_left_does_not_hold_the_pace_and_a_low_one_spreads_
     assert pacer.reason == "key shared"  # 490 used, none of them by this pacer
 
 
-def test_a_spent_window_pauses_everyone_and_cuts_once_per_event() -> None:
+def test_a_spent_shared_window_pauses_everyone_and_cuts_once_per_event() -> None:
     clock = Clock()
     pacer = Pacer(3000, clock=clock)
-    for _ in range(100):  # a second at 100 answers per second
+    for _ in range(100):  # a second at 100 answers per second, on a key another program uses too
         clock.now += 0.01
         pacer.starts.append(clock.now)
-        pacer.answered(clock.now - 0.1, 200, 5.0, 300)
+        pacer.answered(clock.now - 0.1, 100, 5.0, 300)
     pacer.refused(clock.now - 0.1, 0, 0.8, 300, wait_s=0.8)
     assert pacer.paused_for == pytest.approx(0.8)
     first_cut = pacer.rpm
