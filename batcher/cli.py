@@ -339,10 +339,14 @@ def cancel_command(batch: str | None, db: str | None) -> None:
     click.echo(f"batch {found.name}: {n} pending job(s) canceled")
 
 
-def _register_simulator() -> None:
+def _register_wings() -> None:
+    from .serve.command import serve_command
     from .sim.command import simulate
 
     main.add_command(simulate)
+    # The server's mistakes (no key, port taken) end as one line, like every command's.
+    serve_command.callback = friendly(serve_command.callback)
+    main.add_command(serve_command)
 
 
-_register_simulator()
+_register_wings()

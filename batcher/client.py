@@ -118,13 +118,14 @@ def check_base_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--base-url {base_url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise UsageError(f"--base-url {base_url!r}: refusing to send the API key over plain http "
                          "to a host that is not this machine; use https")
     return base_url.rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic that never leaves this machine."""
     if host == "localhost":
         return True
     try:
@@ -186,6 +187,17 @@ class MessagesClient:
         except httpx.HTTPError as exc:
             return _network_failure("connection_error", f"{type(exc).__name__}: {exc}", start, stream)
         return _from_response(response, response.content, start)
+
+    async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """Send someone else's request body as it is, with this client's key.
+
+        For a local gateway: ``headers`` may set ``anthropic-version``,
+        ``anthropic-beta`` or ``accept`` (never the key). The answer comes
+        back unread, to be relayed as it arrives; the caller closes it.
+        Network failures raise :class:`httpx.HTTPError`.
+        """
+        request = self._http.build_request("POST", path, content=body, headers=headers)
+        return await self._http.send(request, stream=True)
 
     async def _send_streaming(self, body: bytes, start: float) -> Attempt:
         first: list[float] = []

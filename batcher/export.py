@@ -158,7 +158,8 @@ def _render_results(row: Any) -> bytes:
     elif status == "failed":
         result = {"type": "errored", "error": anthropic_error(error, error_type)}
     elif status == "canceled":
-        result = {"type": "canceled"}
+        # A batch's deadline passing cancels what was unsent as "expired".
+        result = {"type": "expired" if error_type == "expired" else "canceled"}
     else:
         result = {"type": "pending"}
     return _dumps({"custom_id": custom_id, "result": result}, option=_NL)

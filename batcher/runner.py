@@ -114,11 +114,13 @@ class _State:
 class Runner:
     """One run of one batch; use :func:`run_batch` unless embedding."""
 
-    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig) -> None:
+    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig,
+                 pacer: Pacer | None = None) -> None:
+        """``pacer``: one shared with other runs (a :class:`batcher.lanes.Lane`), else a new one."""
         self.engine, self.batch, self.config = engine, batch, config
         self.client = MessagesClient(api_key, config.base_url, concurrency=config.workers,
                                      timeout_s=config.timeout_s, auth=config.auth)
-        self.pacer = Pacer(config.rpm)
+        self.pacer = pacer if pacer is not None else Pacer(config.rpm)
         self.guard = ConfigGuard(config.base_url)
         self.tally = Tally()
         self.state = _State()
@@ -248,18 +250,16 @@ class Runner:
             if self.state.stopping:
                 return
 
-    def _should_stream(self, payload: dict[str, Any]) -> bool:
+    def _should_stream(self, payload: Any) -> bool:
         if self.config.stream is not None:
             return self.config.stream
-        return int(payload.get("max_tokens") or 0) > STREAM_ABOVE_MAX_TOKENS
+        # A body stored unchecked (the Message Batches API) may hold anything:
+        # the API, not this guess, says what is wrong with it.
+        max_tokens = payload.get("max_tokens") if isinstance(payload, dict) else None
+        return isinstance(max_tokens, int) and max_tokens > STREAM_ABOVE_MAX_TOKENS
 
     def _tell_pacer(self, attempt: Attempt, sent_at: float) -> None:
-        """What the server said about the key's window, in the pacer's terms."""
-        rate = attempt.rate
-        if attempt.status_code == 429:
-            self.pacer.refused(sent_at, rate.remaining, rate.reset_s, rate.limit, server_delay(attempt))
-        elif attempt.status_code is not None:
-            self.pacer.answered(sent_at, rate.remaining, rate.reset_s, rate.limit)
+        tell_pacer(self.pacer, attempt, sent_at)
 
     # --- stopping ------------------------------------------------------------
     def _stop(self, outcome: str, message: str) -> None:
@@ -270,15 +270,20 @@ class Runner:
         # let them finish (within the grace period) so their answers are kept.
         self.request_stop()
 
-    def request_stop(self) -> None:
-        """Stop claiming, let in-flight requests finish within the grace period."""
-        if self.state.stopping:
-            return
-        self.state.stopping = True
-        self.pacer.stop()
-        self.stop_event.set()
+    def request_stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let in-flight requests finish within the grace period.
+
+        ``grace_s`` overrides the configured grace (a cancel lets requests in
+        flight finish however long they take).
+        """
+        if not self.state.stopping:
+            self.state.stopping = True
+            self.pacer.stop()
+            self.stop_event.set()
         if self.work_scope is not None:  # else the claimer sees ``stopping`` and sends nothing
-            self.work_scope.deadline = anyio.current_time() + self.config.grace_s
+            # A later, shorter grace (a shutdown during a cancel) wins.
+            deadline = anyio.current_time() + (self.config.grace_s if grace_s is None else grace_s)
+            self.work_scope.deadline = min(self.work_scope.deadline, deadline)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -342,6 +347,15 @@ class Runner:
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message, failed_in_batch=counts["failed"])
+
+
+def tell_pacer(pacer: Pacer, attempt: Attempt, sent_at: float) -> None:
+    """What the server said about the key's window, in the pacer's terms."""
+    rate = attempt.rate
+    if attempt.status_code == 429:
+        pacer.refused(sent_at, rate.remaining, rate.reset_s, rate.limit, server_delay(attempt))
+    elif attempt.status_code is not None:
+        pacer.answered(sent_at, rate.remaining, rate.reset_s, rate.limit)
 
 
 def _first_user_error(group: BaseExceptionGroup) -> BaseException:

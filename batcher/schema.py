@@ -192,6 +192,18 @@ timing_tallies = Table(
     Column("count", Integer, nullable=False, server_default="0"),
 )
 
+#: Batches made through the Message Batches API (``batcher serve``): when
+#: they expire, when a cancel was asked for, when they ended. Other batches
+#: have no row here.
+api_batches = Table(
+    "api_batches",
+    metadata,
+    Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("cancel_requested_at", Float),
+    Column("ended_at", Float),
+)
+
 STATUSES = ("pending", "running", "succeeded", "failed", "canceled")
 
 

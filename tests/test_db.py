@@ -239,7 +239,8 @@ def test_fresh_store_has_the_whole_schema(tmp_path: Path) -> None:
     engine = open_store(str(tmp_path / "store.db"))
     inspector = inspect(engine)
     assert set(inspector.get_table_names()) >= {"alembic_version", "batches", "imports", "jobs", "attempts", "runs",
-                                                "batch_tallies", "model_tallies", "failure_tallies", "timing_tallies"}
+                                                "batch_tallies", "model_tallies", "failure_tallies", "timing_tallies",
+                                                "api_batches"}
     for table in metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.c.keys()), table.name
     assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_line", "ix_jobs_pending",

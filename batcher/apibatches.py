@@ -1,0 +1,206 @@
+"""Batches as the Message Batches API sees them: made whole, with a deadline.
+
+Knows SQL and nothing of HTTP. A batch created through the API is an
+ordinary batcher batch (named by its ``msgbatch_…`` id, so ``batcher
+status`` and ``export`` see it) plus an ``api_batches`` row holding what the
+API reports and the job rows do not: when it expires, when a cancel was
+asked for, when it ended. Requests are stored as given, unchecked: a request
+the API would refuse is sent and ends ``errored`` with the API's own error,
+as Anthropic does. Expired requests are ``canceled`` jobs whose
+``error_type`` is ``expired``, so ``batcher retry --canceled`` revives them
+like any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import orjson
+from sqlalchemy import Connection, Engine, delete, func, select, update
+
+from .db import store_errors, write
+from .manage import cancel
+from .schema import api_batches, attempts, batches, imports, jobs, runs
+from .store import Batch, status_counts
+
+ID_PREFIX = "msgbatch_"
+EXPIRED = "expired"
+_ALPHABET = string.ascii_letters + string.digits
+#: Rows per INSERT of a create.
+_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Requests of a batch by the API's five states; they add up to the total."""
+
+    processing: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    canceled: int = 0
+    expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiBatch:
+    """A Message Batches API batch: the store's batch, its moments and counts."""
+
+    batch: Batch
+    expires_at: float
+    cancel_requested_at: float | None
+    ended_at: float | None
+    counts: Counts
+
+    @property
+    def id(self) -> str:
+        return self.batch.name
+
+
+def new_id() -> str:
+    """``msgbatch_`` and 24 random letters and digits."""
+    return ID_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+@store_errors
+def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expires_in_s: float) -> Batch:
+    """Store a new batch of ``(custom_id, params)`` requests in one transaction.
+
+    The caller has checked the structure (ids unique and well formed, params
+    objects); the params themselves are stored as given, ``stream`` aside,
+    since the runner decides how each request is sent.
+    """
+    now = time.time()
+    name = new_id()
+    with write(engine) as conn:
+        batch_id = conn.execute(batches.insert().values(name=name, source="api", created_at=now)).inserted_primary_key[0]
+        import_id = conn.execute(imports.insert().values(batch_id=batch_id, source="api", at=now, added=len(requests),
+                                                         unchanged=0, rejected=0)).inserted_primary_key[0]
+        for start in range(0, len(requests), _CHUNK):
+            conn.execute(jobs.insert(), [_job_row(line, custom_id, params, batch_id, import_id, now)
+                                         for line, (custom_id, params) in
+                                         enumerate(requests[start:start + _CHUNK], start + 1)])
+        conn.execute(api_batches.insert().values(batch_id=batch_id, expires_at=now + expires_in_s))
+    return Batch(batch_id, name, "api", now)
+
+
+def _job_row(line: int, custom_id: str, params: dict[str, Any], batch_id: int, import_id: int,
+             now: float) -> dict[str, Any]:
+    body = orjson.dumps({k: v for k, v in params.items() if k != "stream"})
+    return {"batch_id": batch_id, "import_id": import_id, "line": line, "custom_id": custom_id,
+            "body": body.decode(), "body_hash": hashlib.blake2b(body, digest_size=16).hexdigest(),
+            "source": orjson.dumps({"custom_id": custom_id, "params": params}).decode(), "extra": None,
+            "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+
+
+def _counts(conn: Connection, batch_id: int) -> Counts:
+    by_status = status_counts(conn, batch_id)
+    expired = 0
+    if by_status["canceled"]:
+        expired = conn.execute(select(func.count()).where(
+            jobs.c.batch_id == batch_id, jobs.c.status == "canceled", jobs.c.error_type == EXPIRED)).scalar_one()
+    return Counts(processing=by_status["pending"] + by_status["running"], succeeded=by_status["succeeded"],
+                  errored=by_status["failed"], canceled=by_status["canceled"] - expired, expired=expired)
+
+
+_SELECT = (select(batches, api_batches.c.expires_at, api_batches.c.cancel_requested_at, api_batches.c.ended_at)
+           .join(api_batches, api_batches.c.batch_id == batches.c.id))
+
+
+def _api_batch(conn: Connection, row: Any) -> ApiBatch:
+    return ApiBatch(Batch(row.id, row.name, row.source, row.created_at), row.expires_at, row.cancel_requested_at,
+                    row.ended_at, _counts(conn, row.id))
+
+
+@store_errors
+def get(engine: Engine, batch_id: str) -> ApiBatch | None:
+    """The API batch with this ``msgbatch_…`` id, or None."""
+    with engine.connect() as conn:
+        row = conn.execute(_SELECT.where(batches.c.name == batch_id)).first()
+        return _api_batch(conn, row) if row is not None else None
+
+
+@store_errors
+def page(engine: Engine, limit: int, after_id: str | None = None,
+         before_id: str | None = None) -> tuple[list[ApiBatch], bool] | None:
+    """Up to ``limit`` API batches, newest first, and whether more lie beyond.
+
+    ``after_id`` gives the page just after (older than) that batch,
+    ``before_id`` the page just before (newer than) it, still newest first.
+    None when the cursor names no batch.
+    """
+    with engine.connect() as conn:
+        query = _SELECT
+        cursor = after_id or before_id
+        if cursor is not None:
+            pivot = conn.execute(select(batches.c.id).join(api_batches, api_batches.c.batch_id == batches.c.id)
+                                 .where(batches.c.name == cursor)).scalar()
+            if pivot is None:
+                return None
+            if after_id is not None:
+                query = query.where(batches.c.id < pivot)
+            else:
+                query = query.where(batches.c.id > pivot)
+        backwards = before_id is not None and after_id is None
+        order = batches.c.id.asc() if backwards else batches.c.id.desc()
+        rows = conn.execute(query.order_by(order).limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        if backwards:
+            rows.reverse()
+        return [_api_batch(conn, r) for r in rows], more
+
+
+@store_errors
+def unfinished(engine: Engine) -> list[Batch]:
+    """API batches that have not ended, oldest first: what a server resumes."""
+    with engine.connect() as conn:
+        rows = conn.execute(_SELECT.where(api_batches.c.ended_at.is_(None)).order_by(batches.c.id)).all()
+    return [Batch(r.id, r.name, r.source, r.created_at) for r in rows]
+
+
+@store_errors
+def request_cancel(engine: Engine, batch: Batch) -> int:
+    """Note the cancel (once) and cancel the pending jobs; returns how many."""
+    with write(engine) as conn:
+        conn.execute(update(api_batches).where(api_batches.c.batch_id == batch.id,
+                                               api_batches.c.cancel_requested_at.is_(None))
+                     .values(cancel_requested_at=time.time()))
+    return cancel(engine, batch)
+
+
+@store_errors
+def expire(engine: Engine, batch: Batch) -> int:
+    """Mark the pending jobs expired (canceled, error type ``expired``); returns how many."""
+    now = time.time()
+    with write(engine) as conn:
+        return conn.execute(update(jobs).where(jobs.c.batch_id == batch.id, jobs.c.status == "pending")
+                            .values(status="canceled", error_type=EXPIRED, finished_at=now, updated_at=now)).rowcount
+
+
+@store_errors
+def end(engine: Engine, batch: Batch) -> bool:
+    """Record that the batch ended, if no job is left to send; True if it has ended."""
+    with write(engine) as conn:
+        left = status_counts(conn, batch.id)
+        if left["pending"] or left["running"]:
+            return False
+        conn.execute(update(api_batches).where(api_batches.c.batch_id == batch.id, api_batches.c.ended_at.is_(None))
+                     .values(ended_at=time.time()))
+    return True
+
+
+@store_errors
+def remove(engine: Engine, batch: Batch) -> None:
+    """Delete the batch and everything of it: jobs, attempts, imports, runs."""
+    with write(engine) as conn:
+        job_ids = select(jobs.c.id).where(jobs.c.batch_id == batch.id).scalar_subquery()
+        conn.execute(delete(attempts).where(attempts.c.job_id.in_(job_ids)))
+        conn.execute(delete(jobs).where(jobs.c.batch_id == batch.id))
+        for table in (imports, runs, api_batches):
+            conn.execute(delete(table).where(table.c.batch_id == batch.id))
+        conn.execute(delete(batches).where(batches.c.id == batch.id))

@@ -1,0 +1,193 @@
+"""Every Message Batches API batch of a store, run at once under one key.
+
+A :class:`Fleet` owns one pacer shared by every batch it runs and by the
+interactive requests it passes through, interactive ones first and batches
+in rotation (:mod:`batcher.lanes`). Each unfinished batch has a driver task:
+it runs the batch (a :class:`~batcher.runner.Runner` in the batch's lane),
+applies a cancel or the batch's expiry, and records its end once no job is
+left. Jobs are claimed, recorded and released by the runner as in ``batcher
+run``, so a fleet stopped (or killed) mid-way resumes every unfinished batch
+the next time it starts, each request answered once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Callable
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from sqlalchemy import Engine
+
+from . import apibatches
+from .apibatches import ApiBatch
+from .client import Attempt, MessagesClient, rate_info
+from .errors import BatcherError
+from .lanes import Turns
+from .manage import cancel
+from .pacer import Pacer
+from .retry import backoff, server_delay
+from .runner import RunConfig, Runner, tell_pacer
+from .store import Batch
+
+#: After a run the API stopped (key refused, out of points) or a store
+#: failure, wait this long before trying the batch again.
+RETRY_RUN_AFTER_S = 60.0
+
+#: ``on_event(batch_id, what)``: one call per batch event.
+EventSink = Callable[[str, str], None]
+
+
+class Fleet:
+    """Runs a store's API batches and interactive requests under one pacer.
+
+    Start :meth:`run` in a task; :meth:`submit` a batch once created,
+    :meth:`cancel` one, :meth:`forward` an interactive request, and
+    :meth:`stop` to end (requests in flight get the configured grace).
+    """
+
+    def __init__(self, engine: Engine, api_key: str, config: RunConfig,
+                 on_event: EventSink | None = None) -> None:
+        self.engine = engine
+        self.config = replace(config, handle_signals=False)
+        self.pacer = Pacer(config.rpm)
+        self.turns = Turns(self.pacer)
+        self.client = MessagesClient(api_key, config.base_url, concurrency=self.config.workers,
+                                     timeout_s=config.timeout_s, auth=config.auth)
+        self._api_key = api_key
+        self._on_event = on_event or (lambda batch_id, what: None)
+        self._runners: dict[int, Runner] = {}
+        self._drives: TaskGroup | None = None
+        self._stopping = False
+        self._stop = anyio.Event()
+
+    def __repr__(self) -> str:
+        return f"Fleet(rpm={self.config.rpm}, base_url={self.config.base_url!r}, batches={len(self._runners)})"
+
+    # --- life ------------------------------------------------------------------
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Resume every unfinished batch, then run what is submitted until stop()."""
+        async with self.client, anyio.create_task_group() as outer:
+            outer.start_soon(self.turns.run)
+            async with anyio.create_task_group() as drives:
+                self._drives = drives
+                for batch in await anyio.to_thread.run_sync(apibatches.unfinished, self.engine):
+                    drives.start_soon(self._drive, batch, "resumed")
+                task_status.started()
+                await self._stop.wait()
+            self.turns.stop()
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Start no more requests; those in flight get ``grace_s`` (default: the config's)."""
+        self._stopping = True
+        for runner in list(self._runners.values()):
+            runner.request_stop(grace_s)
+        self._stop.set()
+
+    # --- batches ---------------------------------------------------------------
+    def submit(self, batch: Batch) -> None:
+        """Start running a batch just created (a stopping fleet leaves it for the next start)."""
+        if self._drives is not None and not self._stopping:
+            self._drives.start_soon(self._drive, batch, "started")
+
+    async def cancel(self, batch: Batch) -> None:
+        """Cancel what is not yet sent; requests in flight finish and count as they end."""
+        n = await anyio.to_thread.run_sync(apibatches.request_cancel, self.engine, batch)
+        self._on_event(batch.name, f"canceling: {n} request(s) canceled, requests in flight finish")
+        runner = self._runners.get(batch.id)
+        if runner is not None:
+            runner.request_stop(self.config.timeout_s)
+
+    async def _drive(self, batch: Batch, how: str) -> None:
+        state = await anyio.to_thread.run_sync(apibatches.get, self.engine, batch.name)
+        if state is None or state.ended_at is not None:
+            return
+        async with anyio.create_task_group() as timers:
+            timers.start_soon(self._expire_at, batch, state.expires_at)
+            await self._send_all(batch, how)
+            timers.cancel_scope.cancel()
+
+    async def _send_all(self, batch: Batch, how: str) -> None:
+        while not self._stopping:
+            try:
+                state = await anyio.to_thread.run_sync(self._settle, batch)
+            except BatcherError as exc:
+                self._on_event(batch.name, f"paused: {exc}; trying again in {RETRY_RUN_AFTER_S:g} s")
+                await self._pause(RETRY_RUN_AFTER_S)
+                continue
+            if state is None or state.ended_at is not None:
+                if state is not None:
+                    c = state.counts
+                    self._on_event(batch.name, f"ended: {c.succeeded} succeeded, {c.errored} errored, "
+                                               f"{c.canceled} canceled, {c.expired} expired")
+                return
+            runner = Runner(self.engine, batch, self._api_key, self.config, pacer=self.turns.lane(batch.id))
+            self._runners[batch.id] = runner
+            self._on_event(batch.name, f"{how}: {state.counts.processing} request(s) to send")
+            how = "running again"
+            try:
+                summary = await runner.run()
+            except BatcherError as exc:
+                self._on_event(batch.name, f"paused: {exc}; trying again in {RETRY_RUN_AFTER_S:g} s")
+                await self._pause(RETRY_RUN_AFTER_S)
+                continue
+            finally:
+                self._runners.pop(batch.id, None)
+            if summary.outcome in ("stopped", "misconfigured"):
+                self._on_event(batch.name, f"paused: {summary.message}; trying again in {RETRY_RUN_AFTER_S:g} s")
+                await self._pause(RETRY_RUN_AFTER_S)
+
+    def _settle(self, batch: Batch) -> ApiBatch | None:
+        """Apply a cancel or the expiry to jobs a run handed back; end the batch if nothing is left."""
+        state = apibatches.get(self.engine, batch.name)
+        if state is None or state.ended_at is not None:
+            return state
+        if state.cancel_requested_at is not None:
+            cancel(self.engine, batch)
+        if time.time() >= state.expires_at:
+            apibatches.expire(self.engine, batch)
+        if apibatches.end(self.engine, batch):
+            return apibatches.get(self.engine, batch.name)
+        return state
+
+    async def _expire_at(self, batch: Batch, at: float) -> None:
+        await anyio.sleep(max(0.0, at - time.time()))
+        n = await anyio.to_thread.run_sync(apibatches.expire, self.engine, batch)
+        self._on_event(batch.name, f"expired: {n} request(s) not sent")
+        runner = self._runners.get(batch.id)
+        if runner is not None:
+            runner.request_stop()
+
+    async def _pause(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._stop.wait()
+
+    # --- interactive requests ----------------------------------------------------
+    async def forward(self, path: str, body: bytes, headers: dict[str, str], deadline: float) -> httpx.Response:
+        """Send an interactive request upstream ahead of batch jobs; the answer unread.
+
+        A 429 is the pacer's business: it is told, and the request is sent
+        again after the wait the server asked for, until that wait would end
+        after ``deadline`` (``time.monotonic()``): then the 429 is the
+        answer. Raises :class:`batcher.pacer.Stopped` once the fleet stops,
+        and httpx errors when the upstream cannot be reached.
+        """
+        tries = 0
+        while True:
+            await self.turns.interactive()
+            started = time.monotonic()
+            response = await self.client.forward(path, body, headers)
+            attempt = Attempt(response.status_code, time.monotonic() - started,
+                              message={} if response.status_code == 200 else None, rate=rate_info(response.headers))
+            tell_pacer(self.pacer, attempt)
+            if response.status_code != 429:
+                return response
+            delay = server_delay(attempt)
+            delay = delay if delay is not None else backoff(tries)
+            tries += 1
+            if time.monotonic() + delay >= deadline:
+                return response
+            await response.aclose()
+            await anyio.sleep(delay)

@@ -1,0 +1,136 @@
+"""Running the server: the token, the socket, uvicorn, a clean stop.
+
+Ctrl-C or SIGTERM stops taking connections, stops every batch (requests in
+flight get the grace period, unsent jobs go back to pending) and exits 0;
+the batches resume when the server starts again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import uvicorn
+
+from batcher.client import check_base_url, is_loopback
+from batcher.db import display_name, open_store, resolve_url
+from batcher.errors import UsageError
+from batcher.fleet import Fleet
+from batcher.runner import RunConfig
+
+from ._app import create_app
+
+READY_PREFIX = "batcher serve: listening on "
+
+
+@dataclass
+class ServeOptions:
+    """What ``batcher serve`` was told."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    db: str | None = None
+    rpm: float = 500.0
+    base_url: str = "https://api.poe.com"
+    token: str | None = None
+    concurrency: int | None = None
+    expire_after_s: float = 24 * 3600.0
+    grace_s: float = 10.0
+
+
+def log_event(batch_id: str, what: str) -> None:
+    """One line on stderr per batch event."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} batch {batch_id} {what}", file=sys.stderr, flush=True)
+
+
+def choose_token(options: ServeOptions) -> tuple[str, bool]:
+    """The clients' token and whether it was made up here; refuses an open bind without one."""
+    token = options.token or os.environ.get("BATCHER_SERVE_TOKEN", "").strip() or None
+    if token is not None:
+        return token, False
+    if not is_loopback(options.host):
+        raise UsageError(f"--host {options.host} is not a loopback address: give clients' token with --token "
+                         "(or BATCHER_SERVE_TOKEN) to listen there")
+    return "bsk-" + secrets.token_urlsafe(24), True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named so that asyncio sets TCP_NODELAY on every connection:
+    # without it small answers wait for delayed ACKs (~40 ms each).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(2048)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, announcing itself once listening and stopping the batches first on a signal."""
+
+    def __init__(self, config: uvicorn.Config, fleet: Fleet, on_ready: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._fleet, self._on_ready = fleet, on_ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Batches stop claiming now, while open connections drain.
+        self._fleet.stop()
+        await super().shutdown(sockets=sockets)
+
+
+def serve(options: ServeOptions, out: Any = None) -> None:
+    """Run until Ctrl-C/SIGTERM. Raises UsageError (exit 2) for what the user can fix."""
+    out = out or sys.stdout
+    key = os.environ.get("POE_API_KEY", "").strip()
+    if not key:
+        raise UsageError("no API key: set POE_API_KEY (the server's upstream key; clients use the server's token)")
+    base_url = check_base_url(options.base_url)
+    token, generated = choose_token(options)
+    engine = open_store(options.db)
+    config = RunConfig(rpm=options.rpm, concurrency=options.concurrency, base_url=base_url,
+                       grace_s=options.grace_s, handle_signals=False)
+    fleet = Fleet(engine, key, config, on_event=log_event)
+    app = create_app(engine, fleet, token, options.expire_after_s, log_event)
+    sock = _listen(options.host, options.port)
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    url = f"http://{host}:{sock.getsockname()[1]}"
+
+    def announce() -> None:
+        store = display_name(resolve_url(options.db))
+        print(f"{READY_PREFIX}{url} (store {store}, upstream {base_url}, {options.rpm:g} rpm)", file=out)
+        print(f"ANTHROPIC_BASE_URL={url}", file=out)
+        if generated:
+            print(f"ANTHROPIC_API_KEY={token}", file=out)
+        out.flush()
+
+    uv_config = uvicorn.Config(app, lifespan="on", access_log=False, log_level="warning", server_header=False,
+                               proxy_headers=False, timeout_graceful_shutdown=int(options.grace_s) + 1, backlog=2048)
+    # uvicorn re-raises the signal that stopped it once done: both arrive as
+    # KeyboardInterrupt and end here, quietly.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        _Server(uv_config, fleet, announce).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()

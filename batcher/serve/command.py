@@ -1,0 +1,78 @@
+"""The ``serve`` command: options in, :func:`batcher.serve.serve` out.
+
+Starlette/uvicorn are optional (the ``serve`` extra), so they are imported
+only inside the command body; ``batcher --help`` works without them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import click
+
+EPILOG = """\b
+Examples:
+  export POE_API_KEY=...
+  batcher serve                       # http://127.0.0.1:8787, prints the lines to paste
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8787 ANTHROPIC_API_KEY=<token> python my_batches.py
+  batcher serve --host 0.0.0.0 --token "$(openssl rand -hex 16)"   # other machines: a token is required
+
+\b
+Exit codes: 0 stopped (Ctrl-C/SIGTERM), 2 usage error (no key, port taken, open bind without --token),
+4 database error.
+"""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class Duration(click.ParamType):
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` as seconds."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = _DURATION.fullmatch(str(value).strip().lower())
+        if match is None or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
+        return float(match.group(1)) * _UNIT_S[match.group(2)]
+
+
+@click.command("serve", epilog=EPILOG)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks a free one).")
+@click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL",
+              help="Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db).")
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True,
+              help="Requests per minute allowed for the key, shared by every batch and client.")
+@click.option("--base-url", envvar="POE_BASE_URL", default="https://api.poe.com", show_default=True,
+              help="Upstream API (env POE_BASE_URL).")
+@click.option("--token", help="The token clients must send (env BATCHER_SERVE_TOKEN; default: a random one, printed).")
+@click.option("--concurrency", type=click.IntRange(min=1),
+              help="Requests in flight at most per batch (default: the rpm).")
+@click.option("--expire-after", type=Duration(), default="24h", show_default=True,
+              help="A batch not finished by then ends with its unsent requests expired.")
+@click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
+              help="Seconds requests in flight get to finish when the server stops.")
+def serve_command(host: str, port: int, db: str | None, rpm: float, base_url: str, token: str | None,
+                  concurrency: int | None, expire_after: float, grace: float) -> None:
+    """Serve Anthropic's Message Batches API and /v1/messages locally, over the Poe key.
+
+    The official SDKs, Claude Code and scripts work unchanged against it and
+    together stay within the key's limit, interactive requests ahead of batch
+    jobs. Batches live in the job store: `batcher status` and `export` see them,
+    and they resume when the server starts again. The key is read from POE_API_KEY
+    and never shown to clients.
+    """
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        click.echo("batcher: error: the server needs extra packages: pip install 'batcher[serve]'", err=True)
+        sys.exit(2)
+    from batcher.serve import ServeOptions, serve
+
+    serve(ServeOptions(host=host, port=port, db=db, rpm=rpm, base_url=base_url, token=token,
+                       concurrency=concurrency, expire_after_s=expire_after, grace_s=grace))

@@ -1,0 +1,285 @@
+"""`batcher serve` end to end: the official SDK, unmodified, against a real server subprocess
+that sends to a real simulator over HTTP, with a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import anthropic
+import httpx
+import pytest
+
+from batcher.sim import SimulatorThread
+from servehelp import KEY, Served, clean_env
+
+MODEL = "claude-haiku-4.5"
+
+
+def request(custom_id: str, prompt: str | None = None, **params: Any) -> dict[str, Any]:
+    return {"custom_id": custom_id, "params": {"model": MODEL, "max_tokens": 32,
+                                               "messages": [{"role": "user", "content": prompt or custom_id}],
+                                               **params}}
+
+
+def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.messages.batches.retrieve(batch_id)
+        if batch.processing_status == "ended":
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.processing_status}: {batch.request_counts}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(latency=0, rpm=100_000) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def server(sim: SimulatorThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    served = Served(tmp_path_factory.mktemp("serve") / "store.db", sim.base_url, "--rpm", "6000").wait_ready()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Served) -> anthropic.Anthropic:
+    return server.sdk()
+
+
+# --- Message Batches ---------------------------------------------------------------------------
+
+
+def test_create_retrieve_results(server: Served, client: anthropic.Anthropic) -> None:
+    requests = [request(f"q{i}") for i in range(8)]
+    requests.append(request("bad-model", model="no-such-model"))  # the API refuses it: errored, not a 400
+    requests.append({"custom_id": "no-tokens", "params": {"model": MODEL,
+                                                          "messages": [{"role": "user", "content": "hi"}]}})
+    created = client.messages.batches.create(requests=requests)
+    assert created.id.startswith("msgbatch_") and created.type == "message_batch"
+    assert created.processing_status == "in_progress" and created.results_url is None
+    assert created.request_counts.processing + created.request_counts.succeeded + created.request_counts.errored == 10
+    assert created.expires_at.timestamp() - created.created_at.timestamp() == pytest.approx(24 * 3600, abs=1)
+
+    ended = wait_ended(client, created.id)
+    counts = ended.request_counts
+    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 8, 2, 0, 0)
+    assert ended.ended_at is not None and ended.ended_at >= ended.created_at and ended.cancel_initiated_at is None
+    assert ended.archived_at is None
+    assert ended.results_url == f"{server.base_url}/v1/messages/batches/{created.id}/results"
+
+    results = {r.custom_id: r for r in client.messages.batches.results(created.id)}
+    assert set(results) == {r["custom_id"] for r in requests}
+    for i in range(8):
+        result = results[f"q{i}"].result
+        assert isinstance(result, anthropic.types.messages.MessageBatchSucceededResult)
+        assert result.message.content[0].text.startswith(f"Answer to: q{i}")
+    bad = results["bad-model"].result
+    assert isinstance(bad, anthropic.types.messages.MessageBatchErroredResult)
+    assert bad.error.error.type == "invalid_request_error" and "model" in bad.error.error.message
+    assert results["no-tokens"].result.type == "errored"
+
+    # The batch is a batcher batch: the CLI sees it in the same store.
+    db = server.proc.args[server.proc.args.index("--db") + 1]
+    status = subprocess.run([sys.executable, "-m", "batcher", "status", created.id, "--db", db, "--json"],
+                            capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["succeeded"] == 8
+
+
+def test_results_lines_are_plain_jsonl(server: Served, client: anthropic.Anthropic) -> None:
+    batch = wait_ended(client, client.messages.batches.create(requests=[request("a"), request("b")]).id)
+    response = httpx.get(batch.results_url, headers={"authorization": f"Bearer {server.token}"})
+    assert response.status_code == 200 and response.headers["request-id"].startswith("req_")
+    lines = response.content.split(b"\n")
+    assert lines[-1] == b"" and all(lines[:-1]) and len(lines) == 3
+    assert [json.loads(line)["custom_id"] for line in lines[:-1]] == ["a", "b"]
+    unauthenticated = httpx.get(batch.results_url)
+    assert unauthenticated.status_code == 401
+
+
+def test_list_pages_newest_first(client: anthropic.Anthropic) -> None:
+    made = [client.messages.batches.create(requests=[request(f"p{i}")]).id for i in range(3)]
+    first = client.messages.batches.list(limit=2)
+    assert [b.id for b in first.data] == made[::-1][:2]
+    assert first.has_more and first.first_id == made[2] and first.last_id == made[1]
+    everything = [b.id for b in client.messages.batches.list(limit=2)]  # auto-paging with after_id
+    assert everything[:3] == made[::-1] and len(everything) == len(set(everything))
+    newer = client.messages.batches.list(limit=1, before_id=made[0])
+    assert [b.id for b in newer.data] == [made[1]] and newer.has_more
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.list(limit=1001)
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.list(after_id="msgbatch_nope")
+
+
+def test_cancel_mid_batch_then_delete(client: anthropic.Anthropic) -> None:
+    # 1,500 requests at 6,000 rpm take 15 s: cancelled well before the end.
+    created = client.messages.batches.create(requests=[request(f"c{i}") for i in range(1500)])
+    time.sleep(0.5)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.batches.delete(created.id)
+    assert "in progress" in refused.value.body["error"]["message"]
+    canceling = client.messages.batches.cancel(created.id)
+    assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at is not None
+    ended = wait_ended(client, created.id)
+    counts = ended.request_counts
+    assert counts.canceled > 1000 and counts.succeeded > 0 and counts.processing == 0
+    assert counts.succeeded + counts.canceled == 1500 and counts.errored == counts.expired == 0
+    kinds = [r.result.type for r in client.messages.batches.results(created.id)]
+    assert len(kinds) == 1500 and kinds.count("canceled") == counts.canceled
+    assert client.messages.batches.cancel(created.id).processing_status == "ended"  # idempotent
+
+    deleted = client.messages.batches.delete(created.id)
+    assert deleted.id == created.id and deleted.type == "message_batch_deleted"
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.batches.retrieve(created.id)
+
+
+def test_structural_errors_create_nothing(client: anthropic.Anthropic) -> None:
+    before = [b.id for b in client.messages.batches.list(limit=1000)]
+    with pytest.raises(anthropic.BadRequestError) as dup:
+        client.messages.batches.create(requests=[request("same"), request("other"), request("same")])
+    error = dup.value.body
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert "'same'" in error["error"]["message"] and error["request_id"].startswith("req_")
+    for bad in ([], [{"custom_id": "has space", "params": {}}], [{"custom_id": "x", "params": []}], "nope"):
+        with pytest.raises(anthropic.BadRequestError):
+            client.messages.batches.create(requests=bad)  # type: ignore[arg-type]
+    assert [b.id for b in client.messages.batches.list(limit=1000)] == before
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.messages.batches.retrieve("msgbatch_missing")
+    assert missing.value.body["error"]["type"] == "not_found_error"
+
+
+def test_wrong_token_is_401(server: Served) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        server.sdk(token="not-the-token").messages.batches.list()
+    assert refused.value.body["error"]["type"] == "authentication_error"
+    assert KEY not in str(refused.value.body)
+    with pytest.raises(anthropic.AuthenticationError):
+        server.sdk(token="not-the-token").messages.create(model=MODEL, max_tokens=10,
+                                                          messages=[{"role": "user", "content": "hi"}])
+
+
+# --- pass-through --------------------------------------------------------------------------------
+
+
+def test_messages_create_and_stream_pass_through(server: Served, client: anthropic.Anthropic) -> None:
+    params: dict[str, Any] = {"model": MODEL, "max_tokens": 50,
+                              "messages": [{"role": "user", "content": "Describe a quiet harbour at dawn"}]}
+    plain = client.messages.create(**params)
+    assert isinstance(plain, anthropic.types.Message) and plain.content[0].text.startswith("Answer to: Describe")
+    with client.messages.stream(**params) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == plain.content[0].text and final.usage.output_tokens == plain.usage.output_tokens
+    with pytest.raises(anthropic.BadRequestError) as refused:  # the upstream's own error, relayed
+        client.messages.create(model="no-such-model", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert "unknown model" in refused.value.body["error"]["message"]
+    # The simulator has no count_tokens: its 404 comes back as it is.
+    with pytest.raises(anthropic.NotFoundError) as absent:
+        client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    assert "/v1/messages/count_tokens" in absent.value.body["error"]["message"]
+
+
+def test_stream_error_events_are_relayed(tmp_path: Path) -> None:
+    with SimulatorThread(latency=0, fail_stream_error=1.0) as sim:
+        served = Served(tmp_path / "s.db", sim.base_url).wait_ready()
+        try:
+            with pytest.raises(anthropic.APIStatusError) as failed:
+                with served.sdk().messages.stream(model=MODEL, max_tokens=50,
+                                                  messages=[{"role": "user", "content": "a long answer"}]) as s:
+                    "".join(s.text_stream)
+            assert failed.value.body["error"]["type"] == "overloaded_error"
+        finally:
+            served.stop()
+
+
+# --- the process ----------------------------------------------------------------------------------
+
+
+def test_kill_9_mid_batch_then_restart_answers_every_request_once(tmp_path: Path) -> None:
+    n = 80
+    with SimulatorThread(latency=0.05, rpm=100_000) as sim:
+        db = tmp_path / "store.db"
+        served = Served(db, sim.base_url, "--rpm", "1200").wait_ready()  # 20 a second: 4 s in all
+        try:
+            client = served.sdk()
+            batch_id = client.messages.batches.create(requests=[request(f"k{i}") for i in range(n)]).id
+            deadline = time.monotonic() + 30
+            while client.messages.batches.retrieve(batch_id).request_counts.succeeded < 15:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            served.kill()
+        sent_before = sim.stats()["succeeded"]
+        assert sent_before < n
+
+        again = Served(db, sim.base_url, "--rpm", "1200").wait_ready()
+        try:
+            client = again.sdk()
+            ended = wait_ended(client, batch_id)
+            assert ended.request_counts.succeeded == n
+            ids = [r.custom_id for r in client.messages.batches.results(batch_id)]
+        finally:
+            assert again.stop() == 0
+        reached = sim.stats()["succeeded"]
+    assert sorted(ids) == sorted(f"k{i}" for i in range(n))
+    # Each request reached the API once, but for the few in flight at the kill.
+    assert n <= reached <= n + 10
+    assert "resumed" in again.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetchone() == (n,)
+
+
+def test_sigterm_stops_cleanly_and_the_batch_resumes(tmp_path: Path) -> None:
+    with SimulatorThread(latency=0, rpm=100_000) as sim:
+        db = tmp_path / "store.db"
+        served = Served(db, sim.base_url, "--rpm", "600").wait_ready()
+        batch_id = served.sdk().messages.batches.create(requests=[request(f"t{i}") for i in range(40)]).id
+        time.sleep(0.5)
+        assert served.stop(signal.SIGTERM, timeout=15) == 0
+        assert "Traceback" not in served.stderr
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'running'").fetchone() == (0,)
+        again = Served(db, sim.base_url, "--rpm", "6000").wait_ready()
+        try:
+            assert wait_ended(again.sdk(), batch_id).request_counts.succeeded == 40
+        finally:
+            again.stop()
+        assert sim.stats()["succeeded"] == 40
+
+
+def test_refuses_an_open_bind_without_a_token_and_a_missing_key(tmp_path: Path) -> None:
+    open_bind = subprocess.run([sys.executable, "-m", "batcher", "serve", "--host", "0.0.0.0", "--port", "0",
+                                "--db", str(tmp_path / "a.db")], capture_output=True, text=True,
+                               env=clean_env(), timeout=60)
+    assert open_bind.returncode == 2 and "--token" in open_bind.stderr
+    assert open_bind.stderr.count("\n") == 1 and "Traceback" not in open_bind.stderr
+    no_key = subprocess.run([sys.executable, "-m", "batcher", "serve", "--port", "0", "--db", str(tmp_path / "b.db")],
+                            capture_output=True, text=True, env=clean_env(key=None), timeout=60)
+    assert no_key.returncode == 2 and "POE_API_KEY" in no_key.stderr and no_key.stderr.count("\n") == 1
+
+
+def test_generated_token_is_printed_once_and_works(tmp_path: Path, sim: SimulatorThread) -> None:
+    served = Served(tmp_path / "t.db", sim.base_url, token=None).wait_ready()
+    try:
+        lines = dict(line.split("=", 1) for line in served.stdout.splitlines() if "=" in line)
+        assert lines["ANTHROPIC_BASE_URL"] == served.base_url
+        token = lines["ANTHROPIC_API_KEY"]
+        assert served.sdk(token=token).messages.batches.list().data == []
+        assert served.stdout.count(token) == 1 and token not in served.stderr and KEY not in served.stdout
+    finally:
+        served.stop()
