@@ -211,10 +211,10 @@ def test_stream_error_events_are_relayed(tmp_path: Path) -> None:
 
 
 def test_kill_9_mid_batch_then_restart_answers_every_request_once(tmp_path: Path) -> None:
-    n = 80
+    n = 60
     with SimulatorThread(latency=0.05, rpm=100_000) as sim:
         db = tmp_path / "store.db"
-        served = Served(db, sim.base_url, "--rpm", "1200").wait_ready()  # 20 a second: 4 s in all
+        served = Served(db, sim.base_url, "--rpm", "1500").wait_ready()  # 25 a second: 2.4 s in all
         try:
             client = served.sdk()
             batch_id = client.messages.batches.create(requests=[request(f"k{i}") for i in range(n)]).id
@@ -227,7 +227,7 @@ def test_kill_9_mid_batch_then_restart_answers_every_request_once(tmp_path: Path
         sent_before = sim.stats()["succeeded"]
         assert sent_before < n
 
-        again = Served(db, sim.base_url, "--rpm", "1200").wait_ready()
+        again = Served(db, sim.base_url, "--rpm", "6000").wait_ready()
         try:
             client = again.sdk()
             ended = wait_ended(client, batch_id)
@@ -249,7 +249,7 @@ def test_sigterm_stops_cleanly_and_the_batch_resumes(tmp_path: Path) -> None:
         db = tmp_path / "store.db"
         served = Served(db, sim.base_url, "--rpm", "600").wait_ready()
         batch_id = served.sdk().messages.batches.create(requests=[request(f"t{i}") for i in range(40)]).id
-        time.sleep(0.5)
+        time.sleep(0.3)
         assert served.stop(signal.SIGTERM, timeout=15) == 0
         assert "Traceback" not in served.stderr
         with sqlite3.connect(db) as conn:
