@@ -1,0 +1,114 @@
+"""``batcher serve`` under load: what an interactive request pays while a big batch runs.
+
+Usage: python bench/serve_bench.py [--rpm 3000] [--requests 10000] [--measure 60] [--every 1.0]
+
+A real ``batcher serve`` subprocess in front of ``batcher simulate`` (which
+allows exactly --rpm per 60 s window, fixed latency). A batch of --requests
+runs at the limit; meanwhile, every --every seconds, the official SDK sends
+one ``messages.create`` straight to the simulator (another key, its own
+window) and one through the server. Printed:
+
+  startup     seconds from launching ``batcher serve`` to its ready line (goal < 2 s)
+  added       median latency through the server minus median latency direct (goal < 50 ms)
+  batch rate  the batch's answers per minute over the measured span, against
+              --rpm minus the interactive requests sent through the server (goal >= 0.97)
+  429s        requests the simulator refused
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import anthropic
+
+from batcher.sim import SimulatorProcess
+
+MODEL = "claude-haiku-4.5"
+TOKEN = "bench-token"
+LATENCY_S = 0.1
+
+
+def start_server(db: str, upstream: str, rpm: float) -> tuple[subprocess.Popen[str], str, float]:
+    env = {**os.environ, "POE_API_KEY": "bench-key", "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", "serve", "--port", "0", "--db", db, "--rpm", str(rpm),
+                             "--base-url", upstream, "--token", TOKEN], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        match = re.search(r"listening on (http://\S+)", line)
+        if match:
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
+            return proc, match.group(1), time.perf_counter() - started
+    raise SystemExit("batcher serve did not start")
+
+
+def timed_create(client: anthropic.Anthropic, i: int) -> float:
+    start = time.perf_counter()
+    client.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": f"interactive {i}"}])
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rpm", type=float, default=3000)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--measure", type=float, default=60.0, help="seconds of steady state measured")
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between interactive requests")
+    args = parser.parse_args()
+
+    sim = SimulatorProcess(rpm=int(args.rpm), window=60.0, latency=f"{LATENCY_S}:{LATENCY_S}").start()
+    tmp = tempfile.mkdtemp(prefix="serve-bench-")
+    proc, url, startup = start_server(os.path.join(tmp, "store.db"), sim.base_url, args.rpm)
+    try:
+        served = anthropic.Anthropic(api_key=TOKEN, base_url=url, max_retries=0)
+        direct = anthropic.Anthropic(api_key="bench-direct-key", base_url=sim.base_url, max_retries=0)
+        for i in range(3):  # warm both connections up
+            timed_create(served, -i), timed_create(direct, -i)
+        requests = [{"custom_id": f"r{i}", "params": {"model": MODEL, "max_tokens": 16,
+                                                      "messages": [{"role": "user", "content": f"Question {i}?"}]}}
+                    for i in range(args.requests)]
+        batch = served.messages.batches.create(requests=requests)
+        time.sleep(5)  # past the start: the pace is steady
+        through: list[float] = []
+        straight: list[float] = []
+        first = served.messages.batches.retrieve(batch.id).request_counts.succeeded
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < args.measure:
+            straight.append(timed_create(direct, i))
+            through.append(timed_create(served, i))
+            i += 1
+            time.sleep(max(0.0, t0 + i * args.every - time.perf_counter()))
+        last = served.messages.batches.retrieve(batch.id).request_counts.succeeded
+        span = time.perf_counter() - t0
+        served.messages.batches.cancel(batch.id)
+        refused = sim.stats()["status_429"]
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        sim.stop()
+
+    added_ms = (statistics.median(through) - statistics.median(straight)) * 1000
+    batch_rpm = (last - first) / span * 60
+    share = batch_rpm / (args.rpm - len(through) / span * 60)
+    print(f"startup      {startup:.2f} s to the ready line (goal < 2 s)")
+    print(f"interactive  {len(through)} through the server: median {statistics.median(through) * 1000:.1f} ms, "
+          f"p90 {sorted(through)[int(len(through) * 0.9)] * 1000:.1f} ms; direct median "
+          f"{statistics.median(straight) * 1000:.1f} ms")
+    print(f"added        {added_ms:.1f} ms at the median (goal < 50 ms)")
+    print(f"batch rate   {batch_rpm:.0f}/min over {span:.0f} s = {share:.3f} of --rpm {args.rpm:g} minus the "
+          f"interactive requests (goal >= 0.97)")
+    print(f"429s         {refused}")
+
+
+if __name__ == "__main__":
+    main()
