@@ -23,10 +23,11 @@ from typing import Any, Sequence
 import orjson
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
+from . import tally
 from .db import store_errors, write
 from .manage import cancel
 from .schema import api_batches, attempts, batches, imports, jobs, runs
-from .store import Batch, status_counts
+from .store import Batch, get_or_create_batch, status_counts
 
 ID_PREFIX = "msgbatch_"
 EXPIRED = "expired"
@@ -75,17 +76,18 @@ def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expir
     since the runner decides how each request is sent.
     """
     now = time.time()
-    name = new_id()
     with write(engine) as conn:
-        batch_id = conn.execute(batches.insert().values(name=name, source="api", created_at=now)).inserted_primary_key[0]
+        batch, _ = get_or_create_batch(conn, new_id(), "api")
+        batch_id = batch.id
         import_id = conn.execute(imports.insert().values(batch_id=batch_id, source="api", at=now, added=len(requests),
                                                          unchanged=0, rejected=0)).inserted_primary_key[0]
         for start in range(0, len(requests), _CHUNK):
             conn.execute(jobs.insert(), [_job_row(line, custom_id, params, batch_id, import_id, now)
                                          for line, (custom_id, params) in
                                          enumerate(requests[start:start + _CHUNK], start + 1)])
-        conn.execute(api_batches.insert().values(batch_id=batch_id, expires_at=now + expires_in_s))
-    return Batch(batch_id, name, "api", now)
+        tally.add_statuses(conn, batch_id, {"pending": len(requests)})
+        conn.execute(api_batches.insert().values(batch_id=batch_id, expires_at=batch.created_at + expires_in_s))
+    return batch
 
 
 def _job_row(line: int, custom_id: str, params: dict[str, Any], batch_id: int, import_id: int,
@@ -173,13 +175,9 @@ def request_cancel(engine: Engine, batch: Batch) -> int:
     return cancel(engine, batch)
 
 
-@store_errors
 def expire(engine: Engine, batch: Batch) -> int:
     """Mark the pending jobs expired (canceled, error type ``expired``); returns how many."""
-    now = time.time()
-    with write(engine) as conn:
-        return conn.execute(update(jobs).where(jobs.c.batch_id == batch.id, jobs.c.status == "pending")
-                            .values(status="canceled", error_type=EXPIRED, finished_at=now, updated_at=now)).rowcount
+    return cancel(engine, batch, why=EXPIRED)
 
 
 @store_errors

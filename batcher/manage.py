@@ -60,15 +60,17 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
 
 
 @store_errors
-def cancel(engine: Engine, batch: Batch) -> int:
+def cancel(engine: Engine, batch: Batch, why: str | None = None) -> int:
     """Mark the batch's pending jobs canceled; jobs already in flight finish.
 
     Returns how many jobs were cancelled; ``retry(..., canceled=True)``
-    brings them back.
+    brings them back. ``why``, if given, is kept as their ``error_type``
+    (``expired``: a Message Batches API batch whose deadline passed).
     """
     now = time.time()
     query = (jobs.update().where(jobs.c.batch_id == batch.id, in_status("pending"))
-             .values(status="canceled", finished_at=now, updated_at=now))
+             .values(status="canceled", finished_at=now, updated_at=now,
+                     **({"error_type": why} if why is not None else {})))
     with write(engine) as conn:
         n = conn.execute(query).rowcount
         tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({"pending": -n, "canceled": n}),

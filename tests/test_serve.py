@@ -16,7 +16,10 @@ import anthropic
 import httpx
 import pytest
 
+from batcher.db import open_store
 from batcher.sim import SimulatorThread
+from batcher.status import verify
+from batcher.store import find_batch
 from servehelp import KEY, Served, clean_env
 
 MODEL = "claude-haiku-4.5"
@@ -242,6 +245,34 @@ def test_kill_9_mid_batch_then_restart_answers_every_request_once(tmp_path: Path
     assert "resumed" in again.stderr
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'succeeded'").fetchone() == (n,)
+    assert_tally_agrees(db, batch_id)
+
+
+def assert_tally_agrees(db: Path, batch_id: str) -> None:
+    engine = open_store(str(db), create=False)
+    try:
+        assert verify(engine, find_batch(engine, batch_id)) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_batch_past_its_deadline_ends_with_the_rest_expired(tmp_path: Path, sim: SimulatorThread) -> None:
+    db = tmp_path / "store.db"
+    served = Served(db, sim.base_url, "--rpm", "120", "--expire-after", "1s").wait_ready()  # 2 a second
+    try:
+        client = served.sdk()
+        created = client.messages.batches.create(requests=[request(f"e{i}") for i in range(20)])
+        assert created.expires_at.timestamp() - created.created_at.timestamp() == pytest.approx(1, abs=0.01)
+        ended = wait_ended(client, created.id, timeout=30)
+        counts = ended.request_counts
+        assert counts.expired >= 10 and counts.succeeded >= 1 and counts.succeeded + counts.expired == 20
+        assert counts.canceled == counts.errored == counts.processing == 0 and ended.cancel_initiated_at is None
+        kinds = [r.result.type for r in client.messages.batches.results(created.id)]
+        assert kinds.count("expired") == counts.expired and kinds.count("succeeded") == counts.succeeded
+    finally:
+        served.stop()
+    assert f"batch {created.id} expired: " in served.stderr and f"batch {created.id} ended: " in served.stderr
+    assert_tally_agrees(db, created.id)
 
 
 def test_sigterm_stops_cleanly_and_the_batch_resumes(tmp_path: Path) -> None:
@@ -276,6 +307,10 @@ def test_refuses_an_open_bind_without_a_token_and_a_missing_key(tmp_path: Path) 
 def test_generated_token_is_printed_once_and_works(tmp_path: Path, sim: SimulatorThread) -> None:
     served = Served(tmp_path / "t.db", sim.base_url, token=None).wait_ready()
     try:
+        deadline = time.monotonic() + 10
+        while "ANTHROPIC_API_KEY=" not in served.stdout:  # printed just after the ready line
+            assert time.monotonic() < deadline, served.stdout
+            time.sleep(0.02)
         lines = dict(line.split("=", 1) for line in served.stdout.splitlines() if "=" in line)
         assert lines["ANTHROPIC_BASE_URL"] == served.base_url
         token = lines["ANTHROPIC_API_KEY"]
