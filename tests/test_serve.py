@@ -197,13 +197,19 @@ def test_messages_create_and_stream_pass_through(server: Served, client: anthrop
     assert "/v1/messages/count_tokens" in absent.value.body["error"]["message"]
 
 
-def test_stream_error_events_are_relayed(tmp_path: Path) -> None:
-    with SimulatorThread(latency=0, fail_stream_error=1.0) as sim:
+def test_upstream_429s_are_retried_and_stream_errors_relayed(tmp_path: Path) -> None:
+    # Half the upstream's answers are 429s (with retry-after); every stream breaks off with an error event.
+    with SimulatorThread(latency=0, seed=3, fail_429=0.5, fail_stream_error=1.0) as sim:
         served = Served(tmp_path / "s.db", sim.base_url).wait_ready()
         try:
+            client = served.sdk()  # max_retries=0: any 429 the client saw would raise
+            for i in range(6):
+                assert client.messages.create(model=MODEL, max_tokens=20,
+                                              messages=[{"role": "user", "content": f"ask {i}"}]).content
+            assert sim.stats()["status_429"] > 0
             with pytest.raises(anthropic.APIStatusError) as failed:
-                with served.sdk().messages.stream(model=MODEL, max_tokens=50,
-                                                  messages=[{"role": "user", "content": "a long answer"}]) as s:
+                with client.messages.stream(model=MODEL, max_tokens=50,
+                                            messages=[{"role": "user", "content": "a long answer"}]) as s:
                     "".join(s.text_stream)
             assert failed.value.body["error"]["type"] == "overloaded_error"
         finally:

@@ -30,8 +30,8 @@ from . import _gateway
 from ._wire import (MAX_BODY, ApiError, error_body, invalid, message_batch, new_request_id, not_found, page_body,
                     page_query, parse_create)
 
-#: ``log(batch_id, what)``: one line per batch event.
-Log = Callable[[str, str], None]
+#: ``log(batch_id, what)``: one line per batch event (``None``: a server event).
+Log = Callable[[str | None, str], None]
 
 
 def _error(status: int, error_type: str, message: str, request_id: str) -> JSONResponse:
@@ -180,8 +180,12 @@ def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, 
         return await _gateway.forward(fleet, request, "/v1/messages/count_tokens")
 
     async def store_error(request: Request, exc: Exception) -> Response:
-        log("-", f"store error: {exc}")
+        log(None, f"store error: {exc}")
         return _error(500, "api_error", str(exc), request.state.request_id)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log(None, f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}")
+        return _error(500, "api_error", "internal server error", request.state.request_id)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -201,6 +205,7 @@ def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, 
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
-    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, BatcherError: store_error}
+    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, BatcherError: store_error,
+                                Exception: internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     return TokenGuard(app, token)

@@ -44,10 +44,11 @@ class ServeOptions:
     grace_s: float = 10.0
 
 
-def log_event(batch_id: str, what: str) -> None:
-    """One line on stderr per batch event."""
+def log_event(batch_id: str | None, what: str) -> None:
+    """One line on stderr per batch event (or server event, without a batch)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(f"{stamp} batch {batch_id} {what}", file=sys.stderr, flush=True)
+    subject = f"batch {batch_id} " if batch_id else ""
+    print(f"{stamp} {subject}{what}", file=sys.stderr, flush=True)
 
 
 def choose_token(options: ServeOptions) -> tuple[str, bool]:
