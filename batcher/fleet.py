@@ -177,11 +177,10 @@ class Fleet:
         tries = 0
         while True:
             await self.turns.interactive()
-            started = time.monotonic()
+            sent_at = time.monotonic()
             response = await self.client.forward(path, body, headers)
-            attempt = Attempt(response.status_code, time.monotonic() - started,
-                              message={} if response.status_code == 200 else None, rate=rate_info(response.headers))
-            tell_pacer(self.pacer, attempt)
+            attempt = Attempt(response.status_code, time.monotonic() - sent_at, rate=rate_info(response.headers))
+            tell_pacer(self.pacer, attempt, sent_at)
             if response.status_code != 429:
                 return response
             delay = server_delay(attempt)

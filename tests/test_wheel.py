@@ -21,7 +21,7 @@ MIGRATIONS = [
     "batcher/migrations/versions/__init__.py",
     "batcher/migrations/versions/0001_job_store.py",
     "batcher/migrations/versions/0002_runs_and_streaming.py",
-    "batcher/migrations/versions/0004_api_batches.py",
+    "batcher/migrations/versions/0005_api_batches.py",
 ]
 
 
