@@ -101,7 +101,13 @@ class Fleet:
             runner.request_stop(self.config.timeout_s)
 
     async def _drive(self, batch: Batch, how: str) -> None:
-        state = await anyio.to_thread.run_sync(apibatches.get, self.engine, batch.name)
+        while True:
+            try:
+                state = await anyio.to_thread.run_sync(apibatches.get, self.engine, batch.name)
+                break
+            except BatcherError as exc:
+                if not await self._paused(batch, exc):
+                    return
         if state is None or state.ended_at is not None:
             return
         async with anyio.create_task_group() as timers:
@@ -109,13 +115,19 @@ class Fleet:
             await self._send_all(batch, how)
             timers.cancel_scope.cancel()
 
+    async def _paused(self, batch: Batch, why: object) -> bool:
+        """Say why the batch waits, wait; False if the fleet stopped meanwhile."""
+        self._on_event(batch.name, f"paused: {why}; trying again in {RETRY_RUN_AFTER_S:g} s")
+        with anyio.move_on_after(RETRY_RUN_AFTER_S):
+            await self._stop.wait()
+        return not self._stopping
+
     async def _send_all(self, batch: Batch, how: str) -> None:
         while not self._stopping:
             try:
                 state = await anyio.to_thread.run_sync(self._settle, batch)
             except BatcherError as exc:
-                self._on_event(batch.name, f"paused: {exc}; trying again in {RETRY_RUN_AFTER_S:g} s")
-                await self._pause(RETRY_RUN_AFTER_S)
+                await self._paused(batch, exc)
                 continue
             if state is None or state.ended_at is not None:
                 if state is not None:
@@ -123,21 +135,24 @@ class Fleet:
                     self._on_event(batch.name, f"ended: {c.succeeded} succeeded, {c.errored} errored, "
                                                f"{c.canceled} canceled, {c.expired} expired")
                 return
-            runner = Runner(self.engine, batch, self._api_key, self.config, pacer=self.turns.lane(batch.id))
+            lane = self.turns.lane(batch.id)
+            runner = Runner(self.engine, batch, self._api_key, self.config, pacer=lane)
             self._runners[batch.id] = runner
             self._on_event(batch.name, f"{how}: {state.counts.processing} request(s) to send")
             how = "running again"
             try:
                 summary = await runner.run()
             except BatcherError as exc:
-                self._on_event(batch.name, f"paused: {exc}; trying again in {RETRY_RUN_AFTER_S:g} s")
-                await self._pause(RETRY_RUN_AFTER_S)
+                await self._paused(batch, exc)
+                continue
+            except Exception as exc:  # one batch's bug must not take the others down
+                await self._paused(batch, f"{type(exc).__name__}: {exc}")
                 continue
             finally:
                 self._runners.pop(batch.id, None)
+                lane.stop()
             if summary.outcome in ("stopped", "misconfigured"):
-                self._on_event(batch.name, f"paused: {summary.message}; trying again in {RETRY_RUN_AFTER_S:g} s")
-                await self._pause(RETRY_RUN_AFTER_S)
+                await self._paused(batch, summary.message)
 
     def _settle(self, batch: Batch) -> ApiBatch | None:
         """Apply a cancel or the expiry to jobs a run handed back; end the batch if nothing is left."""
@@ -159,10 +174,6 @@ class Fleet:
         runner = self._runners.get(batch.id)
         if runner is not None:
             runner.request_stop()
-
-    async def _pause(self, seconds: float) -> None:
-        with anyio.move_on_after(seconds):
-            await self._stop.wait()
 
     # --- interactive requests ----------------------------------------------------
     async def forward(self, path: str, body: bytes, headers: dict[str, str], deadline: float) -> httpx.Response:

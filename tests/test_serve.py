@@ -173,6 +173,7 @@ def test_wrong_token_is_401(server: Served) -> None:
         server.sdk(token="not-the-token").messages.batches.list()
     assert refused.value.body["error"]["type"] == "authentication_error"
     assert KEY not in str(refused.value.body)
+    assert KEY not in server.stdout + server.stderr
     with pytest.raises(anthropic.AuthenticationError):
         server.sdk(token="not-the-token").messages.create(model=MODEL, max_tokens=10,
                                                           messages=[{"role": "user", "content": "hi"}])
