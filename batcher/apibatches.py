@@ -13,7 +13,6 @@ like any other.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import string
 import time
@@ -26,6 +25,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from . import tally
 from .db import store_errors, write
 from .manage import cancel
+from .prepare import body_hash
 from .schema import api_batches, attempts, batches, imports, jobs, runs
 from .store import Batch, get_or_create_batch, status_counts
 
@@ -94,7 +94,7 @@ def _job_row(line: int, custom_id: str, params: dict[str, Any], batch_id: int, i
              now: float) -> dict[str, Any]:
     body = orjson.dumps({k: v for k, v in params.items() if k != "stream"})
     return {"batch_id": batch_id, "import_id": import_id, "line": line, "custom_id": custom_id,
-            "body": body.decode(), "body_hash": hashlib.blake2b(body, digest_size=16).hexdigest(),
+            "body": body.decode(), "body_hash": body_hash(body),
             "source": orjson.dumps({"custom_id": custom_id, "params": params}).decode(), "extra": None,
             "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
 
