@@ -12,6 +12,8 @@ window) and one through the server. Printed:
   added       median latency through the server minus median latency direct (goal < 50 ms)
   batch rate  the batch's answers per minute over the measured span, against
               --rpm minus the interactive requests sent through the server (goal >= 0.97)
+  pacer alone the bare pacer's grants in 10 s against --rpm, in this process: on a
+              loaded machine a late wake-up loses its slot, for every run alike
   429s        requests the simulator refused
 """
 
@@ -28,7 +30,9 @@ import threading
 import time
 
 import anthropic
+import anyio
 
+from batcher.pacer import Pacer
 from batcher.sim import SimulatorProcess
 
 MODEL = "claude-haiku-4.5"
@@ -49,6 +53,25 @@ def start_server(db: str, upstream: str, rpm: float) -> tuple[subprocess.Popen[s
             threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
             return proc, match.group(1), time.perf_counter() - started
     raise SystemExit("batcher serve did not start")
+
+
+async def _pacer_alone(rpm: float, span: float) -> float:
+    """Starts the bare pacer grants in ``span`` seconds, as a share of ``rpm``:
+    what this machine, as loaded now, lets any run reach."""
+    pacer, granted = Pacer(rpm), 0
+
+    async def worker() -> None:
+        nonlocal granted
+        while True:
+            await pacer.wait()
+            granted += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(worker)
+        await anyio.sleep(span)
+        tg.cancel_scope.cancel()
+    return granted / span * 60 / rpm
 
 
 def timed_create(client: anthropic.Anthropic, i: int) -> float:
@@ -97,6 +120,7 @@ def main() -> None:
         proc.wait(60)
         sim.stop()
 
+    alone = anyio.run(_pacer_alone, args.rpm, 10.0)
     added_ms = (statistics.median(through) - statistics.median(straight)) * 1000
     batch_rpm = (last - first) / span * 60
     share = batch_rpm / (args.rpm - len(through) / span * 60)
@@ -107,6 +131,7 @@ def main() -> None:
     print(f"added        {added_ms:.1f} ms at the median (goal < 50 ms)")
     print(f"batch rate   {batch_rpm:.0f}/min over {span:.0f} s = {share:.3f} of --rpm {args.rpm:g} minus the "
           f"interactive requests (goal >= 0.97)")
+    print(f"pacer alone  {alone:.3f} of --rpm in this process, no HTTP, 10 s (what the machine allows any run now)")
     print(f"429s         {refused}")
 
 
