@@ -26,8 +26,11 @@ demo: $(STAMP)
 	$(BIN)/python -m batcher.demo
 
 bench: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python bench/import_bench.py
-	$(BIN)/python bench/export_bench.py
+	$(BIN)/python bench/export_bench.py 1000000
+	$(BIN)/python bench/scale_bench.py --resume
+	$(BIN)/python bench/run_bench.py
 	$(BIN)/python bench/rate_bench.py
 	$(BIN)/python bench/api_bench.py
 	$(BIN)/python bench/serve_bench.py

@@ -9,11 +9,9 @@ order and only a few are in flight, so memory stays flat.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import threading
 from collections import Counter, deque
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -120,6 +118,8 @@ def _parallel_worthwhile(path: str) -> bool:
     Forking is the only start method that does not re-run the caller's main
     module, but it is safe only while this process runs no other thread.
     """
+    import multiprocessing  # here, not at the top: a run rebuilds bodies with this module, and starts sooner
+
     if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
         return False
     try:
@@ -135,6 +135,9 @@ def prepared_chunks(path: str, defaults: Defaults) -> Iterator[PreparedChunk]:
         for block in chunks:
             yield prepare_block(block, defaults)
         return
+    import multiprocessing
+    from concurrent.futures import Future, ProcessPoolExecutor
+
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
         pending: deque[Future[PreparedChunk]] = deque()

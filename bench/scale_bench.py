@@ -110,6 +110,15 @@ def cli_seconds(*args: str, repeat: int = 5) -> float:
     return statistics.median(times)
 
 
+def python_seconds(code: str, repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def latencies(engine, db: str, label: str) -> None:
     batch = find_batch(engine, "bench")
     inside = []
@@ -144,6 +153,27 @@ def first_request(db: str, sim, label: str, kill_after_running: bool = False) ->
     print(f"  first request, {label}: {elapsed:.2f} s after start")
 
 
+def store_part(engine, label: str) -> None:
+    """What the store adds before a run's first request: take over (requeue), count, claim."""
+    from batcher.jobqueue import batch_counts
+    from batcher.schema import runs
+
+    batch = find_batch(engine, "bench")
+    # Leave 1,000 jobs claimed by a run that then dies, as a kill -9 would.
+    dead = start_run(engine, batch.id, batch.name, 500, "http://bench")
+    claim(engine, batch.id, dead, 1000)
+    with engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == dead).values(heartbeat_at=0.0))
+    start = time.perf_counter()
+    run_id = start_run(engine, batch.id, batch.name, 500, "http://bench")
+    batch_counts(engine, batch.id)
+    first = claim(engine, batch.id, run_id, 100)
+    elapsed = time.perf_counter() - start
+    finish_run(engine, run_id, "interrupted")
+    print(f"  store's part before the first request, {label} (1,000 jobs left running by a dead run): "
+          f"{elapsed * 1000:.1f} ms (first job claimed: line {first[0].line:,})")
+
+
 def room(db: str, jobs: int) -> None:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -172,8 +202,9 @@ def main() -> None:
         tiny = os.path.join(tmp, "tiny.db")
         engine = open_store(tiny)
         import_chunks(engine, ImportReport("bench", "tiny"), "tiny", chunks(10), defaults=DEFAULTS)
-        print(f"start-up alone: status on a 10-job store {cli_seconds('status', '--db', tiny):.2f} s "
-              f"(CLI, median of 5)")
+        print(f"start-up alone: status on a 10-job store {cli_seconds('status', '--db', tiny):.2f} s, "
+              f"loading the run's modules {python_seconds('import batcher.cli, batcher.runner, batcher.importer'):.2f} s"
+              " (median of 5)")
         db = args.keep or os.path.join(tmp, "scale.db")
         engine = open_store(db)
         fresh = not find_batch_or_none(engine)
@@ -187,6 +218,7 @@ def main() -> None:
         if args.resume:
             from batcher.sim import SimulatorThread
 
+            store_part(engine, "fresh")
             with SimulatorThread(latency=0.0) as sim:
                 first_request(db, sim, "fresh batch")
                 first_request(db, sim, "after a run killed with SIGKILL", kill_after_running=True)
@@ -200,6 +232,7 @@ def main() -> None:
         if args.resume:
             from batcher.sim import SimulatorThread
 
+            store_part(engine, "half done")
             with SimulatorThread(latency=0.0) as sim:
                 first_request(db, sim, "half done")
             answer_jobs(engine, find_batch(engine, "bench"), answered - answered // 2, args.answer_bytes)
