@@ -128,12 +128,12 @@ class Turns:
         if key not in self._lanes:
             self._lanes[key] = deque()
             self._rotation.append(key)
-        return Lane(self, key)
+        return Lane(self, key, self._lanes[key])
 
-    def _close(self, key: Hashable) -> None:
-        queue = self._lanes.pop(key, None)
-        if queue is None:
-            return
+    def _close(self, key: Hashable, queue: deque[_Ticket]) -> None:
+        if self._lanes.get(key) is not queue:
+            return  # closed already, or reopened for a later run
+        del self._lanes[key]
         self._rotation.remove(key)
         for ticket in queue:
             ticket.event.set()
@@ -146,24 +146,22 @@ class Lane:
     the current pace) goes to the shared pacer.
     """
 
-    def __init__(self, turns: Turns, key: Hashable) -> None:
+    def __init__(self, turns: Turns, key: Hashable, queue: deque[_Ticket]) -> None:
         self._turns = turns
         self._key = key
+        self._queue = queue
         self._stopped = False
 
     async def wait(self) -> None:
         """Return when this lane's caller may start; raise Stopped after stop()."""
         if self._stopped or self._turns._stopped:
             raise Stopped
-        queue = self._turns._lanes.get(self._key)
-        if queue is None:
-            raise Stopped
-        await self._turns._take(queue)
+        await self._turns._take(self._queue)
 
     def stop(self) -> None:
         """No request of this lane starts after this; its waiters raise Stopped."""
         self._stopped = True
-        self._turns._close(self._key)
+        self._turns._close(self._key, self._queue)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._turns.pacer, name)

@@ -14,6 +14,7 @@ window) and one through the server. Printed:
               --rpm minus the interactive requests sent through the server (goal >= 0.97)
   pacer alone the bare pacer's grants in 10 s against --rpm, in this process: on a
               loaded machine a late wake-up loses its slot, for every run alike
+  fair share  how long a 100-request batch created beside the big one takes
   429s        requests the simulator refused
 """
 
@@ -113,6 +114,13 @@ def main() -> None:
             time.sleep(max(0.0, t0 + i * args.every - time.perf_counter()))
         last = served.messages.batches.retrieve(batch.id).request_counts.succeeded
         span = time.perf_counter() - t0
+        # A small batch beside the big one: at a fair share it takes twice what it would alone.
+        small = served.messages.batches.create(requests=requests[:100])
+        small_started = time.perf_counter()
+        while served.messages.batches.retrieve(small.id).processing_status != "ended":
+            time.sleep(0.05)
+        small_s = time.perf_counter() - small_started
+        big_left = served.messages.batches.retrieve(batch.id).request_counts.processing
         served.messages.batches.cancel(batch.id)
         refused = sim.stats()["status_429"]
     finally:
@@ -131,6 +139,9 @@ def main() -> None:
     print(f"added        {added_ms:.1f} ms at the median (goal < 50 ms)")
     print(f"batch rate   {batch_rpm:.0f}/min over {span:.0f} s = {share:.3f} of --rpm {args.rpm:g} minus the "
           f"interactive requests (goal >= 0.97)")
+    print(f"fair share   a 100-request batch created beside it ended in {small_s:.1f} s "
+          f"(alone at this rate: {100 / batch_rpm * 60:.1f} s; half the rate: {200 / batch_rpm * 60:.1f} s), "
+          f"{big_left} of the big one's still unsent")
     print(f"pacer alone  {alone:.3f} of --rpm in this process, no HTTP, 10 s (what the machine allows any run now)")
     print(f"429s         {refused}")
 
