@@ -69,7 +69,6 @@ HEADERS_FRESH_S = 10.0
 #: Displays name what held the pace under --rpm this recently.
 SHOWN_S = 2.0
 MIN_RPM = 1.0
-DEFAULT_PAUSE_S = 1.0
 
 
 class Stopped(Exception):
@@ -107,6 +106,7 @@ class Pacer:
         self._bound_at = -1e9
         self.starts: deque[float] = deque()  # grants of the last minute
         self._answers: deque[tuple[float, bool]] = deque()  # (when, refused)
+        self._refused_n = 0
 
     # --- waiting --------------------------------------------------------
     async def wait(self) -> None:
@@ -178,7 +178,7 @@ class Pacer:
         elif remaining is None and share > CONGESTED_SHARE:
             spent = True
             self._cut(sent_at, "429s, no rate headers")
-        elif not spent and share > UPSTREAM_SHARE:
+        elif share > UPSTREAM_SHARE:
             self._cut(sent_at, "upstream 429s")
         if spent and wait_s is not None:
             self.pause(wait_s)
@@ -195,7 +195,7 @@ class Pacer:
             self._window_s = min(60.0, max(self._window_s, reset_s))  # the longest reset: about the window
         if limit is not None:
             # The server counts more than this run sent in the window.
-            ours = sum(1 for t in self.starts if t >= now - self._window_s)
+            ours = self._starts_since(now - self._window_s)
             self._shared = limit - remaining > ours + reserve
         if not reset_s or reset_s <= 0:
             self._window_rpm = self.max_rpm  # the window has just been renewed
@@ -215,9 +215,19 @@ class Pacer:
         now = self._clock()
         answers = self._answers
         answers.append((now, refused))
+        self._refused_n += refused
         while answers[0][0] < now - SHARE_WINDOW_S:
-            answers.popleft()
-        return sum(r for _, r in answers) / len(answers)
+            self._refused_n -= answers.popleft()[1]
+        return self._refused_n / len(answers)
+
+    def _starts_since(self, edge: float) -> int:
+        """How many requests this pacer let start after ``edge``."""
+        n = 0
+        for t in reversed(self.starts):  # newest last
+            if t < edge:
+                break
+            n += 1
+        return n
 
     def _cut(self, sent_at: float, cause: str) -> None:
         if sent_at < self._last_cut:
@@ -228,14 +238,9 @@ class Pacer:
 
     def _sending_rpm(self) -> float:
         """Starts per minute over the last SHARE_WINDOW_S: the pace that met the evidence."""
-        now, starts = self._clock(), self.starts
-        recent = 0
-        for t in reversed(starts):  # newest last
-            if t < now - SHARE_WINDOW_S:
-                break
-            recent += 1
-        span = min(SHARE_WINDOW_S, now - starts[0]) if starts else 0.0
-        return 60.0 * recent / span if span > 0.5 else self.rpm
+        now = self._clock()
+        span = min(SHARE_WINDOW_S, now - self.starts[0]) if self.starts else 0.0
+        return 60.0 * self._starts_since(now - SHARE_WINDOW_S) / span if span > 0.5 else self.rpm
 
     def _update(self) -> None:
         now = self._clock()

@@ -177,8 +177,10 @@ def test_random_upstream_429s_with_room_do_not_slow_the_run(tmp_path: Path, simu
     assert sim.stats()["status_429"] > 0
 
 
-def test_a_lower_limit_announced_in_headers_is_held_with_few_refusals(tmp_path: Path, simulator: Any) -> None:
-    sim = simulator(rpm=40, window=1, latency=(0, 0.02))  # 2,400/min against --rpm 6,000
+@pytest.mark.parametrize("style", ["poe", "anthropic"])
+def test_a_lower_limit_announced_in_headers_is_held_with_few_refusals(tmp_path: Path, simulator: Any,
+                                                                      style: str) -> None:
+    sim = simulator(rpm=40, window=1, latency=(0, 0.02), rate_headers=style)  # 2,400/min against --rpm 6,000
     seen: list[Snapshot] = []
     summary = anyio.run(runner(tmp_path, sim, 100).run, seen.append)
     assert summary.exit_code == 0
