@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, cast
 
 import orjson
 from sqlalchemy import Engine, select
@@ -97,5 +97,7 @@ def iter_results(engine: Engine, batch: BatchRecord, only: str | Iterable[str] |
                    jobs.c.status_code, jobs.c.source).where(jobs.c.batch_id == batch.id)
     if statuses is not None:
         query = query.where(jobs.c.status.in_(statuses))
-    chunks = _stream(engine, query.order_by(jobs.c.line, jobs.c.id), _result, chunk)
+    # The export's reader yields whatever its render function makes: here Results.
+    chunks = cast(Iterator[list[Result]], _stream(engine, query.order_by(jobs.c.line, jobs.c.id),
+                                                  cast(Callable[[Any], bytes], _result), chunk))
     return (result for results in chunks for result in results)
