@@ -200,6 +200,16 @@ def test_messages_create_and_stream_pass_through(server: Served, client: anthrop
     assert "/v1/messages/count_tokens" in absent.value.body["error"]["message"]
 
 
+def test_a_stream_is_relayed_as_it_arrives(client: anthropic.Anthropic) -> None:
+    # The simulator spreads this answer's events over 1.2 s (the first after 0.3 s).
+    started = time.monotonic()
+    with client.messages.stream(model=MODEL, max_tokens=60, messages=[
+            {"role": "user", "content": "Tell me about rivers and seas #sim:sleep=1.2"}]) as stream:
+        arrivals = [time.monotonic() - started for _ in stream.text_stream]
+    assert len(arrivals) > 5 and arrivals[-1] >= 0.9
+    assert arrivals[0] < arrivals[-1] - 0.4  # not held back until the end
+
+
 def test_upstream_429s_are_retried_and_stream_errors_relayed(tmp_path: Path) -> None:
     # 40% of the upstream's answers are 429s (with retry-after); every stream that gets through breaks off.
     with SimulatorThread(latency=0, seed=3, fail_429=0.4, fail_stream_error=0.6) as sim:

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import uvicorn
 
 from batcher.client import check_base_url, is_loopback
-from batcher.db import display_name, open_store, resolve_url
+from batcher import Store
+from batcher.db import display_name, resolve_url
 from batcher.errors import UsageError
 from batcher.fleet import Fleet
 from batcher.runner import RunConfig
@@ -103,7 +104,7 @@ def serve(options: ServeOptions, out: Any = None) -> None:
         raise UsageError("no API key: set POE_API_KEY (the server's upstream key; clients use the server's token)")
     base_url = check_base_url(options.base_url)
     token, generated = choose_token(options)
-    engine = open_store(options.db)
+    engine = Store(options.db).engine
     config = RunConfig(rpm=options.rpm, concurrency=options.concurrency, base_url=base_url,
                        grace_s=options.grace_s, handle_signals=False)
     fleet = Fleet(engine, key, config, on_event=log_event)
