@@ -135,7 +135,7 @@ def test_cancel_mid_batch_then_delete(client: anthropic.Anthropic) -> None:
     time.sleep(0.5)
     with pytest.raises(anthropic.BadRequestError) as refused:
         client.messages.batches.delete(created.id)
-    assert "in progress" in refused.value.body["error"]["message"]
+    assert "is in_progress" in refused.value.body["error"]["message"]
     canceling = client.messages.batches.cancel(created.id)
     assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at is not None
     ended = wait_ended(client, created.id)

@@ -28,7 +28,7 @@ from batcher.fleet import Fleet
 
 from . import _gateway
 from ._wire import (MAX_BODY, ApiError, error_body, invalid, message_batch, new_request_id, not_found, page_body,
-                    page_query, parse_create)
+                    page_query, parse_create, processing_status)
 
 #: ``log(batch_id, what)``: one line per batch event (``None``: a server event).
 Log = Callable[[str | None, str], None]
@@ -129,8 +129,8 @@ class BatchesApi:
     async def delete(self, request: Request) -> Response:
         batch = await self._get(request.path_params["batch_id"])
         if batch.ended_at is None:
-            raise invalid(f"message batch {batch.id} is still {'canceling' if batch.cancel_requested_at else 'in progress'}: "
-                          "only ended batches can be deleted (cancel it first)")
+            raise invalid(f"message batch {batch.id} is {processing_status(batch)}: only ended batches can be "
+                          "deleted (cancel it first)")
         await anyio.to_thread.run_sync(apibatches.remove, self.engine, batch.batch)
         self.log(batch.id, "deleted")
         return JSONResponse({"id": batch.id, "type": "message_batch_deleted"})
