@@ -591,13 +591,13 @@ def test_second_ctrl_c_quits_at_once_keeping_what_was_committed(tmp_path: Path, 
 # -- 7. one run per batch ----------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)
 def test_second_concurrent_run_is_refused_naming_the_first(tmp_path: Path, sim: Any) -> None:
     server = sim(latency=0.02)
     db = tmp_path / "store.db"
     n = 40
     # The first job keeps the first run busy for a while whatever the machine's speed.
-    raw = ["Take your time #sim:sleep=5"] + [prompt_of(i) for i in range(2, n + 1)]
+    raw = ["Take your time #sim:sleep=20"] + [prompt_of(i) for i in range(2, n + 1)]
     prompts = write_jobs(tmp_path / "busy.jsonl", raw)
     args = run_args(tmp_path / "busy.jsonl", db, server.base_url, "--rpm", "1200", "--concurrency", "4")
     first = Spawned(tmp_path, "first", args)
