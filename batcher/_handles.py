@@ -42,7 +42,9 @@ class Store:
 
     ``db`` defaults to ``$BATCHER_DB``, then ``./batcher.db``, like ``--db``.
     With ``create=False`` a missing SQLite file is an error instead of a new,
-    empty store. Use it as a context manager, or call :meth:`close`.
+    empty store; ``readonly=True`` opens an SQLite store without writing to
+    it or its folder (for reading only). Use it as a context manager, or
+    call :meth:`close`.
 
     >>> import batcher
     >>> with batcher.Store("example.db") as store:
@@ -53,8 +55,8 @@ class Store:
 
     __module__ = "batcher"
 
-    def __init__(self, db: PathLike | None = None, *, create: bool = True) -> None:
-        self._engine = open_store(os.fspath(db) if db is not None else None, create=create)
+    def __init__(self, db: PathLike | None = None, *, create: bool = True, readonly: bool = False) -> None:
+        self._engine = open_store(os.fspath(db) if db is not None else None, create=create, readonly=readonly)
 
     @property
     def engine(self) -> Any:
@@ -241,13 +243,15 @@ class Batch:
         return iter_results(self._engine, self._record, only)
 
     def export(self, path: str | None = None, format: str = "results", only: str = "all",
-               include_pending: bool = False) -> int:
+               include_pending: bool = False, *, force: bool = False, notes: Any = None) -> int:
         """Write the results as JSONL, like ``batcher export``; return the lines written.
 
         ``format`` is ``results`` (Anthropic's Message Batches result lines),
         ``text`` or ``merged``; ``only`` is ``all``, ``succeeded`` or
         ``failed``. ``path`` defaults to ``NAME.FORMAT.jsonl`` here; ``"-"``
-        is stdout. A file is written whole or not at all.
+        is stdout. A file is written whole or not at all; a FIFO or device is
+        written into. Writing over the batch's own job file needs ``force``.
+        ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings.
 
         >>> import batcher
         >>> with batcher.Store("example.db") as store:
@@ -259,7 +263,7 @@ class Batch:
         from .export import default_output, export_batch
 
         return export_batch(self._engine, self._record, path or default_output(self._record, format), format,
-                            only, include_pending)
+                            only, include_pending, force=force, notes=notes)
 
     # --- changing what a run sends --------------------------------------------------
     def retry(self, error_type: str | Iterable[str] | None = None, status_code: int | Iterable[int] | None = None,

@@ -2,8 +2,9 @@
 
 Every command is a thin wrapper over functions a Python user can call too;
 what a user can get wrong ends as one line on stderr and an exit code:
-0 ok, 1 finished with failed jobs, 2 usage or configuration error, 3 run
-stopped by the API (bad key, no points), 4 database unusable, 130 interrupted.
+0 ok, 1 finished with failed jobs, 2 usage or configuration error (or the
+output cannot be written), 3 run stopped by the API (bad key, no points),
+4 database unusable, 130 interrupted; a closed pipe ends quietly (SIGPIPE).
 """
 
 from __future__ import annotations
@@ -19,32 +20,72 @@ from typing import Any, Callable
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, BatcherError
+from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError
 
 DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
-EXIT_CODES = "Exit codes: 0 ok, 1 some jobs failed, 2 usage error, 3 stopped by the API, 4 database error, 130 interrupted."
+EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not writable, 3 stopped by the API, "
+              "4 database error, 130 interrupted.")
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"batcher: error: {message}", err=True)
+    try:
+        click.echo(f"batcher: error: {message}", err=True)
+    except OSError:
+        pass  # stderr is gone too: the exit code is all that is left to say it
     sys.exit(code)
 
 
 def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a user's mistake into one line on stderr and its exit code."""
+    """Turn a user's mistake into one line on stderr and its exit code.
+
+    Standard output is flushed before the code is settled, so that a write
+    failure is reported rather than lost at exit; a closed pipe ends the
+    command quietly, as it ends other filters.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .outstream import end_on_closed_pipe, flush_stdout, guard_stdout
+
+        guard_stdout()
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            finally:
+                flush_stdout()
         except BatcherError as exc:
             fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            end_on_closed_pipe()
         except KeyboardInterrupt:
-            click.echo("batcher: interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            try:
+                click.echo("batcher: interrupted", err=True)
+            finally:
+                sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            fail(f"{where}{exc.strerror or exc}", 4 if exc.errno == 28 else 2)
+            fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
+        except SQLAlchemyError as exc:
+            # A store damaged in a way the checks on opening did not see.
+            fail(f"cannot use the job store: {getattr(exc, 'orig', None) or exc}", EXIT_STORE)
+
+    return wrapper
+
+
+def reports_commit(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For a command whose work ends in one commit (import, export): a signal
+    landing after the commit is held until the result is printed, then
+    dropped, so the command ends as what it did (see :mod:`batcher.interrupts`).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .interrupts import until_reported
+
+        with until_reported():
+            return command(*args, **kwargs)
 
     return wrapper
 
@@ -77,15 +118,21 @@ def _defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @main.command("import", epilog="Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=False))
-@click.option("--batch", help="Batch name (default: the file's name without extension).")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--batch", help="Batch name (default: the file's name without extension; required for -).")
 @db_option
 @_defaults_options
 @click.option("--skip-invalid", is_flag=True, help="Import the valid lines and report the others.")
 @friendly
+@reports_commit
 def import_command(file: str, batch: str | None, db: str | None, model: str | None, max_tokens: int | None,
                    system: str | None, skip_invalid: bool) -> None:
-    """Load a JSONL job file into a batch (idempotent: run it again after editing)."""
+    """Load a JSONL job file into a batch (idempotent: run it again after editing).
+
+    FILE may be - (standard input), a FIFO or <(cmd): it is read once, to the
+    end, then imported all or nothing like a file (make-prompts | batcher
+    import - --batch prompts).
+    """
     from ._handles import Store
     from .importer import ImportRejected
     from .jobfile import ensure_readable
@@ -119,7 +166,7 @@ def batches_command(db: str | None) -> None:
     """List the batches in the store with their job counts."""
     from ._handles import Store
 
-    with Store(db, create=False) as store:
+    with Store(db, create=False, readonly=True) as store:
         found = store.batches()
         if not found:
             click.echo("no batches yet: batcher import FILE")
@@ -145,7 +192,7 @@ def status_command(batch: str | None, db: str | None, as_json: bool, verify: boo
     from ._handles import Store
     from .status import status_lines
 
-    with Store(db, create=False) as store:
+    with Store(db, create=False, readonly=True) as store:
         found = store.batch(batch)
         if verify:
             problems = found.verify()
@@ -174,7 +221,7 @@ Examples:
 
 @main.command("run", epilog=RUN_EPILOG)
 @click.argument("file_or_batch")
-@click.option("--batch", help="Batch name when FILE_OR_BATCH is a file (default: the file's name).")
+@click.option("--batch", help="Batch name when FILE_OR_BATCH is a file (default: the file's name; required for -).")
 @db_option
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True,
               help="Requests per minute allowed for the key.")
@@ -210,12 +257,13 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
 
     from ._handles import Store, check_run
     from .importer import ImportRejected
+    from .jobfile import is_job_input
     from .progress import summary_lines
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
                    auth=auth, stream=stream, grace=grace, progress=not quiet)
     check_run(**options)  # no key, unsafe URL: refused before the store is touched
-    is_file = os.path.isfile(file_or_batch)
+    is_file = is_job_input(file_or_batch)
     if not is_file and (os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json"))):
         fail(f"{file_or_batch}: not a readable job file", 2)
     with Store(db, create=is_file) as store:
@@ -270,20 +318,24 @@ Formats, one line per job in input order:
               help="Which finished jobs to write (all includes canceled).")
 @click.option("--include-pending", is_flag=True,
               help="Also write unfinished jobs (as type pending), so lines align with the input.")
+@click.option("--force", is_flag=True, help="Allow writing over the batch's own job file.")
 @friendly
+@reports_commit
 def export_command(batch: str | None, db: str | None, output: str | None, fmt: str, only: str,
-                   include_pending: bool) -> None:
+                   include_pending: bool, force: bool) -> None:
     """Write a batch's results as JSONL, in input order, from one consistent snapshot.
 
     A file is written under a temporary name and renamed when complete, so an
-    interrupted export never leaves a partial file. Safe while a run is going.
+    interrupted export never leaves a partial file; a symlink is followed, and
+    a FIFO or device (/dev/stdout, >(cmd)) is written into. New files are
+    private (0600). Safe while a run is going.
     """
     import signal
 
     from ._handles import Store
-    from .export import default_output
+    from .export import ExportNotes, default_output, is_stream_destination
 
-    with Store(db, create=False) as store:
+    with Store(db, create=False, readonly=True) as store:
         found = store.batch(batch)
         output = output or default_output(found, fmt)
         if output == "-":
@@ -291,9 +343,13 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
             signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         # SIGTERM ends like Ctrl-C: the temporary file is removed on the way out.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        written = found.export(output, fmt, only, include_pending)
+        notes = ExportNotes()
+        written = found.export(output, fmt, only, include_pending, force=force, notes=notes)
+    for warning in notes.warnings():
+        click.echo(f"batcher: warning: {warning}", err=True)
     where = "stdout" if output == "-" else output
-    click.echo(f"batch {found.name}: {written} line(s) written to {where} ({fmt})", err=output == "-")
+    click.echo(f"batch {found.name}: {written} line(s) written to {where} ({fmt})",
+               err=is_stream_destination(output))
 
 
 @main.command("retry", epilog="Example: batcher retry prompts --error-type overloaded_error --status-code 529")

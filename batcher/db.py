@@ -2,18 +2,25 @@
 
 A plain path means an SQLite file (created private, mode 0600); anything with
 ``://`` is handed to SQLAlchemy as a URL. Every open brings the schema to the
-newest Alembic revision, so an older database upgrades in place.
+newest Alembic revision, so an older database upgrades in place -- but only
+a batcher store: a database of another program, or one with a table gone,
+is refused with one line rather than written into or half used.
+
+Reading commands open an SQLite store read-only, so they work in a folder
+or on a file they may not write (see :func:`_readonly_connect`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sqlite3
+import urllib.parse
 from contextlib import contextmanager
 from importlib.resources import files
-from typing import Callable, Concatenate, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -53,7 +60,38 @@ def _create_private_file(path: str, create: bool) -> None:
     os.close(fd)
 
 
-def _setup_sqlite(engine: Engine) -> None:
+def _readonly_connect(path: str) -> Callable[[], sqlite3.Connection]:
+    """A connection factory that never writes the store, nor its folder.
+
+    ``mode=ro`` sees a run's committed writes; it needs the WAL's shared
+    memory file, which it cannot create in a folder it may not write. Then
+    no batcher can be writing there either (it would have created that file)
+    and there is no unmerged WAL content, so the file is read as it stands
+    (``immutable=1``).
+    """
+    uri = "file:" + urllib.parse.quote(path)
+
+    def connect() -> sqlite3.Connection:
+        def attempt(option: str) -> sqlite3.Connection:
+            conn = sqlite3.connect(f"{uri}?{option}", uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        try:
+            return attempt("mode=ro")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc) and "unable to open" not in str(exc):
+                raise  # e.g. busy: not a reason to read without locks
+            return attempt("immutable=1")
+
+    return connect
+
+
+def _setup_sqlite(engine: Engine, readonly: bool = False) -> None:
     """WAL, busy timeout, foreign keys; transactions we start ourselves.
 
     pysqlite's own transaction handling is switched off so that ``BEGIN``
@@ -68,8 +106,8 @@ def _setup_sqlite(engine: Engine) -> None:
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         # Larger pages suit rows of a few hundred bytes (a no-op once the
         # file has content): about 15% faster bulk import.
-        cur.execute("PRAGMA page_size = 16384")
-        cur.execute("PRAGMA journal_mode = WAL")
+        if not readonly:
+            cur.execute("PRAGMA page_size = 16384")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
 
@@ -90,21 +128,51 @@ def _newest_revision() -> str:
     return max((n.split("_", 1)[0] for n in names if n[:4].isdigit() and n.endswith(".py")), default="")
 
 
-def _at_newest(engine: Engine) -> bool:
+def _revision(conn: Connection) -> str | None:
+    rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    return rows[0] if len(rows) == 1 else None
+
+
+class _NeedsUpgrade(Exception):
+    """A read-only open found an older schema: open it writable to upgrade it."""
+
+
+def _check_ours(engine: Engine, tables: set[str], current: str | None, head: str) -> None:
+    """Refuse another program's database, and one of ours with a table gone."""
+    from .schema import metadata
+
+    name = display_name(engine.url.render_as_string(hide_password=False))
+    if current is None and tables - {"alembic_version"}:
+        shown = ", ".join(sorted(tables)[:5])
+        raise StoreError(f"{name}: not a batcher job store (it holds other tables: {shown}); check --db/BATCHER_DB")
+    if current == head:
+        missing = sorted(set(metadata.tables) - tables)
+        if missing:
+            raise StoreError(f"{name}: damaged job store: table {', '.join(missing)} missing")
+
+
+def _upgrade(engine: Engine, readonly: bool = False) -> None:
+    """Bring the schema to Alembic's head revision, if it is not there yet.
+
+    Refuses a database that is not a batcher store (tables but no revision)
+    and one missing a table of the schema (damaged), naming the table, before
+    anything is written to it. Read-only, an older schema is _NeedsUpgrade.
+    """
     with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        current = _revision(conn) if "alembic_version" in tables else None
+    newest = _newest_revision()
+    _check_ours(engine, tables, current, newest)
+    if not readonly and engine.url.get_backend_name() == "sqlite":
+        # Set once, kept by the file; only on a store known to be ours.
+        raw = engine.raw_connection()  # outside any transaction, as SQLite requires
         try:
-            current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-        except SQLAlchemyError:
-            return False  # a new store: no version table yet
-    return current == [_newest_revision()]
-
-
-def _upgrade(engine: Engine) -> None:
-    """Bring the schema to Alembic's head revision, if it is not there yet."""
-    if _at_newest(engine):
+            raw.cursor().execute("PRAGMA journal_mode = WAL")
+        finally:
+            raw.close()
+    if current == newest:
         return
     from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
     from alembic import command
@@ -112,9 +180,11 @@ def _upgrade(engine: Engine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(files("batcher.migrations")))
     head = ScriptDirectory.from_config(cfg).get_current_head()
-    with engine.connect() as conn:
-        if MigrationContext.configure(conn).get_current_revision() == head:
-            return
+    _check_ours(engine, tables, current, head)
+    if current == head:
+        return
+    if readonly:
+        raise _NeedsUpgrade
     with engine.connect().execution_options(batcher_immediate=True) as conn:
         cfg.attributes["connection"] = conn
         try:
@@ -127,10 +197,12 @@ def _upgrade(engine: Engine) -> None:
         conn.commit()
 
 
-def open_store(db: str | None = None, upgrade: bool = True, create: bool = True) -> Engine:
+def open_store(db: str | None = None, upgrade: bool = True, create: bool = True, readonly: bool = False) -> Engine:
     """An engine on the job store, schema upgraded; errors as one line.
 
-    With ``create=False`` a missing SQLite file is a UsageError.
+    With ``create=False`` a missing SQLite file is a UsageError. With
+    ``readonly`` (reading commands) an SQLite store is opened read-only,
+    unless its schema is older and must be upgraded first.
     """
     url = resolve_url(db)
     try:
@@ -138,19 +210,27 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True)
     except SQLAlchemyError:
         raise StoreError(f"{url}: not a database path or URL") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and parsed.database and parsed.database != ":memory:":
-        _create_private_file(parsed.database, create)
+    on_disk = is_sqlite and parsed.database and parsed.database != ":memory:"
+    if on_disk:
+        _create_private_file(parsed.database, create and not readonly)
+    readonly = bool(readonly and on_disk)
+    options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite else {}
+    if readonly:
+        options = {"creator": _readonly_connect(os.path.abspath(parsed.database))}
     try:
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S} if is_sqlite else {})
+        engine = create_engine(url, **options)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"{display_name(url)}: cannot open database: {exc}") from None
     if is_sqlite:
-        _setup_sqlite(engine)
+        _setup_sqlite(engine, readonly)
     if upgrade:
         try:
-            _upgrade(engine)
+            _upgrade(engine, readonly)
+        except _NeedsUpgrade:
+            engine.dispose()
+            return open_store(db, upgrade, create)
         except SQLAlchemyError as exc:
-            raise StoreError(f"{display_name(url)}: cannot open database: {exc.orig or exc}") from None
+            raise StoreError(f"{display_name(url)}: cannot open database: {getattr(exc, 'orig', None) or exc}") from None
     return engine
 
 

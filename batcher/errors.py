@@ -75,3 +75,7 @@ class Interrupted(BatcherError, KeyboardInterrupt):
     __module__ = "batcher"
 
     exit_code = EXIT_INTERRUPTED
+
+
+class OutputError(UsageError):
+    """The user's output (stdout, an ``-o`` file) cannot be written: not the store's fault."""

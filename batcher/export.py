@@ -2,9 +2,15 @@
 
 Rows are streamed from a single read transaction (a consistent snapshot even
 while a run keeps writing) in chunks, so memory stays flat whatever the batch
-size. A file export is written beside its destination under a temporary name
-and renamed into place only when complete: an interrupted export never
-leaves a half-written file, and never clobbers the previous one.
+size. A regular file (or a new one) is written beside its destination under
+a temporary name and renamed into place only when complete: an interrupted
+export never leaves a half-written file, and never clobbers the previous one.
+A symlink is followed (the file it points to is replaced), and anything that
+is not a regular file -- a FIFO, ``/dev/null``, ``/dev/stdout``, a ``>(cmd)``
+pipe -- is written into directly. New files are created 0600, like the store:
+they hold the same prompts and answers. The temporary name carries the
+writer's process id, so the next export to the same place removes what a
+killed one left behind.
 
 Formats (one line per job):
 
@@ -23,23 +29,27 @@ Formats (one line per job):
     "request_id"}`` for failed jobs, else ``null``.
 ``merged``
     The input line's object with ``response`` (the text), ``error`` and
-    ``usage`` added (replacing input keys of the same names).
+    ``usage`` added. Input keys of the same names are replaced, and the
+    export warns how many lines had them (the format stays flat, as
+    dataset tools expect).
 """
 
 from __future__ import annotations
 
-import errno
+import functools
 import os
 import sys
-import tempfile
+from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator
 
 import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from .errors import BatcherError, StoreError, UsageError
-from .schema import jobs
+from .errors import OutputError, StoreError, UsageError
+from .outstream import CLOSED
+from .outfile import stream_destination, write_atomically, write_into, write_stream
+from .schema import imports, jobs
 from .store import Batch
 
 FORMATS = ("results", "text", "merged")
@@ -59,9 +69,30 @@ _loads = orjson.loads
 
 
 def default_output(batch: Batch, fmt: str) -> str:
-    """``BATCH.FORMAT.jsonl`` in the current folder, the name made file-safe."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in batch.name).lstrip(".") or "batch"
-    return f"{safe}.{fmt}.jsonl"
+    """``BATCH.FORMAT.jsonl`` in the current folder, the name made file-safe.
+
+    Letters, digits, ``-``, ``_`` and ``.`` stay; any other character is
+    percent-encoded (UTF-8 bytes as ``%XX``, ``%`` itself as ``%25``, a
+    leading dot as ``%2E``), so distinct batch names give distinct files.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "".join(f"%{b:02X}" for b in c.encode())
+                   for c in batch.name)
+    if safe.startswith("."):
+        safe = "%2E" + safe[1:]
+    return f"{safe or 'batch'}.{fmt}.jsonl"
+
+
+@dataclass
+class ExportNotes:
+    """What an export did that deserves a word: input keys ``merged`` replaced."""
+
+    replaced_keys: int = 0
+
+    def warnings(self) -> list[str]:
+        if not self.replaced_keys:
+            return []
+        return [f"{self.replaced_keys} input line(s) had their own {', '.join(MERGED_KEYS)} key(s): "
+                "replaced in the merged export (the text or results format keeps them apart)"]
 
 
 def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
@@ -177,7 +208,10 @@ def _render_text(row: Any) -> bytes:
                    "stop_reason": None, "usage": None, "error": error}, option=_NL)
 
 
-def _render_merged(row: Any) -> bytes:
+MERGED_KEYS = ("response", "error", "usage")
+
+
+def _render_merged(row: Any, notes: ExportNotes | None = None) -> bytes:
     custom_id, status = row[0], row[1]
     try:
         obj = _loads(row[6])
@@ -185,6 +219,8 @@ def _render_merged(row: Any) -> bytes:
         raise StoreError(f"job {custom_id!r}: its stored input line is not valid JSON") from None
     if not isinstance(obj, dict):
         obj = {"input": obj}
+    elif notes is not None and ("response" in obj or "error" in obj or "usage" in obj):
+        notes.replaced_keys += 1
     if status == "succeeded":
         message = _message(custom_id, row[2])
         obj["response"], obj["error"], obj["usage"] = _text_of(message), None, message.get("usage")
@@ -203,15 +239,17 @@ RENDERERS: dict[str, Callable[[Any], bytes]] = {
 
 
 def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str = "all",
-                  include_pending: bool = False, chunk: int = CHUNK) -> Iterator[list[bytes]]:
+                  include_pending: bool = False, chunk: int = CHUNK,
+                  notes: ExportNotes | None = None) -> Iterator[list[bytes]]:
     """The export's lines, a chunk at a time, in input order, from one snapshot.
 
     Options are checked now; the snapshot is taken when iteration starts.
+    ``notes`` collects what deserves a warning.
     """
     if fmt not in RENDERERS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     statuses = _statuses(only, include_pending)
-    render = RENDERERS[fmt]
+    render = functools.partial(_render_merged, notes=notes) if fmt == "merged" else RENDERERS[fmt]
     columns = [jobs.c.custom_id, jobs.c.status, jobs.c.response, jobs.c.error, jobs.c.error_type,
                jobs.c.status_code]
     if fmt == "merged":
@@ -234,91 +272,51 @@ def _stream(engine: Engine, query: Any, render: Callable[[Any], bytes], chunk: i
         raise StoreError(f"cannot read the job store: {getattr(exc, 'orig', None) or exc}") from None
 
 
-# -- writing --------------------------------------------------------------------
+# -- writing ---------------------------------------------------------------------
 
 
-def _write_all(chunks: Iterator[list[bytes]], out: IO[bytes]) -> int:
-    """Write every chunk; on any failure, end the read transaction at once."""
-    written = 0
-    try:
-        for lines in chunks:
-            out.write(b"".join(lines))
-            written += len(lines)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return written
-
-
-def _new_file_mode(path: str) -> int:
-    """The mode an overwritten file had, else what ``open()`` would give."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except OSError:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return 0o666 & ~mask
-
-
-def _write_error(shown: str, exc: OSError) -> BatcherError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"{shown}: disk full; nothing written")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return UsageError(f"{shown}: cannot write here: {exc.strerror}")
-    return StoreError(f"{shown}: cannot write: {exc.strerror or exc}")
-
-
-def _check_destination(engine: Engine, path: str, shown: str) -> None:
+def _check_destination(engine: Engine, batch: Batch, path: str, shown: str, force: bool) -> None:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise UsageError(f"{shown}: folder {os.path.dirname(shown) or folder} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{shown}: is a folder; give a file name")
     database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
-    if database and os.path.abspath(database) == path:
+    if database and os.path.realpath(database) == path:
         raise UsageError(f"{shown}: that is the job store itself")
+    if not force and os.path.exists(path):
+        with engine.connect() as conn:
+            sources = set(conn.scalars(select(imports.c.source).where(imports.c.batch_id == batch.id)))
+        if any(os.path.realpath(source) == path for source in sources | {batch.source}):
+            raise UsageError(f"{shown}: that is the job file batch {batch.name!r} was imported from; "
+                             "choose another name (or --force to overwrite it)")
 
 
-def write_atomically(engine: Engine, path: str, chunks: Iterator[list[bytes]]) -> int:
-    """Write ``chunks`` to a temporary file beside ``path``, then rename it over ``path``."""
-    shown, path = path, os.path.abspath(path)
-    _check_destination(engine, path, shown)
-    mode = _new_file_mode(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.", suffix=".part")
-    except OSError as exc:
-        raise _write_error(shown, exc) from None
-    try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            written = _write_all(chunks, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise _write_error(shown, exc) from None
-        raise
-    return written
+def is_stream_destination(out: str) -> bool:
+    """``-`` or a path written into directly: a report of the export belongs on stderr."""
+    return out == "-" or stream_destination(out)
 
 
 def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: str = "results",
-                 only: str = "all", include_pending: bool = False) -> int:
-    """Export ``batch`` to a file path (atomically), ``"-"`` (stdout) or a binary stream.
+                 only: str = "all", include_pending: bool = False, force: bool = False,
+                 notes: ExportNotes | None = None) -> int:
+    """Export ``batch`` to a file path, ``"-"`` (stdout) or a binary stream.
 
-    Returns the number of lines written. Only a file path is all-or-nothing:
-    a stream keeps whatever was written before a failure.
+    Returns the number of lines written. A regular file is written
+    all-or-nothing (see the module's notes); a stream, a FIFO or a device
+    keeps whatever was written before a failure. Writing over one of the
+    batch's own job files needs ``force``. Failures to write are
+    :class:`~batcher.errors.OutputError` (a closed pipe stays BrokenPipeError).
     """
-    chunks = export_chunks(engine, batch, fmt, only, include_pending)
+    chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes)
     if isinstance(out, str):
-        if out != "-":
-            return write_atomically(engine, out, chunks)
-        out = sys.stdout.buffer
-    written = _write_all(chunks, out)
-    out.flush()
-    return written
+        if out == "-":
+            if sys.stdout is None:
+                raise OutputError(CLOSED)
+            return write_stream(chunks, sys.stdout.buffer, "stdout")
+        if stream_destination(out):
+            return write_into(out, chunks)
+        path = os.path.realpath(out)
+        _check_destination(engine, batch, path, out, force)
+        return write_atomically(path, chunks, shown=out)
+    return write_stream(chunks, out, getattr(out, "name", "the output"))

@@ -21,10 +21,11 @@ from sqlalchemy import Connection, Engine, bindparam, literal_column, select
 from . import tally
 from .db import store_errors, write
 from .errors import UsageError
-from .jobfile import LineError, describe
+from .interrupts import CommitPoint
+from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
 from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
 from .schema import imports, jobs
-from .store import get_or_create_batch
+from .store import Batch, get_or_create_batch
 from .validate import Defaults
 
 SHOWN_ERRORS = 20
@@ -177,29 +178,41 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
                 skip_invalid: bool = False) -> ImportReport:
     """Import ``path`` into ``batch`` (default: the file's stem).
 
-    Idempotent: unchanged jobs are left alone, new lines added. Raises
-    :class:`ImportRejected` when a line is bad and ``skip_invalid`` is off;
-    then nothing is written.
+    ``path`` may be ``-`` (standard input), a FIFO or ``<(cmd)``: read once,
+    then imported like a file; those need ``batch``. Idempotent: unchanged
+    jobs are left alone, new lines added. Raises :class:`ImportRejected`
+    when a line is bad and ``skip_invalid`` is off; then nothing is written.
+    Without ``batch``, a batch of the same name made from another file is
+    refused (two ``u.jsonl`` in different folders do not merge silently).
     """
+    if batch is None and needs_batch_name(path):
+        raise UsageError(f"{describe(path)}: give the batch a name with --batch NAME when reading from it")
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
     report = ImportReport(batch=name, file=describe(path))
-    return import_chunks(engine, report, os.path.abspath(path), prepared_chunks(path, defaults), skip_invalid,
-                         defaults=defaults)
+    source = path if path == STDIN else os.path.abspath(path)
+    with readable_copy(path) as readable:
+        return import_chunks(engine, report, source, prepared_chunks(readable, defaults), skip_invalid,
+                             defaults=defaults, same_source=batch is None)
 
 
 @store_errors
 def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
-                  skip_invalid: bool = False, *, defaults: Defaults) -> ImportReport:
+                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False) -> ImportReport:
     """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
 
     The one import path, whether the chunks come from a file or from rows
     given in Python: all or nothing unless ``skip_invalid``; ``source`` is
     what the batch and the import record as their origin. ``defaults`` must
     be those the chunks were prepared with: they are kept with the import,
-    to rebuild each job's request body when it is sent.
+    to rebuild each job's request body when it is sent. With
+    ``same_source`` an existing batch must have been imported from
+    ``source``. A signal landing once the import is complete waits for the
+    commit (see :mod:`batcher.interrupts`).
     """
-    with write(engine) as conn:
-        stored, _ = get_or_create_batch(conn, report.batch, source)
+    with CommitPoint() as commit, write(engine) as conn:
+        stored, created = get_or_create_batch(conn, report.batch, source)
+        if same_source and not created:
+            _check_same_source(conn, stored, report, source)
         import_id = conn.execute(imports.insert().values(
             batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
             defaults=defaults_text(defaults))
@@ -213,4 +226,12 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             added=report.added, unchanged=report.unchanged, rejected=report.rejected))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
+        commit.reached()
     return report
+
+
+def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:
+    known = set(conn.scalars(select(imports.c.source).where(imports.c.batch_id == stored.id))) | {stored.source}
+    if source not in known:
+        raise UsageError(f"{report.file}: batch {stored.name!r} already holds jobs from {stored.source}; "
+                         f"add this file to it with --batch {stored.name}, or name a new batch with --batch NAME")

@@ -3,11 +3,22 @@
 Streams: memory stays flat whatever the file size. Blank lines are skipped,
 a UTF-8 byte-order mark is accepted, and a line that cannot be parsed becomes
 a :class:`LineError` naming its line instead of an exception.
+
+A regular file is read in blocks (by worker processes when it is large).
+Standard input (``-``), a pipe, a FIFO or ``<(cmd)`` can be read only once:
+:func:`readable_copy` copies it to a private temporary file first, in one
+pass, then it is imported like any file -- same validation, same
+all-or-nothing, and the store is not locked while the input trickles in.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
@@ -16,6 +27,11 @@ import orjson
 from .errors import UsageError
 
 BOM = b"\xef\xbb\xbf"
+#: The job file argument that means standard input.
+STDIN = "-"
+#: How compressed files start: a job file must be plain text.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
+              b"PK\x03\x04": "zip"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +53,86 @@ def _open(path: str) -> BinaryIO:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def is_regular(path: str) -> bool:
+    """A regular file (symlinks followed): one that can be read again and in blocks."""
+    try:
+        return path != STDIN and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def is_job_input(arg: str) -> bool:
+    """Whether ``run ARG`` names job input (a file, a FIFO, ``-``) rather than a batch."""
+    return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg))
+
+
+def needs_batch_name(path: str) -> bool:
+    """Input whose name says nothing of its content: ``-``, ``/dev/stdin``, ``<(cmd)``."""
+    return path == STDIN or os.path.abspath(path).startswith(("/dev/", "/proc/"))
+
+
 def ensure_readable(path: str) -> None:
-    """Raise a one-line UsageError now if ``path`` cannot be read."""
-    _open(path).close()
+    """Raise a one-line UsageError now if ``path`` cannot be read.
+
+    Only a regular file is opened to find out: opening a FIFO would take its
+    writer's data (or wait for one), so it is only checked for permission.
+    """
+    if path == STDIN:
+        if sys.stdin is None:
+            raise UsageError("stdin is closed: nothing to import from -")
+        return
+    if is_regular(path):
+        _open(path).close()
+    elif not os.path.exists(path):
+        _open(path)  # the usual one-line error
+    elif os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder, not a job file")
+    elif not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: cannot read: permission denied")
+
+
+def _refuse_compressed(shown: str, head: bytes) -> None:
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            raise UsageError(f"{shown}: looks {kind}-compressed, not JSONL text; decompress it first "
+                             f"(e.g. {'gzip -dc' if kind == 'gzip' else kind + ' -dc'} FILE | batcher import - --batch NAME)")
+
+
+@contextmanager
+def readable_copy(path: str) -> Iterator[str]:
+    """A regular file with the job input of ``path``: itself, or a one-pass private copy.
+
+    The copy (mode 0600, in the temporary folder) is removed on the way out.
+    Compressed input is refused here, before a line is read.
+    """
+    shown = describe(path)
+    if is_regular(path):
+        with _open(path) as handle:
+            _refuse_compressed(shown, handle.read(8))
+        yield path
+        return
+    fd, copy = tempfile.mkstemp(prefix="batcher-input-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                if path == STDIN:
+                    if sys.stdin is None:
+                        raise UsageError("stdin is closed: nothing to import from -")
+                    shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+                else:
+                    with _open(path) as source:
+                        shutil.copyfileobj(source, out, 1 << 20)
+            except OSError as exc:
+                raise UsageError(f"{shown}: cannot read it into a temporary file in {tempfile.gettempdir()}: "
+                                 f"{exc.strerror or exc}") from None
+        with open(copy, "rb") as handle:
+            _refuse_compressed(shown, handle.read(8))
+        yield copy
+    finally:
+        try:
+            os.unlink(copy)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +191,12 @@ def parse_line(number: int, raw: bytes) -> Any:
                 return LineError(number, f"invalid UTF-8 at byte {err.start + 1}")
         if "end of data" in exc.msg:
             return LineError(number, "truncated JSON (the line ends before the object does)")
+        if "infinity" in exc.msg:
+            return LineError(number, f"number too large at column {exc.colno} (beyond what JSON readers "
+                                     "hold as a number; write it as a string)")
         return LineError(number, f"not valid JSON: {exc.msg} at column {exc.colno}")
 
 
 def describe(path: str) -> str:
-    """How a job file is named in messages: as the user typed it."""
-    return os.path.normpath(path)
+    """How a job file is named in messages: as the user typed it (``-`` is stdin)."""
+    return "stdin" if path == STDIN else os.path.normpath(path)

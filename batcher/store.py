@@ -29,11 +29,18 @@ def _batch(row: Any) -> Batch:
     return Batch(row.id, row.name, row.source, row.created_at)
 
 
+def check_batch_name(name: str) -> None:
+    """Refuse a name that would garble a terminal or a file name: control characters."""
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        raise UsageError(f"batch name {name!r} has control characters; choose another with --batch NAME")
+
+
 def get_or_create_batch(conn: Connection, name: str, source: str) -> tuple[Batch, bool]:
-    """The batch called ``name``, created if new; the flag says it was."""
+    """The batch called ``name``, created if new (the name checked); the flag says it was."""
     row = conn.execute(select(batches).where(batches.c.name == name)).first()
     if row is not None:
         return _batch(row), False
+    check_batch_name(name)
     created = time.time()
     new_id = conn.execute(batches.insert().values(name=name, source=source, created_at=created)).inserted_primary_key[0]
     tally.create(conn, new_id)

@@ -16,8 +16,9 @@ import pytest
 from anthropic.types.messages import MessageBatchIndividualResponse
 
 from batcher import export as export_module
+from batcher import outfile
 from batcher.db import write
-from batcher.errors import StoreError, UsageError
+from batcher.errors import OutputError, StoreError, UsageError
 from batcher.export import default_output, export_batch, export_chunks
 from batcher.importer import import_file
 from batcher.schema import jobs
@@ -279,11 +280,12 @@ def test_disk_full_removes_the_temporary_file(mixed: Any, tmp_path: Path, monkey
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(export_module.os, "fsync", full)
+    monkeypatch.setattr(outfile.os, "fsync", full)
     (tmp_path / "o").mkdir()
-    with pytest.raises(StoreError, match="disk full") as caught:
+    with pytest.raises(OutputError, match="cannot write: disk full") as caught:
         export_batch(engine, batch, str(tmp_path / "o" / "x.jsonl"))
-    assert caught.value.exit_code == 4
+    # The user's output, not the store: a usage-class error.
+    assert caught.value.exit_code == 2
     assert os.listdir(tmp_path / "o") == []
 
 
@@ -306,7 +308,7 @@ def test_unwritable_folder(mixed: Any, tmp_path: Path, monkeypatch: pytest.Monke
     def denied(**_: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(export_module.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(outfile.tempfile, "mkstemp", denied)
     with pytest.raises(UsageError, match="cannot write here: Permission denied"):
         export_batch(engine, batch, str(tmp_path / "x.jsonl"))
     assert not (tmp_path / "x.jsonl").exists()
@@ -324,7 +326,12 @@ def test_writes_to_a_stream(mixed: Any) -> None:
 def test_default_output_name(mixed: Any) -> None:
     _, batch, _ = mixed
     assert default_output(batch, "results") == "b.results.jsonl"
-    assert default_output(dataclasses.replace(batch, name="../x y"), "text") == "_x_y.text.jsonl"
+    assert default_output(dataclasses.replace(batch, name="../x y"), "text") == "%2E.%2Fx%20y.text.jsonl"
+    # Distinct names, distinct files.
+    names = ["%", "_", " ", "%25", "a/b", "a%2Fb", ".x", "%2Ex", "é", "e\u0301"]
+    files = {default_output(dataclasses.replace(batch, name=n), "text") for n in names}
+    assert len(files) == len(names)
+    assert all("/" not in f and not f.startswith(".") for f in files)
 
 
 # -- the command line -----------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""Keeping Ctrl-C truthful around a commit.
+
+An import or export that has committed is done: a Ctrl-C (or SIGTERM)
+landing in the instant between the commit and the report must not turn it
+into "interrupted" with exit 130, and one landing before the commit must
+leave nothing behind. So the library holds the two signals from just before
+its commit point (:class:`CommitPoint`); on its own it lets them through
+right after, and when a caller waits to report (:func:`until_reported`, the
+CLI) they stay held until the report is out and are then dropped: the
+command ends as what it did, a success.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+_reporting = 0
+
+
+def _can_hold() -> bool:
+    return hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+
+
+def _release(previous: set[signal.Signals], drop: bool) -> None:
+    if drop:
+        for signum in SIGNALS & signal.sigpending():
+            signal.sigtimedwait([signum], 0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class CommitPoint:
+    """``with CommitPoint() as point: ...work...; point.reached(); <commit>``.
+
+    Before :meth:`reached`, a signal interrupts the work as usual (the
+    caller rolls back). From then until the block ends, it waits; it is
+    delivered after the block, unless :func:`until_reported` is waiting.
+    """
+
+    def __init__(self) -> None:
+        self._previous: set[signal.Signals] | None = None
+
+    def reached(self) -> None:
+        if self._previous is None and _can_hold():
+            self._previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+    def __enter__(self) -> CommitPoint:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None and not _reporting:
+            previous, self._previous = self._previous, None
+            _release(previous, drop=False)
+
+
+@contextmanager
+def until_reported() -> Iterator[None]:
+    """Hold signals that arrive after a commit point until this block ends, then drop them."""
+    global _reporting
+    _reporting += 1
+    try:
+        yield
+    finally:
+        _reporting -= 1
+        if not _reporting and _can_hold():
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            if SIGNALS & blocked:
+                _release(blocked - SIGNALS, drop=True)

@@ -1,0 +1,166 @@
+"""Writing an export's lines to where the user asked, and nowhere else.
+
+A regular file (or a new one) is written beside its destination under a
+temporary name and renamed into place when complete, so an interrupted
+write never leaves half a file where a whole one is expected. Anything that
+is not a regular file -- a FIFO, ``/dev/null``, ``/dev/stdout``, a ``>(cmd)``
+pipe -- is written into directly: renaming over it would replace it, not
+feed it. Failures are the output's (:class:`~batcher.errors.OutputError`,
+exit 2), never the store's.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+import tempfile
+from typing import IO, Iterator
+
+from .errors import OutputError
+from .interrupts import CommitPoint
+
+
+def write_failure(where: str, exc: OSError) -> OutputError:
+    """The one-line error for a failed write to the user's output."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"{where}: cannot write: disk full")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"{where}: cannot write here: {exc.strerror}")
+    return OutputError(f"{where}: cannot write: {exc.strerror or exc}")
+
+
+def _write_all(chunks: Iterator[list[bytes]], out: IO[bytes]) -> int:
+    """Write every chunk; on any failure, end the read transaction at once."""
+    written = 0
+    try:
+        for lines in chunks:
+            out.write(b"".join(lines))
+            written += len(lines)
+    finally:
+        _close(chunks)
+    return written
+
+
+PART = ".part"
+
+
+def _part_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}."
+
+
+def remove_stale_parts(path: str) -> None:
+    """Remove temporary files a killed export to ``path`` left behind.
+
+    They are named ``.NAME.PID.RANDOM.part``; one whose process is gone is
+    stale. (Files of an export still running are left alone.)
+    """
+    prefix = _part_prefix(path)
+    for part in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), glob.escape(prefix) + "*" + PART)):
+        pid = os.path.basename(part)[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def write_atomically(path: str, chunks: Iterator[list[bytes]], shown: str | None = None) -> int:
+    """Write ``chunks`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    ``path`` is the real destination (symlinks resolved). A new file is
+    created 0600; a replaced one keeps its mode.
+    """
+    shown = shown or path
+    remove_stale_parts(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f"{_part_prefix(path)}{os.getpid()}.",
+                                   suffix=PART)
+    except OSError as exc:
+        raise write_failure(shown, exc) from None
+    try:
+        with CommitPoint() as commit:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+                written = _write_all(chunks, out)
+                out.flush()
+                os.fsync(out.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            commit.reached()
+            os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise write_failure(shown, exc) from None
+        raise
+    return written
+
+
+def stream_destination(path: str) -> bool:
+    """Whether ``path`` is written into directly rather than replaced.
+
+    Anything that exists and is not a regular file (FIFO, device, socket),
+    and names of an open descriptor (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``), whatever it points at.
+    """
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode) and not os.path.isdir(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise write_failure(path, exc) from None
+
+
+def write_into(path: str, chunks: Iterator[list[bytes]]) -> int:
+    """Write into what ``path`` names as it is (no temporary file, no rename)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        _close(chunks)
+        raise write_failure(path, exc) from None
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out:
+            return write_stream(chunks, out, path)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # the last bytes, written on close
+        raise write_failure(path, exc) from None
+
+
+def _close(chunks: Iterator[list[bytes]]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def write_stream(chunks: Iterator[list[bytes]], out: IO[bytes], shown: str) -> int:
+    """Write to a stream; its failures are the output's (a closed pipe stays BrokenPipeError)."""
+    try:
+        written = _write_all(chunks, out)
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise write_failure(shown, exc) from None
+    return written
