@@ -110,7 +110,8 @@ def _rebuilt_body(row: Any) -> str:
     except (ValueError, TypeError):
         body = None
     if body is None or body_hash(body.encode()) != row.body_hash:
-        raise StoreError(f"job {row.custom_id!r}: its request cannot be rebuilt as imported; import the file again")
+        raise StoreError(f"job {row.custom_id!r}: its request cannot be rebuilt from its input line "
+                         "as it was imported (was the store changed by hand?)")
     return body
 
 

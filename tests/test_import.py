@@ -643,3 +643,23 @@ def test_blocks_cut_only_at_line_ends(tmp_path: Path, block_size: int) -> None:
     path.write_bytes(text)
     expected = [(1, b'{"a": 1}'), (4, b'{"long": "' + b"x" * 300 + b'"}'), (5, b'{"b": 2}'), (6, b'{"c": 3}')]
     assert list(numbered_lines(str(path), block_size)) == expected
+
+
+def test_the_claimed_request_is_rebuilt_from_its_line_and_checked(tmp_path: Path, engine: Engine) -> None:
+    from batcher.errors import StoreError
+    from batcher.jobqueue import claim, start_run
+
+    path = write_lines(tmp_path / "q.jsonl", [{"custom_id": "a", "prompt": "Two?", "stream": True, "topic": "t"}])
+    import_file(engine, str(path), defaults=Defaults("claude-haiku-4.5", 64, "Be brief."))
+    with engine.connect() as conn:
+        assert conn.execute(select(jobs.c.body)).scalar() == ""  # rebuilt when sent
+    run_id = start_run(engine, 1, "q", 60, "http://x")
+    (job,) = claim(engine, 1, run_id, 10)
+    assert orjson.loads(job.body) == {"messages": [{"role": "user", "content": "Two?"}], "model": "claude-haiku-4.5",
+                                      "max_tokens": 64, "system": "Be brief."}
+    # Another request than the one imported is never sent: the hash says so.
+    with write(engine) as conn:
+        conn.execute(imports.update().values(defaults='["claude-opus-4.5", 64, null]'))
+        conn.execute(jobs.update().values(status="pending"))
+    with pytest.raises(StoreError, match="job 'a': its request cannot be rebuilt"):
+        claim(engine, 1, run_id, 10)

@@ -18,8 +18,6 @@ from batcher.schema import runs
 from batcher.status import batch_status, verify
 from batcher.store import find_batch
 
-from test_tally import DEFAULTS
-
 pytestmark = pytest.mark.slow
 JOBS = 300_000
 
@@ -37,7 +35,7 @@ def test_status_and_the_next_job_cost_the_same_at_any_size(tmp_path: Path) -> No
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-    from scale_bench import chunks
+    from scale_bench import DEFAULTS, chunks
 
     engine = open_store(str(tmp_path / "big.db"))
     import_chunks(engine, ImportReport("bench", "bench"), "bench", chunks(JOBS), defaults=DEFAULTS)
