@@ -155,10 +155,16 @@ def _close(chunks: Iterator[list[bytes]]) -> None:
 
 
 def write_stream(chunks: Iterator[list[bytes]], out: IO[bytes], shown: str) -> int:
-    """Write to a stream; its failures are the output's (a closed pipe stays BrokenPipeError)."""
+    """Write to a stream; its failures are the output's (a closed pipe stays BrokenPipeError).
+
+    Once the last line is flushed the export is done: a signal landing then
+    waits (see :mod:`batcher.interrupts`), as after a file's rename.
+    """
     try:
-        written = _write_all(chunks, out)
-        out.flush()
+        with CommitPoint() as done:
+            written = _write_all(chunks, out)
+            out.flush()
+            done.reached()
     except BrokenPipeError:
         raise
     except OSError as exc:

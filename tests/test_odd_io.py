@@ -381,16 +381,21 @@ def test_reading_commands_work_on_a_read_only_store(readonly_folder: tuple[Path,
 # -- Ctrl-C around a commit ------------------------------------------------------------------
 
 
-def test_a_signal_after_the_commit_point_waits_and_is_then_dropped_when_reporting(tmp_path: Path,
-                                                                                   monkeypatch: Any) -> None:
-    """The import completes and the command reports success: the signal came too late to stop it."""
+def interrupt_at_commit_point(monkeypatch: Any, signum: int = signal.SIGINT) -> None:
+    """Send ``signum`` to this process the moment any commit point is reached."""
     real = CommitPoint.reached
 
     def reached_then_interrupted(self: CommitPoint) -> None:
         real(self)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(CommitPoint, "reached", reached_then_interrupted)
+
+
+def test_a_signal_after_the_commit_point_waits_and_is_then_dropped_when_reporting(tmp_path: Path,
+                                                                                   monkeypatch: Any) -> None:
+    """The import completes and the command reports success: the signal came too late to stop it."""
+    interrupt_at_commit_point(monkeypatch, signal.SIGINT)
     engine = open_store(str(tmp_path / "s.db"))
     (tmp_path / "j.jsonl").write_text(job_lines(3))
     with until_reported():
@@ -425,15 +430,9 @@ def test_a_signal_before_the_commit_point_rolls_the_import_back(tmp_path: Path, 
 
 
 def test_export_committed_then_interrupted_keeps_the_file(store: tuple[Path, str], monkeypatch: Any) -> None:
-    real = CommitPoint.reached
-
-    def reached_then_interrupted(self: CommitPoint) -> None:
-        real(self)
-        os.kill(os.getpid(), signal.SIGTERM)
-
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        monkeypatch.setattr(CommitPoint, "reached", reached_then_interrupted)
+        interrupt_at_commit_point(monkeypatch, signal.SIGTERM)
         folder, db = store
         engine = open_store(db)
         with until_reported():
@@ -443,3 +442,15 @@ def test_export_committed_then_interrupted_keeps_the_file(store: tuple[Path, str
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
+
+def test_a_stream_export_written_then_interrupted_reports_its_lines(store: tuple[Path, str],
+                                                                     monkeypatch: Any) -> None:
+    interrupt_at_commit_point(monkeypatch, signal.SIGINT)
+    _, db = store
+    out = io.BytesIO()
+    with until_reported():
+        assert export(db, "/dev/null") == 8
+        engine = open_store(db)
+        assert export_batch(engine, find_batch(engine, "b"), out) == 8
+    assert len(out.getvalue().splitlines()) == 8
