@@ -285,6 +285,12 @@ class Batch:
         codes = (status_code,) if isinstance(status_code, int) else tuple(status_code or ())
         return retry(self._engine, self._record, types, codes, canceled)
 
+    def failure_kinds(self) -> dict[str, int]:
+        """Failed jobs by error type, most frequent first: the values ``retry(error_type=...)`` can match."""
+        from .manage import failure_kinds
+
+        return failure_kinds(self._engine, self._record)
+
     def cancel(self) -> int:
         """Mark pending jobs canceled so no run sends them; return how many (like ``batcher cancel``).
 

@@ -16,8 +16,6 @@ from .errors import EXIT_API_STOPPED, EXIT_INTERRUPTED, EXIT_USAGE, APIStopped, 
     UsageError
 from .runner import RunConfig, Runner, RunSummary
 
-NO_KEY = "no API key: set POE_API_KEY (export POE_API_KEY=your-key; keys at https://poe.com/api_key)"
-
 
 class RunControl:
     """How a caller on another thread stops a run: gracefully, then at once."""
@@ -48,17 +46,15 @@ class RunControl:
 
 def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, RunConfig]:
     """The key and the RunConfig from :meth:`Batch.run`'s options, checked like the CLI's."""
-    from .client import DEFAULT_BASE_URL, check_base_url
+    from .client import DEFAULT_BASE_URL, check_api_key, check_base_url
 
     options = dict(options)
-    key = (options.pop("api_key") or os.environ.get("POE_API_KEY", "")).strip()
-    if not key:
-        raise UsageError(NO_KEY)
+    key = check_api_key(options.pop("api_key") or os.environ.get("POE_API_KEY", ""))
     base_url = options.pop("base_url") or os.environ.get("POE_BASE_URL") or DEFAULT_BASE_URL
     check_base_url(base_url)
     options.pop("progress")
     _check_numbers(options)
-    renamed = {"timeout": "timeout_s", "grace": "grace_s"}
+    renamed = {"timeout": "timeout_s", "grace": "grace_s", "stream_limit": "stream_limit_s"}
     fields = {renamed.get(k, k): v for k, v in options.items()}
     if signals and threading.current_thread() is not threading.main_thread():
         signals = False  # signal handlers can only be installed by the main thread
@@ -69,16 +65,18 @@ def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, Run
 
 
 def _check_numbers(options: dict[str, Any]) -> None:
-    checks = (("rpm", 0, False), ("timeout", 0, False), ("grace", 0, True), ("concurrency", 1, True),
-              ("max_attempts", 1, True))
-    for name, low, inclusive in checks:
+    """The CLI's option types check the same values here, ranges included."""
+    from . import options as opt
+
+    types = {"rpm": opt.RPM, "timeout": opt.SECONDS, "grace": opt.SECONDS_OR_ZERO, "concurrency": opt.CONCURRENCY,
+             "max_attempts": opt.ATTEMPTS, "stream_limit": opt.SECONDS}
+    for name, kind in types.items():
         value = options.get(name)
-        if value is None and name == "concurrency":
+        if value is None and name in ("concurrency", "stream_limit"):
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
-                (value < low if inclusive else value <= low):
-            bound = f">= {low}" if inclusive else f"> {low}"
-            raise UsageError(f"{name} must be a number {bound}, not {value!r}")
+        if kind.check(value)[1] is not None:
+            whole = "a whole number" if kind.integer else "a number"
+            raise UsageError(f"{name} must be {whole} in {kind.describe()}, not {value!r}")
 
 
 def checked(summary: RunSummary) -> RunSummary:

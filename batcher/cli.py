@@ -20,6 +20,7 @@ from typing import Any, Callable
 import click
 
 from . import __version__
+from . import options as opt
 from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError
 
 DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
@@ -93,7 +94,17 @@ def reports_commit(command: Callable[..., Any]) -> Callable[..., Any]:
 db_option = click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL", help=DB_HELP)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+class _Group(click.Group):
+    """Option values that do not parse are one line too, like every other mistake."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.BadParameter as exc:
+            fail(opt.one_line(exc), 2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="batcher")
 def main() -> None:
     """Push large prompt datasets through Claude on Poe, at the rate limit, losing nothing.
@@ -112,7 +123,7 @@ def main() -> None:
 
 def _defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option("--system", help="System prompt for jobs that have none.")(command)
-    command = click.option("--max-tokens", type=click.IntRange(min=1), help="max_tokens for jobs that have none.")(command)
+    command = click.option("--max-tokens", type=opt.MAX_TOKENS, help="max_tokens for jobs that have none.")(command)
     command = click.option("--model", help="Model for jobs that name none (e.g. claude-haiku-4.5).")(command)
     return command
 
@@ -148,11 +159,16 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
             click.echo("batcher: nothing imported; fix the lines above or pass --skip-invalid", err=True)
             sys.exit(exc.exit_code)
     assert report is not None
+    _report_import_notes(report)
+    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected")
+
+
+def _report_import_notes(report: Any) -> None:
+    """An import's warnings and the lines it skipped, on stderr."""
     for warning in report.warnings:
         click.echo(f"batcher: warning: {warning}", err=True)
     for line in report.error_lines(prefix="skipped "):
         click.echo(line, err=True)
-    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected")
 
 
 def _when(ts: float | None) -> str:
@@ -223,28 +239,32 @@ Examples:
 @click.argument("file_or_batch")
 @click.option("--batch", help="Batch name when FILE_OR_BATCH is a file (default: the file's name; required for -).")
 @db_option
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True,
+@click.option("--rpm", type=opt.RPM, default=500, show_default=True,
               help="Requests per minute allowed for the key.")
-@click.option("--concurrency", type=click.IntRange(min=1),
-              help="Requests in flight at most (default: the rpm, enough for 60 s answers).")
-@click.option("--max-attempts", type=click.IntRange(min=1), default=6, show_default=True,
+@click.option("--concurrency", type=opt.CONCURRENCY,
+              help=f"Requests in flight at most (default: the rpm, enough for 60 s answers; at most {opt.MAX_CONCURRENCY}).")
+@click.option("--max-attempts", type=opt.ATTEMPTS, default=6, show_default=True,
               help="Attempts per job before it fails (429s do not count).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=600, show_default=True,
-              help="Seconds to wait for an answer (between events when streaming).")
-@click.option("--base-url", envvar="POE_BASE_URL", default="https://api.poe.com", show_default=True,
+@click.option("--timeout", type=opt.SECONDS, default=600, show_default=True,
+              help="Seconds a whole answer may take; when streaming, seconds without a new event.")
+@click.option("--stream-limit", type=opt.SECONDS, default=3600, show_default=True,
+              help="Seconds a streamed answer may take in all.")
+@click.option("--base-url", envvar="POE_BASE_URL", type=opt.URL, default="https://api.poe.com", show_default=True,
               help="API endpoint (env POE_BASE_URL).")
 @click.option("--auth", type=click.Choice(["x-api-key", "bearer"]), default="x-api-key", show_default=True,
               help="How the key is sent.")
 @click.option("--stream/--no-stream", default=None,
               help="Stream answers (default: only jobs with max_tokens above 4096).")
-@click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
+@click.option("--grace", type=opt.SECONDS_OR_ZERO, default=10, show_default=True,
               help="Seconds in-flight requests get to finish after Ctrl-C.")
 @_defaults_options
+@click.option("--skip-invalid", is_flag=True, help="Import FILE's valid lines, report the others, and run.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @friendly
 def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: float, concurrency: int | None,
-                max_attempts: int, timeout: float, base_url: str, auth: str, stream: bool | None, grace: float,
-                model: str | None, max_tokens: int | None, system: str | None, quiet: bool) -> None:
+                max_attempts: int, timeout: float, stream_limit: float, base_url: str, auth: str,
+                stream: bool | None, grace: float, model: str | None, max_tokens: int | None, system: str | None,
+                skip_invalid: bool, quiet: bool) -> None:
     """Send every pending job of a batch (importing FILE first), at the rate limit.
 
     Interrupted runs resume where they stopped: run the same command again.
@@ -261,23 +281,23 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     from .progress import summary_lines
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
-                   auth=auth, stream=stream, grace=grace, progress=not quiet)
-    check_run(**options)  # no key, unsafe URL: refused before the store is touched
+                   auth=auth, stream=stream, grace=grace, stream_limit=stream_limit, progress=not quiet)
+    check_run(**options)  # no key, malformed key, unsafe URL: refused before the store is touched
     is_file = is_job_input(file_or_batch)
     if not is_file and (os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json"))):
         fail(f"{file_or_batch}: not a readable job file", 2)
     with Store(db, create=is_file) as store:
         if is_file:
             try:
-                handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system)
+                handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system,
+                                   skip_invalid=skip_invalid)
             except ImportRejected as exc:
                 for line in exc.report.error_lines():
                     click.echo(line, err=True)
-                fail("nothing imported, nothing sent; fix the lines above (or import with --skip-invalid)", 2)
+                fail("nothing imported, nothing sent; fix the lines above (or pass --skip-invalid)", 2)
             report = handle.report
             assert report is not None
-            for warning in report.warnings:
-                click.echo(f"batcher: warning: {warning}", err=True)
+            _report_import_notes(report)
             if not quiet and report.added:
                 click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
         else:
@@ -357,7 +377,7 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
 @db_option
 @click.option("--error-type", "error_types", multiple=True, metavar="TYPE",
               help="Only failures of this type, e.g. api_error (repeatable).")
-@click.option("--status-code", "status_codes", multiple=True, type=int, metavar="N",
+@click.option("--status-code", "status_codes", multiple=True, type=opt.HTTP_STATUS, metavar="N",
               help="Only failures with this HTTP status, e.g. 529 (repeatable).")
 @click.option("--canceled", is_flag=True, help="Bring back canceled jobs instead of failed ones.")
 @friendly
@@ -372,7 +392,12 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
 
     with Store(db, create=False) as store:
         found = store.batch(batch)
+        kinds = found.failure_kinds()
         n = found.retry(error_types, status_codes, canceled)
+    for unknown in (t for t in error_types if t not in kinds):
+        have = ", ".join(f"{k} ({v})" for k, v in kinds.items()) or "none"
+        click.echo(f"batcher: warning: no failed job has error type {unknown!r}; the batch's failures: {have}",
+                   err=True)
     what = "canceled" if canceled else "failed"
     hint = f"; send them with: batcher run {found.name}" if n else ""
     click.echo(f"batch {found.name}: {n} {what} job(s) back to pending{hint}")

@@ -15,11 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import orjson
 
 from . import __version__
 from .accumulate import StreamFailure
+from .answer import INVALID_RESPONSE, answer_problem
 from .apierror import make_error, parse_error
 from .errors import UsageError
 from .sse import read_stream
@@ -27,6 +29,9 @@ from .sse import read_stream
 DEFAULT_BASE_URL = "https://api.poe.com"
 ANTHROPIC_VERSION = "2023-06-01"
 CONNECT_TIMEOUT_S = 10.0
+#: The longest a streamed answer may take in all, whatever its pace (an hour:
+#: a 64k-token answer at 30 tokens a second takes ~36 minutes).
+STREAM_LIMIT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,15 +118,53 @@ def rate_info(headers: httpx.Headers) -> RateInfo:
 def check_base_url(base_url: str) -> str:
     """The base URL without a trailing slash; refuses to send a key in clear.
 
-    The key goes only over https, except to a loopback host (the simulator).
+    The URL needs a host and, when it names one, a port in 1-65535. The key
+    goes only over https, except to a loopback host (the simulator).
     """
-    parts = urlsplit(base_url)
+    shown = base_url if len(base_url) <= 80 else base_url[:77] + "..."
+    if any(ord(c) < 33 or ord(c) == 127 for c in base_url):
+        raise UsageError(f"--base-url {shown!r} contains spaces or control characters")
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:  # an unclosed [ around an IPv6 host
+        raise UsageError(f"--base-url {shown!r} is not an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url {base_url!r} is not an http(s) URL")
+        raise UsageError(f"--base-url {shown!r} is not an http(s) URL")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise UsageError(f"--base-url {shown!r} has no valid port (1-65535)")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise UsageError(f"--base-url {base_url!r}: refusing to send the API key over plain http "
+        raise UsageError(f"--base-url {shown!r}: refusing to send the API key over plain http "
                          "to a host that is not this machine; use https")
     return base_url.rstrip("/")
+
+
+def check_api_key(api_key: str) -> str:
+    """The key without surrounding whitespace, if it can be sent in a header at all.
+
+    A key with a newline, a space or a non-ASCII character inside cannot be
+    a Poe key, and sending it would only make every request fail with an
+    error that quotes the header. The message never shows the key.
+    """
+    key = api_key.strip()
+    if not key:
+        raise UsageError("no API key: set POE_API_KEY (export POE_API_KEY=your-key; "
+                         "keys at https://poe.com/api_key)")
+    if not all(33 <= ord(c) <= 126 for c in key):
+        raise UsageError(f"POE_API_KEY is malformed ({_key_flaw(key)}); "
+                         "copy it again from https://poe.com/api_key (the key is not shown here)")
+    return key
+
+
+def _key_flaw(key: str) -> str:
+    if any(c.isspace() for c in key):
+        return "it has whitespace or a line break inside"
+    if any(ord(c) > 126 for c in key):
+        return "it has characters that are not ASCII"
+    return "it has control characters"
 
 
 def is_loopback(host: str) -> bool:
@@ -138,9 +181,9 @@ class MessagesClient:
     """A pooled HTTP client for ``POST /v1/messages``, sized to the concurrency."""
 
     def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, concurrency: int = 100,
-                 timeout_s: float = 600.0, auth: str = "x-api-key") -> None:
-        if not api_key:
-            raise UsageError("no API key")
+                 timeout_s: float = 600.0, stream_limit_s: float = STREAM_LIMIT_S, auth: str = "x-api-key") -> None:
+        self._key = api_key = check_api_key(api_key)
+        self.timeout_s, self.stream_limit_s = timeout_s, stream_limit_s
         headers = {
             "anthropic-version": ANTHROPIC_VERSION,
             "content-type": "application/json",
@@ -171,7 +214,12 @@ class MessagesClient:
         await self._http.aclose()
 
     async def send(self, body: bytes | dict[str, Any], stream: bool = False) -> Attempt:
-        """One attempt; never raises for network or API trouble."""
+        """One attempt; never raises for network or API trouble.
+
+        A non-streamed answer must be complete within ``timeout_s``, however
+        slowly its bytes arrive; a stream may go quiet (pings aside) for at
+        most ``timeout_s`` and may last ``stream_limit_s`` in all.
+        """
         start = time.monotonic()
         if stream:
             payload = body if isinstance(body, dict) else orjson.loads(body)
@@ -181,12 +229,15 @@ class MessagesClient:
         try:
             if stream:
                 return await self._send_streaming(body, start)
-            response = await self._http.post("/v1/messages", content=body)
+            with anyio.move_on_after(self.timeout_s):
+                response = await self._http.post("/v1/messages", content=body)
+                return _from_response(response, response.content, start)
+            return _network_failure("timeout_error", f"no complete answer within {self.timeout_s:g} s (--timeout)",
+                                    start, False)
         except httpx.TimeoutException as exc:
             return _network_failure("timeout_error", f"timed out ({type(exc).__name__})", start, stream)
         except httpx.HTTPError as exc:
-            return _network_failure("connection_error", f"{type(exc).__name__}: {exc}", start, stream)
-        return _from_response(response, response.content, start)
+            return _network_failure("connection_error", safe_error_text(exc, self._key), start, stream)
 
     async def forward(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """Send someone else's request body as it is, with this client's key.
@@ -201,19 +252,58 @@ class MessagesClient:
 
     async def _send_streaming(self, body: bytes, start: float) -> Attempt:
         first: list[float] = []
-        async with self._http.stream("POST", "/v1/messages", content=body,
-                                     headers={"accept": "text/event-stream"}) as response:
-            if response.status_code != 200:
-                return _from_response(response, await response.aread(), start, streamed=True)
-            rate = rate_info(response.headers)
-            try:
-                message = await read_stream(response, lambda: first.append(time.monotonic()))
-            except StreamFailure as exc:
-                return Attempt(200, time.monotonic() - start, error=make_error(exc.error_type, exc.message,
-                               response.headers.get("request-id")), error_type=exc.error_type, rate=rate,
-                               streamed=True)
-        ttft = first[0] - start if first else None
-        return Attempt(200, time.monotonic() - start, message=message, rate=rate, streamed=True, ttft_s=ttft)
+        idle = anyio.CancelScope(deadline=anyio.current_time() + self.timeout_s)
+
+        def on_event(event: str) -> None:
+            if event != "ping":  # a ping says the server lives, not that the answer moves
+                idle.deadline = anyio.current_time() + self.timeout_s
+
+        with anyio.move_on_after(self.stream_limit_s) as overall:
+            with idle:
+                async with self._http.stream("POST", "/v1/messages", content=body,
+                                             headers={"accept": "text/event-stream"}) as response:
+                    if response.status_code != 200 or _is_json(response):
+                        # An error, or a server that answered the whole message at once.
+                        return _from_response(response, await response.aread(), start, streamed=True)
+                    rate = rate_info(response.headers)
+                    try:
+                        message = await read_stream(response, lambda: first.append(time.monotonic()), on_event)
+                    except StreamFailure as exc:
+                        return Attempt(200, time.monotonic() - start, error=make_error(
+                            exc.error_type, exc.message, response.headers.get("request-id")),
+                            error_type=exc.error_type, rate=rate, streamed=True)
+                ttft = first[0] - start if first else None
+                return _checked(message, response, time.monotonic() - start, rate, streamed=True, ttft_s=ttft)
+        if overall.cancelled_caught:
+            why = f"the stream went on for more than {self.stream_limit_s:g} s (--stream-limit)"
+        else:
+            why = f"the stream sent nothing new for {self.timeout_s:g} s (--timeout)"
+        return _network_failure("timeout_error", why, start, True)
+
+
+def safe_error_text(exc: BaseException, secret: str = "") -> str:
+    """An httpx error as one line that cannot hold the key or another header value.
+
+    A request that could not even be written (``LocalProtocolError``) names
+    the offending header in its text, so only its kind is kept; other texts
+    lose any copy of ``secret`` and are shortened.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, httpx.LocalProtocolError):
+        return f"{name}: the request could not be written (a header value is not allowed)"
+    text = str(exc)
+    if secret:
+        for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]):
+            if form:
+                text = text.replace(form, "[key]")
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{name}: {text}" if text else name
+
+
+def _is_json(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
 
 
 def _network_failure(error_type: str, message: str, start: float, streamed: bool) -> Attempt:
@@ -221,19 +311,43 @@ def _network_failure(error_type: str, message: str, start: float, streamed: bool
                    error_type=error_type, streamed=streamed)
 
 
+def _checked(message: Any, response: httpx.Response, latency: float, rate: RateInfo, *, streamed: bool,
+             ttft_s: float | None = None) -> Attempt:
+    """A success only if ``message`` has the shape of an answer; else ``invalid_response``."""
+    problem = answer_problem(message)
+    if problem is None:
+        return Attempt(200, latency, message=message, rate=rate, streamed=streamed, ttft_s=ttft_s)
+    error = make_error(INVALID_RESPONSE, f"HTTP 200 but not a Messages API answer: {problem}",
+                       response.headers.get("request-id"))
+    return Attempt(200, latency, error=error, error_type=INVALID_RESPONSE, rate=rate, streamed=streamed)
+
+
 def _from_response(response: httpx.Response, content: bytes, start: float, streamed: bool = False) -> Attempt:
     latency = time.monotonic() - start
     rate = rate_info(response.headers)
-    request_id = response.headers.get("request-id")
     if response.status_code == 200:
         try:
-            message = orjson.loads(content)
+            message: Any = orjson.loads(content)
         except orjson.JSONDecodeError:
-            message = None
-        if isinstance(message, dict) and message.get("type") == "message":
-            return Attempt(200, latency, message=message, rate=rate, streamed=streamed)
-        error = make_error("invalid_response", "HTTP 200 but the body is not a Messages API answer", request_id)
-        return Attempt(200, latency, error=error, error_type="invalid_response", rate=rate, streamed=streamed)
-    error = parse_error(response.status_code, content, request_id)
+            message = "not JSON"
+        return _checked(message, response, latency, rate, streamed=streamed)
+    error = parse_error(response.status_code, content, response.headers.get("request-id"))
+    if 300 <= response.status_code < 400:
+        error["error"]["message"] = redirect_message(response)
     return Attempt(response.status_code, latency, error=error, error_type=error["error"]["type"], rate=rate,
                    streamed=streamed)
+
+
+def redirect_message(response: httpx.Response) -> str:
+    """Where a redirect points, and the base URL that would reach it directly.
+
+    Redirects are not followed: the key would travel along to wherever they
+    point.
+    """
+    location = response.headers.get("location", "")
+    if not location:
+        return f"HTTP {response.status_code}: a redirect without a location; check --base-url"
+    target = response.url.join(location)
+    base = str(target.copy_with(query=None, fragment=None)).removesuffix("/v1/messages")
+    return (f"HTTP {response.status_code}: the server redirects to {target}; batcher does not follow "
+            f"redirects (the key would go along): use --base-url {base}")

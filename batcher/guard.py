@@ -2,7 +2,9 @@
 
 Until the first answer arrives, failures that every job would meet alike are
 the configuration's fault, not the jobs': a base URL nothing answers on, or
-a path or model that only ever gets 404. A handful of them stops the run
+a path or model that only ever gets 404, a URL that redirects (batcher
+does not follow redirects: the key would go along). A redirect stops the
+run at once; a handful of the others stops it
 with a clear message and every job still pending, instead of each job
 burning its attempts (connection errors) or being failed for good (404s).
 Once one answer has arrived, the same failures are ordinary again.
@@ -31,6 +33,10 @@ class ConfigGuard:
         """A 404 before any answer is not yet the job's fault: retry it."""
         return not self.answered and attempt.status_code == 404
 
+    @staticmethod
+    def _redirected(attempt: Attempt) -> bool:
+        return attempt.status_code is not None and 300 <= attempt.status_code < 400
+
     def problem(self, attempt: Attempt) -> str | None:
         """A message when ``attempt`` shows the run cannot work as configured."""
         if attempt.ok:
@@ -38,6 +44,8 @@ class ConfigGuard:
         if self.answered:
             return None
         said = (attempt.error or {}).get("error", {}).get("message", "")
+        if self._redirected(attempt):
+            return said  # names the new location and the --base-url to use
         if attempt.status_code is None and attempt.error_type in UNREACHABLE:
             self.unreachable += 1
             if self.unreachable >= self.limit:

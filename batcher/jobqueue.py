@@ -2,7 +2,8 @@
 
 Knows SQL and nothing of HTTP. A run first takes ownership of its batch (a
 ``runs`` row: a second live run is refused, a dead one's claimed jobs go back
-to pending), then claims pending jobs in chunks and records outcomes in
+to pending), then claims pending jobs as workers become free to send them (see
+:class:`Claims`) and records outcomes in
 grouped transactions. A job is recorded only while it is still claimed by
 this run, so nothing is ever recorded twice.
 """
@@ -12,9 +13,11 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+import anyio
 from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, update
 
 from . import tally
@@ -24,6 +27,8 @@ from .prepare import body_hash, request_body
 from .schema import attempts, imports, in_status, jobs, runs
 from .store import status_counts
 
+#: Most jobs one claim transaction takes (one per worker waiting for a job).
+CLAIM_CHUNK = 100
 #: A run whose heartbeat is older than this is taken for dead.
 STALE_AFTER_S = 30.0
 HEARTBEAT_S = 5.0
@@ -126,6 +131,57 @@ def _release(conn: Connection, batch_id: int, run_id: int | None, now: float) ->
     released = conn.execute(query.values(status="pending", run_id=None, updated_at=now)).rowcount
     tally.add_statuses(conn, batch_id, {"running": -released, "pending": released})
     return released
+
+
+class Claims:
+    """Jobs for workers the pacer has admitted, claimed in input order.
+
+    A worker asks only once it may send; everyone asking while a claim is
+    being made is served by the next one, so a claim takes as many jobs as
+    there are workers waiting and no more. Once no pending job is left,
+    workers still waiting for the pacer are let go at once (:meth:`admit`).
+    """
+
+    def __init__(self, engine: Engine, batch_id: int, run_id: int) -> None:
+        self.engine, self.batch_id, self.run_id = engine, batch_id, run_id
+        self.after = (0, 0)
+        self.ready: deque[ClaimedJob] = deque()
+        self.waiting = 0
+        self.exhausted = False
+        self.lock = anyio.Lock()
+        self._admitting: set[anyio.CancelScope] = set()
+
+    async def admit(self, wait: Callable[[], Awaitable[None]]) -> bool:
+        """Await ``wait`` (the pacer) unless the jobs run out first; True if admitted."""
+        if self.exhausted:
+            return False
+        scope = anyio.CancelScope()
+        self._admitting.add(scope)
+        try:
+            with scope:
+                await wait()
+        finally:
+            self._admitting.discard(scope)
+        return not scope.cancelled_caught
+
+    async def next(self) -> ClaimedJob | None:
+        """The next job to send, or None once no pending job is left."""
+        self.waiting += 1
+        try:
+            async with self.lock:
+                if not self.ready and not self.exhausted:
+                    chunk = await anyio.to_thread.run_sync(
+                        claim, self.engine, self.batch_id, self.run_id, min(self.waiting, CLAIM_CHUNK), self.after)
+                    if chunk:
+                        self.after = (chunk[-1].line, chunk[-1].id)
+                        self.ready.extend(chunk)
+                    else:
+                        self.exhausted = True
+                        for scope in self._admitting:
+                            scope.cancel()
+                return self.ready.popleft() if self.ready else None
+        finally:
+            self.waiting -= 1
 
 
 @store_errors

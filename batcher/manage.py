@@ -60,6 +60,16 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
 
 
 @store_errors
+def failure_kinds(engine: Engine, batch: Batch) -> dict[str, int]:
+    """The batch's failed jobs by error type, most frequent first (what ``retry --error-type`` can take)."""
+    kinds: Counter[str] = Counter()
+    with engine.connect() as conn:
+        for (error_type, _), n in tally.read(conn, batch.id).failures.items():
+            kinds[error_type or "unknown"] += n
+    return {kind: n for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])) if n > 0}
+
+
+@store_errors
 def cancel(engine: Engine, batch: Batch, why: str | None = None) -> int:
     """Mark the batch's pending jobs canceled; jobs already in flight finish.
 

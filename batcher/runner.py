@@ -1,11 +1,14 @@
 """The runner: every pending job of a batch through the API, under the limit.
 
-One pipeline, one way: claimer → memory stream → workers (pacer → HTTP
-client → retry policy) → writer. The claimer marks jobs ``running`` in
-chunks; each worker sees a job through to an outcome or hands it back by
-leaving it claimed, and :func:`batcher.jobqueue.finish_run` returns every
-unfinished job to ``pending`` at the end. Answers count as done only once
-the writer has committed them.
+One pipeline, one way: workers (pacer → claim → HTTP client → retry
+policy) → writer. A worker claims a job only once the pacer lets it send,
+so a job is ``running`` only while it is being sent or retried: a job not
+yet claimed can still be cancelled, and ``status`` shows no queue as
+running. Workers admitted together share one claim transaction. Each worker
+sees a job through to an outcome or hands it back by leaving it claimed,
+and :func:`batcher.jobqueue.finish_run` returns every unfinished job to
+``pending`` at the end. Answers count as done only once the writer has
+committed them.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from typing import Any, Callable
 
 import anyio
 import orjson
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
-from .client import DEFAULT_BASE_URL, Attempt, MessagesClient
+from .client import DEFAULT_BASE_URL, STREAM_LIMIT_S, Attempt, MessagesClient
 from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BatcherError,
                      StoreError)
 from .guard import ConfigGuard
-from .jobqueue import AttemptRow, ClaimedJob, Outcome, batch_counts, claim, finish_run, start_run
+from .jobqueue import AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .store import Batch
@@ -35,7 +38,6 @@ from .writer import Tally, run_writer
 #: Jobs whose max_tokens exceed this are streamed by default: a long
 #: non-streamed answer leaves the connection silent for minutes.
 STREAM_ABOVE_MAX_TOKENS = 4096
-CLAIM_CHUNK = 100
 
 
 def default_concurrency(rpm: float) -> int:
@@ -51,6 +53,7 @@ class RunConfig:
     concurrency: int | None = None
     max_attempts: int = 6
     timeout_s: float = 600.0
+    stream_limit_s: float = STREAM_LIMIT_S
     base_url: str = DEFAULT_BASE_URL
     auth: str = "x-api-key"
     stream: bool | None = None
@@ -119,7 +122,8 @@ class Runner:
         """``pacer``: one shared with other runs (a :class:`batcher.lanes.Lane`), else a new one."""
         self.engine, self.batch, self.config = engine, batch, config
         self.client = MessagesClient(api_key, config.base_url, concurrency=config.workers,
-                                     timeout_s=config.timeout_s, auth=config.auth)
+                                     timeout_s=config.timeout_s, stream_limit_s=config.stream_limit_s,
+                                     auth=config.auth)
         self.pacer = pacer if pacer is not None else Pacer(config.rpm)
         self.guard = ConfigGuard(config.base_url)
         self.tally = Tally()
@@ -154,7 +158,7 @@ class Runner:
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
-        jobs_send, jobs_recv = anyio.create_memory_object_stream[ClaimedJob](CLAIM_CHUNK)
+        claims = Claims(self.engine, self.batch.id, self.run_id)
         async with anyio.create_task_group() as outer:
             outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace)
             async with anyio.create_task_group() as watchers:
@@ -165,10 +169,8 @@ class Runner:
                 async with records_send:
                     with anyio.CancelScope() as self.work_scope:
                         async with anyio.create_task_group() as work:
-                            work.start_soon(self._claimer, jobs_send)
                             for _ in range(self.config.workers):
-                                work.start_soon(self._worker, jobs_recv.clone(), records_send.clone())
-                            jobs_recv.close()
+                                work.start_soon(self._worker, claims, records_send.clone())
                 watchers.cancel_scope.cancel()
         if on_progress is not None:
             on_progress(self.snapshot())
@@ -176,42 +178,37 @@ class Runner:
             return self.state.fatal[0]
         return "interrupted" if self.state.stopping else "finished"
 
-    async def _claimer(self, send: ObjectSendStream[ClaimedJob]) -> None:
-        after = (0, 0)
-        async with send:
+    async def _worker(self, claims: Claims, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+        async with records:
             while not self.state.stopping:
-                chunk = await anyio.to_thread.run_sync(
-                    claim, self.engine, self.batch.id, self.run_id, CLAIM_CHUNK, after)
-                if not chunk:
+                try:
+                    if not await claims.admit(self.pacer.wait):
+                        return  # no job left to claim
+                except Stopped:
                     return
-                after = (chunk[-1].line, chunk[-1].id)
-                for job in chunk:
-                    if self.state.stopping:
-                        return
-                    try:
-                        await send.send(job)
-                    except anyio.BrokenResourceError:  # every worker has gone
-                        return
-
-    async def _worker(self, jobs: ObjectReceiveStream[ClaimedJob],
-                      records: ObjectSendStream[AttemptRow | Outcome]) -> None:
-        async with jobs, records:
-            async for job in jobs:
-                if self.state.stopping:
-                    return
+                job = await claims.next()
+                if job is None or self.state.stopping:
+                    return  # a job claimed now goes back to pending at finish_run
                 await self._see_through(job, records)
 
     async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
-        """Attempts until the job has an outcome, or the run stops."""
+        """Attempts until the job has an outcome, or the run stops.
+
+        The pacer has admitted the first attempt already (the job was claimed
+        for it); each retry waits for the pacer again.
+        """
         payload = orjson.loads(job.body)
         stream = self._should_stream(payload)
         wire: bytes | dict[str, Any] = payload if stream else job.body.encode()
         used = job.attempts
+        admitted = True
         while True:
-            try:
-                await self.pacer.wait()
-            except Stopped:
-                return
+            if not admitted:
+                try:
+                    await self.pacer.wait()
+                except Stopped:
+                    return
+            admitted = False
             started, sent_at = time.time(), time.monotonic()
             self.state.in_flight += 1
             try:

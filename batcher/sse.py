@@ -22,15 +22,17 @@ __all__ = ["read_stream"]
 
 
 async def read_stream(
-    response: httpx.Response, on_first_token: Callable[[], None] | None = None
+    response: httpx.Response, on_first_token: Callable[[], None] | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Consume ``response`` (a 200 with ``stream: true``) and return the finished message.
 
     ``on_first_token`` is called once, at the first ``content_block_delta``:
     time to first token is the useful latency figure for a streamed request.
+    ``on_event`` is called with each event's name once it has been taken in:
+    the caller keeps its idle deadline with it (a ``ping`` is not progress).
     Returns as soon as ``message_stop`` arrives; anything after it is not read.
-    No overall deadline is applied: a long generation is fine as long as bytes
-    keep coming within the response's read timeout.
+    Deadlines are the caller's: this only reads.
 
     Raises ``StreamFailure`` for an ``error`` event, a malformed event, or a
     stream that ends before ``message_stop``; httpx exceptions pass through.
@@ -41,6 +43,8 @@ async def read_stream(
         async with aclosing(EventSource(response).aiter_sse()) as events:
             async for sse in events:
                 accumulator.feed(sse.event, _parse(sse.event, sse.data))
+                if on_event is not None:
+                    on_event(sse.event)
                 if first_token is not None and accumulator.delta_count:
                     first_token, notify = None, first_token
                     notify()

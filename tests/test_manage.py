@@ -110,7 +110,7 @@ def test_cli_retry_and_cancel(mixed: Any) -> None:
     (["retry", "nope"], "batcher: error: no batch named 'nope'"),
     (["cancel", "nope"], "batcher: error: no batch named 'nope'"),
     (["retry", "b", "--canceled", "--error-type", "api_error"], "batcher: error: --error-type and --status-code"),
-    (["retry", "b", "--status-code", "abc"], "Invalid value for '--status-code'"),
+    (["retry", "b", "--status-code", "abc"], "batcher: error: --status-code 'abc' is not a whole number"),
 ])
 def test_cli_errors_exit_2(mixed: Any, args: list[str], message: str) -> None:
     _, _, db = mixed

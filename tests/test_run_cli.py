@@ -302,9 +302,17 @@ def test_invalid_job_file_sends_nothing(tmp_path: Path, sim: Any) -> None:
     assert_clean(done.stderr)
     assert f"{path}:2:" in done.stderr
     assert error_lines(done.stderr) == ["batcher: error: nothing imported, nothing sent; fix the lines above "
-                                        "(or import with --skip-invalid)"]
+                                        "(or pass --skip-invalid)"]
     assert statuses(db) == {}
     assert server.stats()["requests"] == 0
+
+    # As suggested: the valid line is imported and sent, the other reported.
+    done = cli(*run_args(path, db, server.base_url, "--skip-invalid"))
+    assert done.returncode == 0, done.stderr
+    assert_clean(done.stderr)
+    assert f"skipped {path}:2:" in done.stderr
+    assert statuses(db) == {"a": "succeeded"}
+    assert server.stats()["requests"] == 1
 
 
 # -- 3. the API refuses the key: stop, fail nothing ----------------------------------------------

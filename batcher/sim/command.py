@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-_P = click.FloatRange(0.0, 1.0)
+from batcher import options as opt
+
+_P = opt.PROBABILITY
 
 
 EPILOG = """\b
@@ -24,10 +26,10 @@ Examples:
 
 @click.command("simulate", epilog=EPILOG)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8788, show_default=True, type=int, help="Port (0 picks a free one).")
+@click.option("--port", default=8788, show_default=True, type=opt.PORT, help="Port (0 picks a free one).")
 @click.option("--key", default=None, help="The only API key accepted (default: any non-empty key).")
 @click.option("--rpm", default=500, show_default=True, type=click.IntRange(min=1), help="Requests per window per key.")
-@click.option("--window", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--window", default=60.0, show_default=True, type=opt.SECONDS,
               help="Sliding window length in seconds.")
 @click.option("--latency", default="0.1:0.4", show_default=True, metavar="MIN:MAX",
               help="Answer latency in seconds, uniform in MIN..MAX (0 for none).")
@@ -45,7 +47,7 @@ Examples:
 @click.option("--fail-html", default=0.0, type=_P, help="Probability of a 502 with an HTML body, as a proxy sends.")
 @click.option("--fail-bad-json", default=0.0, type=_P, help="Probability of a 200 whose body is not valid JSON.")
 @click.option("--fail-stall", default=0.0, type=_P, help="Probability of waiting --stall-seconds before answering.")
-@click.option("--stall-seconds", default=30.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--stall-seconds", default=30.0, show_default=True, type=opt.SECONDS_OR_ZERO,
               help="How long a stalled request waits.")
 @click.option("--points", default=None, type=click.IntRange(min=0),
               help="The key runs out of points after this many answers (then 402).")
