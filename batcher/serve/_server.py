@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import uvicorn
 
-from batcher.client import check_base_url, is_loopback
+from batcher.client import check_api_key, check_base_url, is_loopback
 from batcher import Store
 from batcher.db import display_name, resolve_url
 from batcher.errors import UsageError
@@ -99,9 +99,9 @@ class _Server(uvicorn.Server):
 def serve(options: ServeOptions, out: Any = None) -> None:
     """Run until Ctrl-C/SIGTERM. Raises UsageError (exit 2) for what the user can fix."""
     out = out or sys.stdout
-    key = os.environ.get("POE_API_KEY", "").strip()
-    if not key:
+    if not os.environ.get("POE_API_KEY", "").strip():
         raise UsageError("no API key: set POE_API_KEY (the server's upstream key; clients use the server's token)")
+    key = check_api_key(os.environ["POE_API_KEY"])
     base_url = check_base_url(options.base_url)
     token, generated = choose_token(options)
     engine = Store(options.db).engine

@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from batcher import options as opt
+
 EPILOG = """\b
 Examples:
   export POE_API_KEY=...
@@ -43,19 +45,19 @@ class Duration(click.ParamType):
 
 @click.command("serve", epilog=EPILOG)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0 picks a free one).")
+@click.option("--port", default=8787, show_default=True, type=opt.PORT, help="Port (0 picks a free one).")
 @click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL",
               help="Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db).")
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), default=500, show_default=True,
+@click.option("--rpm", type=opt.RPM, default=500, show_default=True,
               help="Requests per minute allowed for the key, shared by every batch and client.")
-@click.option("--base-url", envvar="POE_BASE_URL", default="https://api.poe.com", show_default=True,
+@click.option("--base-url", envvar="POE_BASE_URL", type=opt.URL, default="https://api.poe.com", show_default=True,
               help="Upstream API (env POE_BASE_URL).")
 @click.option("--token", help="The token clients must send (env BATCHER_SERVE_TOKEN; default: a random one, printed).")
-@click.option("--concurrency", type=click.IntRange(min=1),
+@click.option("--concurrency", type=opt.CONCURRENCY,
               help="Requests in flight at most per batch (default: the rpm).")
 @click.option("--expire-after", type=Duration(), default="24h", show_default=True,
               help="A batch not finished by then ends with its unsent requests expired.")
-@click.option("--grace", type=click.FloatRange(min=0), default=10, show_default=True,
+@click.option("--grace", type=opt.SECONDS_OR_ZERO, default=10, show_default=True,
               help="Seconds requests in flight get to finish when the server stops.")
 def serve_command(host: str, port: int, db: str | None, rpm: float, base_url: str, token: str | None,
                   concurrency: int | None, expire_after: float, grace: float) -> None:
