@@ -136,24 +136,28 @@ def _release(conn: Connection, batch_id: int, run_id: int | None, now: float) ->
 class Claims:
     """Jobs for workers the pacer has admitted, claimed in input order.
 
-    A worker asks only once it may send; everyone asking while a claim is
-    being made is served by the next one, so a claim takes as many jobs as
-    there are workers waiting and no more. Once no pending job is left,
-    workers still waiting for the pacer are let go at once (:meth:`admit`).
+    A worker asks only once the pacer lets it send, so a job is ``running``
+    only while it is sent, retried or written, plus the few claimed ahead:
+    :meth:`feed` keeps ``ahead`` jobs ready (about a tenth of a second of
+    sends), so an admitted worker never waits for a claim transaction and
+    the pacer's spacing holds on the wire. A ``cancel`` misses at most
+    those. Once no pending job is left, workers still waiting for the pacer
+    are let go at once (:meth:`admit`).
     """
 
-    def __init__(self, engine: Engine, batch_id: int, run_id: int) -> None:
-        self.engine, self.batch_id, self.run_id = engine, batch_id, run_id
+    def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2) -> None:
+        self.engine, self.batch_id, self.run_id, self.ahead = engine, batch_id, run_id, ahead
         self.after = (0, 0)
         self.ready: deque[ClaimedJob] = deque()
         self.waiting = 0
         self.exhausted = False
-        self.lock = anyio.Lock()
+        self._wanted = anyio.Event()
+        self._claimed = anyio.Event()
         self._admitting: set[anyio.CancelScope] = set()
 
     async def admit(self, wait: Callable[[], Awaitable[None]]) -> bool:
         """Await ``wait`` (the pacer) unless the jobs run out first; True if admitted."""
-        if self.exhausted:
+        if self._drained():
             return False
         scope = anyio.CancelScope()
         self._admitting.add(scope)
@@ -164,24 +168,51 @@ class Claims:
             self._admitting.discard(scope)
         return not scope.cancelled_caught
 
+    async def feed(self) -> None:
+        """Claim whenever fewer than ``ahead`` jobs (plus one per waiting worker) are ready.
+
+        Runs beside the workers until the jobs run out; cancel it when they are done.
+        """
+        while not self.exhausted:
+            need = self.waiting + self.ahead - len(self.ready)
+            if need <= 0:
+                self._wanted = anyio.Event()
+                await self._wanted.wait()
+                continue
+            chunk = await anyio.to_thread.run_sync(
+                claim, self.engine, self.batch_id, self.run_id, min(need, CLAIM_CHUNK), self.after)
+            if chunk:
+                self.after = (chunk[-1].line, chunk[-1].id)
+                self.ready.extend(chunk)
+            else:
+                self.exhausted = True
+                self._let_go()
+            self._claimed.set()
+            self._claimed = anyio.Event()
+
     async def next(self) -> ClaimedJob | None:
         """The next job to send, or None once no pending job is left."""
         self.waiting += 1
         try:
-            async with self.lock:
-                if not self.ready and not self.exhausted:
-                    chunk = await anyio.to_thread.run_sync(
-                        claim, self.engine, self.batch_id, self.run_id, min(self.waiting, CLAIM_CHUNK), self.after)
-                    if chunk:
-                        self.after = (chunk[-1].line, chunk[-1].id)
-                        self.ready.extend(chunk)
-                    else:
-                        self.exhausted = True
-                        for scope in self._admitting:
-                            scope.cancel()
-                return self.ready.popleft() if self.ready else None
+            while not self.ready and not self.exhausted:
+                self._wanted.set()
+                await self._claimed.wait()
         finally:
             self.waiting -= 1
+        job = self.ready.popleft() if self.ready else None
+        if len(self.ready) < self.ahead:
+            self._wanted.set()
+        self._let_go()
+        return job
+
+    def _drained(self) -> bool:
+        return self.exhausted and not self.ready
+
+    def _let_go(self) -> None:
+        """Nothing left to hand out: workers waiting for the pacer stop waiting."""
+        if self._drained():
+            for scope in self._admitting:
+                scope.cancel()
 
 
 @store_errors

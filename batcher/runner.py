@@ -1,10 +1,10 @@
 """The runner: every pending job of a batch through the API, under the limit.
 
 One pipeline, one way: workers (pacer → claim → HTTP client → retry
-policy) → writer. A worker claims a job only once the pacer lets it send,
-so a job is ``running`` only while it is being sent or retried: a job not
-yet claimed can still be cancelled, and ``status`` shows no queue as
-running. Workers admitted together share one claim transaction. Each worker
+policy) → writer. A worker takes a job only once the pacer lets it send,
+from the few claimed ahead (:func:`claim_ahead`), so a job is ``running``
+only while it is being sent, retried or written: a job not yet claimed
+can still be cancelled, and ``status`` shows no queue as running. Each worker
 sees a job through to an outcome or hands it back by leaving it claimed,
 and :func:`batcher.jobqueue.finish_run` returns every unfinished job to
 ``pending`` at the end. Answers count as done only once the writer has
@@ -13,6 +13,7 @@ committed them.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -38,6 +39,11 @@ from .writer import Tally, run_writer
 #: Jobs whose max_tokens exceed this are streamed by default: a long
 #: non-streamed answer leaves the connection silent for minutes.
 STREAM_ABOVE_MAX_TOKENS = 4096
+
+
+def claim_ahead(rpm: float, workers: int) -> int:
+    """Jobs claimed before a worker asks: a tenth of a second of sends, at least 2, at most the workers."""
+    return max(1, min(workers, max(2, math.ceil(rpm / 600))))
 
 
 def default_concurrency(rpm: float) -> int:
@@ -158,7 +164,7 @@ class Runner:
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
-        claims = Claims(self.engine, self.batch.id, self.run_id)
+        claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers))
         async with anyio.create_task_group() as outer:
             outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace)
             async with anyio.create_task_group() as watchers:
@@ -169,8 +175,11 @@ class Runner:
                 async with records_send:
                     with anyio.CancelScope() as self.work_scope:
                         async with anyio.create_task_group() as work:
-                            for _ in range(self.config.workers):
-                                work.start_soon(self._worker, claims, records_send.clone())
+                            work.start_soon(claims.feed)
+                            async with anyio.create_task_group() as workers:
+                                for _ in range(self.config.workers):
+                                    workers.start_soon(self._worker, claims, records_send.clone())
+                            work.cancel_scope.cancel()  # the feed: nobody asks any more
                 watchers.cancel_scope.cancel()
         if on_progress is not None:
             on_progress(self.snapshot())

@@ -184,7 +184,7 @@ def test_cancel_during_a_run_stops_every_job_not_yet_sent(tmp_path: Path, simula
     db = tmp_path / "store.db"
     n, concurrency = 200, 10
     write_jobs(tmp_path / "slow.jsonl", [f"q{i}" for i in range(n)])
-    run = Spawned(tmp_path, "run", run_args(tmp_path / "slow.jsonl", db, server.base_url, "--rpm", "6000",
+    run = Spawned(tmp_path, "run", run_args(tmp_path / "slow.jsonl", db, server.base_url, "--rpm", "600",
                                              "--concurrency", str(concurrency)))
     running: list[int] = []
 
@@ -193,8 +193,9 @@ def test_cancel_during_a_run_stops_every_job_not_yet_sent(tmp_path: Path, simula
         return succeeded_count(db) >= 20
 
     wait_for(some_done, timeout=40, what="20 answers", proc=run)
-    # Running means in flight, or answered and about to be written; not queued
-    # (claiming in chunks ahead of the workers showed well over 100 here).
+    # Running means in flight, answered and about to be written, or one of the
+    # two claimed ahead at 600 rpm; not a queue (chunks claimed ahead of the
+    # workers showed well over 100 here).
     assert running and max(running) <= 2 * concurrency, max(running)
 
     canceled = cli("cancel", "slow", "--db", str(db))
@@ -206,7 +207,7 @@ def test_cancel_during_a_run_stops_every_job_not_yet_sent(tmp_path: Path, simula
     final = counts(db)
     assert final["canceled"] == n_canceled and final["succeeded"] + n_canceled == n, final
     assert sent == final["succeeded"]
-    # Nothing claimed ahead was left to go out after the cancel: a job is
-    # claimed just before it is sent (chunks claimed ahead sent ~170 more).
+    # At most the two claimed ahead went out after the cancel (chunks claimed
+    # ahead of the workers sent ~170 more).
     assert sent - sent_by_then <= concurrency, (sent_by_then, sent)
     assert n_canceled > 0
