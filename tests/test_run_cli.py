@@ -604,13 +604,15 @@ def test_second_concurrent_run_is_refused_naming_the_first(tmp_path: Path, sim: 
     server = sim(latency=0.02)
     db = tmp_path / "store.db"
     n = 40
-    # The first job keeps the first run busy for a while whatever the machine's speed.
+    # The first job keeps the first run busy for a while whatever the machine's speed;
+    # the first run is stopped at once (no grace) when the others have been refused.
     raw = ["Take your time #sim:sleep=20"] + [prompt_of(i) for i in range(2, n + 1)]
     prompts = write_jobs(tmp_path / "busy.jsonl", raw)
-    args = run_args(tmp_path / "busy.jsonl", db, server.base_url, "--rpm", "1200", "--concurrency", "4")
+    args = run_args(tmp_path / "busy.jsonl", db, server.base_url, "--rpm", "1200", "--concurrency", "4",
+                    "--grace", "0")
     first = Spawned(tmp_path, "first", args)
     wait_for(lambda: query(db, "SELECT 1 FROM runs WHERE pid = ? AND ended_at IS NULL", first.pid)
-             and succeeded_count(db) > 0, what="the first run to be sending", proc=first)
+             and succeeded_count(db) == n - 1, what="the first run to be waiting on its slow job", proc=first)
 
     # The same command, and the batch by name, both at once.
     others = [Spawned(tmp_path, f"other{i}", run_args(target, db, server.base_url, "--rpm", "1200"))
@@ -625,14 +627,15 @@ def test_second_concurrent_run_is_refused_naming_the_first(tmp_path: Path, sim: 
     assert first.proc.poll() is None, "the first run ended too soon for the test to mean anything"
     assert statuses(db)["job-1"] == "running"  # the refused runs did not take the first one's jobs
 
-    assert first.wait(30) == 0, first.stderr
-    assert first.stdout.startswith(f"batch busy: {n} succeeded, 0 failed this run, 0 left; {n} requests")
-    assert counts(db) == {"succeeded": n}
+    first.proc.send_signal(signal.SIGINT)
+    assert first.wait(15) == 130, first.stderr
+    assert counts(db) == {"succeeded": n - 1, "pending": 1}
     assert_answers_are_their_own(db, prompts)
-    stats = settled_stats(server)
-    assert stats["requests"] == n and stats["by_status"] == {"200": n}
-    assert query(db, "SELECT count(*) FROM attempts") == [(n,)]
-    assert query(db, "SELECT outcome FROM runs") == [("finished",)]
+    stats = server.stats()
+    # The refused runs sent nothing: the first run's requests are all the server saw.
+    assert stats["requests"] == n and stats["by_status"].get("200") == n - 1, stats
+    assert query(db, "SELECT count(*) FROM attempts") == [(n - 1,)]
+    assert query(db, "SELECT outcome FROM runs") == [("interrupted",)]
 
 
 # -- 8. the key never leaks -----------------------------------------------------------------------
