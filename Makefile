@@ -28,6 +28,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/estimate_bench.py
 	$(BIN)/python bench/export_bench.py 1000000
 	$(BIN)/python bench/scale_bench.py --resume
 	$(BIN)/python bench/run_bench.py

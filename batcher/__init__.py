@@ -26,17 +26,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ._api import arun, run
+    from ._api import arun, estimate, run
     from ._handles import Batch, Store
     from ._results import Result
     from ._rows import InvalidRows
     from .errors import APIStopped, BatcherError, Interrupted, StoreError, UsageError
     from .jobqueue import BatchBusy
+    from .estimator import Estimate
     from .runner import RunSummary
 
 _WHERE = {
     "run": "_api",
     "arun": "_api",
+    "estimate": "_api",
+    "Estimate": "estimator",
     "Store": "_handles",
     "Batch": "_handles",
     "Result": "_results",

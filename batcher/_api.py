@@ -14,6 +14,7 @@ import anyio
 
 from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Batch, Store, check_run
 from ._results import Result
+from .estimator import Estimate
 
 
 def _add(store: Store, batch: str | None, rows: Iterable[Any] | str | os.PathLike[str], model: str | None,
@@ -85,3 +86,37 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
         return await anyio.to_thread.run_sync(lambda: list(handle.results()))
     finally:
         store.close()
+
+
+def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEFAULT_MODEL,
+             max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None,
+             db: str | os.PathLike[str] | None = None, rpm: float = 500) -> Estimate:
+    """What :func:`batcher.run` would send for ``rows``, sending and storing nothing.
+
+    ``rows`` are what :func:`batcher.run` takes (prompts, job-line dicts, a
+    DataFrame, a job file's path), validated the same way; a string that is
+    not a file names a batch in ``db``, whose unfinished jobs are counted.
+    The :class:`batcher.Estimate` has ``jobs``, ``input_tokens_estimate``
+    (a local estimate: UTF-8 bytes of the text / 3.5), ``max_output_tokens``
+    (the sum of ``max_tokens``), ``minutes(requests)`` at ``rpm``, ``by_model``
+    and ``to_dict()`` (the ``batcher estimate --json`` object). Raises
+    :class:`batcher.InvalidRows` if any row is invalid.
+
+    >>> import batcher
+    >>> e = batcher.estimate(["Name a colour.", "Name a fruit."], max_tokens=64)
+    >>> e.jobs, e.max_output_tokens
+    (2, 128)
+    """
+    from ._rows import InvalidRows, records
+    from .estimator import estimate as estimate_source
+    from .estimator import estimate_rows
+    from .importer import ImportRejected
+    from .validate import Defaults
+
+    defaults = Defaults(model, max_tokens, system)
+    try:
+        if isinstance(rows, (str, os.PathLike)):
+            return estimate_source(os.fspath(rows), None if db is None else os.fspath(db), defaults, rpm)
+        return estimate_rows(records(rows), defaults, rpm)
+    except ImportRejected as exc:
+        raise InvalidRows(exc.report, from_rows=not isinstance(rows, (str, os.PathLike))) from None

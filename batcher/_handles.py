@@ -22,7 +22,7 @@ from ._rows import ROWS_SOURCE, InvalidRows, derived_name, prepared_rows, record
 from ._running import RunControl, checked, run_config
 from ._sync import call_sync
 from .db import display_name, open_store
-from .errors import Interrupted
+from .errors import Interrupted, UsageError
 from .importer import ImportRejected, ImportReport, import_chunks, import_file
 from .runner import Runner, RunSummary
 from .store import Batch as BatchRecord
@@ -224,6 +224,21 @@ class Batch:
 
         return verify(self._engine, self._record)
 
+    def estimate(self, rpm: float = 500) -> Any:
+        """What sending its unfinished jobs would take: a :class:`batcher.Estimate` (like ``batcher estimate``).
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     e = store.add("later-still", ["Not yet."], max_tokens=64).estimate()
+        >>> e.jobs, e.max_output_tokens
+        (1, 64)
+        """
+        from .estimator import estimate_batch
+
+        if not rpm > 0:
+            raise UsageError(f"rpm must be a number > 0, not {rpm!r}")
+        return estimate_batch(self._engine, self._record, rpm)
+
     def results(self, only: str | Iterable[str] | None = "all") -> Iterator[Result]:
         """Its jobs' :class:`batcher.Result` s, lazily, in input order.
 
@@ -323,6 +338,13 @@ class Batch:
         :class:`batcher.Interrupted`; a second one stops at once. Calling
         again resumes. A key the API refuses raises :class:`batcher.APIStopped`
         with nothing marked failed; jobs that failed are results, not errors.
+
+        Spend control, as on the command line: ``limit=N`` sends only the
+        first N pending jobs; ``max_input_tokens=`` / ``max_output_tokens=``
+        cap this run's tokens (in-flight aware); ``reuse=True`` answers jobs
+        from identical requests already answered in the store. A run stopped
+        by one of them returns its summary (``outcome`` "limit" or "budget",
+        ``exit_code`` 5, ``message`` saying which); calling again goes on.
         """
         given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
                      api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)

@@ -67,9 +67,12 @@ def as_job_object(row: Any) -> Any:
     return {"prompt": row} if isinstance(row, str) else row
 
 
-def prepared_rows(rows: Iterable[Any], defaults: Defaults) -> Iterator[PreparedChunk]:
-    """Rows validated and prepared in chunks, in order (see :func:`batcher.prepare.prepare_object`)."""
-    chunk = PreparedChunk()
+def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = False) -> Iterator[PreparedChunk]:
+    """Rows validated and prepared in chunks, in order (see :func:`batcher.prepare.prepare_object`).
+
+    ``keep_bodies`` keeps each valid row's request body too (``PreparedChunk.bodies``).
+    """
+    chunk = PreparedChunk(bodies=[] if keep_bodies else None)
     dumps = orjson.dumps
     for number, row in enumerate(rows, start=1):
         obj = as_job_object(row)
@@ -81,7 +84,7 @@ def prepared_rows(rows: Iterable[Any], defaults: Defaults) -> Iterator[PreparedC
             prepare_object(chunk, number, obj, source, defaults)
         if number % ROWS_PER_CHUNK == 0:
             yield chunk
-            chunk = PreparedChunk()
+            chunk = PreparedChunk(bodies=[] if keep_bodies else None)
     yield chunk
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import anyio
 
-from .errors import EXIT_API_STOPPED, EXIT_INTERRUPTED, EXIT_USAGE, APIStopped, BatcherError, Interrupted, \
-    UsageError
+from .errors import (EXIT_API_STOPPED, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_USAGE, APIStopped, BatcherError,
+                     Interrupted, UsageError)
 from .runner import RunConfig, Runner, RunSummary
 
 
@@ -82,9 +82,12 @@ def _check_numbers(options: dict[str, Any]) -> None:
 def checked(summary: RunSummary) -> RunSummary:
     """The summary of a run that ended normally; else the error its exit code stands for.
 
-    Failed jobs are not an error (exit code 1): they are results.
+    Failed jobs are not an error (exit code 1): they are results. Nor is a
+    stop at ``limit`` or a token cap (exit code 5): the caller asked for it;
+    ``summary.outcome`` is then "limit" or "budget" and ``summary.message``
+    says which.
     """
-    if summary.exit_code in (0, 1):
+    if summary.exit_code in (0, 1, EXIT_LIMIT):
         return summary
     if summary.exit_code == EXIT_INTERRUPTED:
         done = summary.succeeded + summary.failed

@@ -4,7 +4,8 @@ Every command is a thin wrapper over functions a Python user can call too;
 what a user can get wrong ends as one line on stderr and an exit code:
 0 ok, 1 finished with failed jobs, 2 usage or configuration error (or the
 output cannot be written), 3 run stopped by the API (bad key, no points),
-4 database unusable, 130 interrupted; a closed pipe ends quietly (SIGPIPE).
+4 database unusable, 5 run stopped at its --limit or a token cap,
+130 interrupted; a closed pipe ends quietly (SIGPIPE).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError
 
 DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
 EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not writable, 3 stopped by the API, "
-              "4 database error, 130 interrupted.")
+              "4 database error, 5 stopped at --limit or a token cap (run again to go on), 130 interrupted.")
 
 
 def fail(message: str, code: int) -> None:
@@ -231,6 +232,8 @@ Examples:
   export POE_API_KEY=...            # from https://poe.com/api_key
   batcher run prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024
   batcher run prompts               # resume the batch after an interruption
+  batcher run prompts --limit 20    # try the first 20 pending jobs first
+  batcher run prompts --max-output-tokens 2000000 --reuse
 
 """ + EXIT_CODES
 
@@ -259,12 +262,21 @@ Examples:
               help="Seconds in-flight requests get to finish after Ctrl-C.")
 @_defaults_options
 @click.option("--skip-invalid", is_flag=True, help="Import FILE's valid lines, report the others, and run.")
+@click.option("--limit", type=opt.COUNT, metavar="N",
+              help="Send only the first N pending jobs (input order), then stop with exit 5.")
+@click.option("--max-input-tokens", type=opt.COUNT, metavar="N",
+              help="Cap on this run's input tokens (estimated per request in flight); exit 5 when reached.")
+@click.option("--max-output-tokens", type=opt.COUNT, metavar="N",
+              help="Cap on this run's output tokens, counting max_tokens of requests in flight; exit 5 when reached.")
+@click.option("--reuse", is_flag=True,
+              help="Answer a job with the stored answer of an identical request (any batch) instead of sending it.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the final summary.")
 @friendly
 def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: float, concurrency: int | None,
                 max_attempts: int, timeout: float, stream_limit: float, base_url: str, auth: str,
                 stream: bool | None, grace: float, model: str | None, max_tokens: int | None, system: str | None,
-                skip_invalid: bool, quiet: bool) -> None:
+                skip_invalid: bool, limit: int | None, max_input_tokens: int | None, max_output_tokens: int | None,
+                reuse: bool, quiet: bool) -> None:
     """Send every pending job of a batch (importing FILE first), at the rate limit.
 
     Interrupted runs resume where they stopped: run the same command again.
@@ -281,7 +293,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     from .progress import summary_lines
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
-                   auth=auth, stream=stream, grace=grace, stream_limit=stream_limit, progress=not quiet)
+                   auth=auth, stream=stream, grace=grace, stream_limit=stream_limit, progress=not quiet,
+                   limit=limit, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens, reuse=reuse)
     check_run(**options)  # no key, malformed key, unsafe URL: refused before the store is touched
     is_file = is_job_input(file_or_batch)
     if not is_file and (os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json"))):
@@ -311,6 +324,51 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     for line in summary_lines(summary):
         click.echo(line, err=summary.exit_code not in (0,))
     sys.exit(summary.exit_code)
+
+
+ESTIMATE_EPILOG = """\b
+Examples:
+  batcher estimate prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024
+  batcher estimate prompts --json   # a batch in the store: its jobs not yet done
+
+Input tokens are a local estimate (UTF-8 bytes of the text / 3.5); output
+tokens are the worst case, the sum of max_tokens.
+"""
+
+
+@main.command("estimate", epilog=ESTIMATE_EPILOG)
+@click.argument("file_or_batch")
+@db_option
+@_defaults_options
+@click.option("--rpm", type=opt.RPM, default=500, show_default=True,
+              help="Requests per minute the run would be allowed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@friendly
+def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_tokens: int | None,
+                     system: str | None, rpm: float, as_json: bool) -> None:
+    """Show what sending a job file or a batch's unfinished jobs would take; send nothing.
+
+    Jobs, requests, estimated input tokens, worst-case output tokens and time
+    at --rpm, by model. A file is validated as `import` would (bad lines are
+    listed, exit 2) and nothing is stored.
+    """
+    from .estimator import estimate, estimate_lines
+    from .importer import ImportRejected
+    from .validate import Defaults
+
+    try:
+        found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm)
+    except ImportRejected as exc:
+        for line in exc.report.error_lines():
+            click.echo(line, err=True)
+        fail("the file would not import; fix the lines above", exc.exit_code)
+    for warning in found.warnings:
+        click.echo(f"batcher: warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps(found.to_dict()))
+        return
+    for line in estimate_lines(found):
+        click.echo(line)
 
 
 EXPORT_EPILOG = """\b

@@ -2,8 +2,9 @@
 
 Exit codes: 0 ok, 1 finished with failed jobs, 2 usage or configuration
 error, 3 run stopped by the API (bad key, no points), 4 job store unusable,
-130 interrupted. Finished-with-failures (1) is not an error: the failed jobs
-are results like any other.
+5 run stopped at its --limit or a token cap (nothing failed; run again to
+go on), 130 interrupted. Finished-with-failures (1) is not an error: the
+failed jobs are results like any other.
 """
 
 from typing import Any
@@ -13,6 +14,7 @@ EXIT_FAILED_JOBS = 1
 EXIT_USAGE = 2
 EXIT_API_STOPPED = 3
 EXIT_STORE = 4
+EXIT_LIMIT = 5
 EXIT_INTERRUPTED = 130
 
 

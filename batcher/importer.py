@@ -166,11 +166,16 @@ class _Importer:
             self.report.unchanged += len(touched)
 
     def finish(self) -> None:
-        for model, n in self.models.most_common():
-            self.report.warnings.append(f"model {model!r} is not a known Claude model ({n} job(s)); sent as given")
-        if self.streams:
-            self.report.warnings.append(
-                f"`stream` dropped from {self.streams} job(s): the runner decides whether to stream")
+        self.report.warnings.extend(file_warnings(self.models, self.streams))
+
+
+def file_warnings(unknown_models: Counter[str], streams_dropped: int) -> list[str]:
+    """What is worth a warning about a job file's valid lines."""
+    warnings = [f"model {model!r} is not a known Claude model ({n} job(s)); sent as given"
+                for model, n in unknown_models.most_common()]
+    if streams_dropped:
+        warnings.append(f"`stream` dropped from {streams_dropped} job(s): the runner decides whether to stream")
+    return warnings
 
 
 @store_errors

@@ -15,16 +15,16 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import anyio
-from sqlalchemy import Connection, Engine, and_, bindparam, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
 
 from . import tally
 from .db import store_errors, write
 from .errors import StoreError, UsageError
 from .prepare import body_hash, request_body
-from .schema import attempts, imports, in_status, jobs, runs
+from .schema import answers, attempts, imports, in_status, jobs, runs
 from .store import status_counts
 
 #: Most jobs one claim transaction takes (one per worker waiting for a job).
@@ -142,11 +142,13 @@ class Claims:
     sends), so an admitted worker never waits for a claim transaction and
     the pacer's spacing holds on the wire. A ``cancel`` misses at most
     those. Once no pending job is left, workers still waiting for the pacer
-    are let go at once (:meth:`admit`).
+    are let go at once (:meth:`admit`). With a ``limit`` (``--limit``), no
+    more than that many jobs are claimed in all.
     """
 
-    def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2) -> None:
-        self.engine, self.batch_id, self.run_id, self.ahead = engine, batch_id, run_id, ahead
+    def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2, limit: int | None = None) -> None:
+        self.engine, self.batch_id, self.run_id, self.ahead, self.limit = engine, batch_id, run_id, ahead, limit
+        self.taken = 0  # jobs claimed in all, against the limit
         self.after = (0, 0)
         self.ready: deque[ClaimedJob] = deque()
         self.waiting = 0
@@ -168,10 +170,12 @@ class Claims:
             self._admitting.discard(scope)
         return not scope.cancelled_caught
 
-    async def feed(self) -> None:
+    async def feed(self, screen: Callable[[list[ClaimedJob]], Awaitable[list[ClaimedJob]]] | None = None) -> None:
         """Claim whenever fewer than ``ahead`` jobs (plus one per waiting worker) are ready.
 
-        Runs beside the workers until the jobs run out; cancel it when they are done.
+        ``screen`` sees each claimed chunk first and returns the jobs still
+        to send (``--reuse`` answers the others from the store). Runs beside
+        the workers until the jobs run out; cancel it when they are done.
         """
         while not self.exhausted:
             need = self.waiting + self.ahead - len(self.ready)
@@ -179,11 +183,15 @@ class Claims:
                 self._wanted = anyio.Event()
                 await self._wanted.wait()
                 continue
+            size = min(need, CLAIM_CHUNK)
+            if self.limit is not None:
+                size = min(size, self.limit - self.taken)
             chunk = await anyio.to_thread.run_sync(
-                claim, self.engine, self.batch_id, self.run_id, min(need, CLAIM_CHUNK), self.after)
+                claim, self.engine, self.batch_id, self.run_id, size, self.after) if size > 0 else []
             if chunk:
                 self.after = (chunk[-1].line, chunk[-1].id)
-                self.ready.extend(chunk)
+                self.taken += len(chunk)
+                self.ready.extend(await screen(chunk) if screen is not None else chunk)
             else:
                 self.exhausted = True
                 self._let_go()
@@ -236,11 +244,16 @@ class AttemptRow:
 
 @dataclass(slots=True)
 class Outcome:
-    """A job's final state for this run: succeeded or failed."""
+    """A job's final state for this run: succeeded or failed.
+
+    A success carrying ``request_key`` (:mod:`batcher.reuse`) is filed under
+    it in the same transaction, for later runs with ``--reuse``.
+    """
 
     job_id: int
     status: str
     values: dict[str, Any]
+    request_key: str | None = None
 
 
 _record_outcome = (
@@ -294,6 +307,11 @@ def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes
             delta.statuses["running"] -= len(outcomes)
             delta.last_finished_at = now
         tally.apply(conn, batch_id, delta)
+        # Answers are filed for --reuse in the transaction that records them.
+        keyed = [{"job_id": o.job_id, "request_key": o.request_key} for o in outcomes
+                 if o.status == "succeeded" and o.request_key is not None]
+        if keyed:
+            conn.execute(answers.insert(), keyed)
         if heartbeat:
             conn.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, **(run_values or {})))
     return stored
@@ -305,6 +323,7 @@ def _tally_outcome(delta: tally.TallyDelta, outcome: Outcome) -> None:
     values = outcome.values
     if outcome.status == "succeeded":
         delta.answer(values.get("model"), values)
+        delta.reused += values.get("reused_from") is not None
     elif outcome.status == "failed":
         delta.failures[values.get("error_type"), values.get("status_code")] += 1
 
@@ -318,3 +337,59 @@ def finish_run(engine: Engine, run_id: int, outcome: str) -> int:
         released = _release(conn, batch_id, run_id, now)
         conn.execute(update(runs).where(runs.c.id == run_id).values(ended_at=now, heartbeat_at=now, outcome=outcome))
     return released
+
+
+#: The columns of a stored answer that a reusing job copies.
+ANSWER_COLUMNS = ("response", "model", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                  "cache_read_input_tokens")
+
+
+@store_errors
+def find_answers(engine: Engine, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """Stored answers to any of ``keys`` (any batch): key -> the values a job copies.
+
+    ``reused_from`` names the answering job (the earliest, when several).
+    """
+    if not keys:
+        return {}
+    first = (select(answers.c.request_key, func.min(answers.c.job_id).label("job_id"))
+             .join(jobs, jobs.c.id == answers.c.job_id)
+             .where(answers.c.request_key.in_(set(keys)), jobs.c.status == "succeeded")
+             .group_by(answers.c.request_key).subquery())
+    query = select(first.c.request_key, jobs.c.id, *(jobs.c[k] for k in ANSWER_COLUMNS)).join(
+        jobs, jobs.c.id == first.c.job_id)
+    with engine.connect() as conn:
+        return {row.request_key: {**{k: row._mapping[k] for k in ANSWER_COLUMNS}, "reused_from": row.id}
+                for row in conn.execute(query)}
+
+
+def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
+                      chunk: int = 2000) -> Iterator[tuple[str, int, str]]:
+    """``(custom_id, line, body)`` of the batch's pending and running jobs, in input order.
+
+    Read in chunks through the (batch, line) index, each in its own short
+    read, so a million jobs never sit in memory and a run is never blocked.
+    """
+    after = (0, 0)
+    left = limit
+    while left is None or left > 0:
+        rows = _unfinished_chunk(engine, batch_id, after, chunk if left is None else min(chunk, left))
+        if not rows:
+            return
+        for row in rows:
+            yield row.custom_id, row.line, row.body or _rebuilt_body(row)
+        after = (rows[-1].line, rows[-1].id)
+        if left is not None:
+            left -= len(rows)
+
+
+@store_errors
+def _unfinished_chunk(engine: Engine, batch_id: int, after: tuple[int, int], n: int) -> list[Any]:
+    with engine.connect() as conn:
+        return conn.execute(
+            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash, jobs.c.source,
+                   imports.c.defaults)
+            .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
+            .where(jobs.c.batch_id == batch_id, tuple_(jobs.c.line, jobs.c.id) > tuple_(*after),
+                   in_status("pending") | in_status("running"))
+            .order_by(jobs.c.line, jobs.c.id).limit(n)).all()

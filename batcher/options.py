@@ -122,5 +122,7 @@ SECONDS_OR_ZERO = Number(0, MAX_SECONDS, unit="s")
 PROBABILITY = Number(0, 1)
 MAX_TOKENS = Number(1, 10_000_000, integer=True)
 HTTP_STATUS = Number(100, 599, integer=True)
+#: --limit (jobs) and the token caps: whole numbers, from one to far beyond any batch.
+COUNT = Number(1, 10**15, integer=True)
 PORT = Port()
 URL = BaseURL()

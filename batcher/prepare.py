@@ -13,7 +13,7 @@ import os
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 
@@ -42,11 +42,15 @@ class PreparedChunk:
     errors: list[LineError] = field(default_factory=list)
     unknown_models: Counter[str] = field(default_factory=Counter)
     streams_dropped: int = 0
+    #: With a list here, each valid row's request body (a dict) is kept too,
+    #: for readers that look into requests (the estimate); import keeps none.
+    bodies: list[dict[str, Any]] | None = None
 
 
-def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults) -> PreparedChunk:
-    """Parse and validate lines into ``ROW_FIELDS`` tuples."""
-    out = PreparedChunk()
+def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
+                  out: PreparedChunk | None = None) -> PreparedChunk:
+    """Parse and validate lines into ``ROW_FIELDS`` tuples (added to ``out``, if given)."""
+    out = PreparedChunk() if out is None else out
     for number, raw in lines:
         obj = parse_line(number, raw)
         if isinstance(obj, LineError):
@@ -85,6 +89,8 @@ def prepare_object(out: PreparedChunk, number: int, obj: Any, source: str, defau
         source,
         extra,
     ))
+    if out.bodies is not None:
+        out.bodies.append(job.body)
 
 
 def body_hash(body: bytes) -> str:
@@ -128,22 +134,31 @@ def _parallel_worthwhile(path: str) -> bool:
         return False
 
 
-def prepared_chunks(path: str, defaults: Defaults) -> Iterator[PreparedChunk]:
-    """Prepared chunks of ``path`` in file order (see :func:`prepare_chunk`)."""
+T = TypeVar("T")
+
+
+def prepared_chunks(path: str, defaults: Defaults,
+                    work: Callable[[Block, Defaults], T] = prepare_block) -> Iterator[T]:  # type: ignore[assignment]
+    """``work(block, defaults)`` for every block of ``path``, in file order.
+
+    By default a :func:`prepare_block` chunk per block; other readers of job
+    files (the estimate) pass a ``work`` that validates through it and
+    returns a smaller summary, so only that crosses the process boundary.
+    """
     chunks = blocks(path, BLOCK_BYTES)
     if not _parallel_worthwhile(path):
         for block in chunks:
-            yield prepare_block(block, defaults)
+            yield work(block, defaults)
         return
     import multiprocessing
     from concurrent.futures import Future, ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
-        pending: deque[Future[PreparedChunk]] = deque()
+        pending: deque[Future[T]] = deque()
         try:
             for block in chunks:
-                pending.append(pool.submit(prepare_block, block, defaults))
+                pending.append(pool.submit(work, block, defaults))
                 if len(pending) > 2 * WORKERS:
                     yield pending.popleft().result()
             while pending:

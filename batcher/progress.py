@@ -91,8 +91,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
     """The final lines, whatever the display."""
     minutes = summary.elapsed_s / 60
     rate = summary.attempts / minutes if minutes > 0 else 0.0
+    reused = f" ({summary.reused} reused)" if summary.reused else ""
     lines = [
-        f"batch {summary.batch}: {summary.succeeded} succeeded, {summary.failed} failed this run, "
+        f"batch {summary.batch}: {summary.succeeded} succeeded{reused}, {summary.failed} failed this run, "
         f"{summary.left} left; {summary.attempts} requests in {_duration(summary.elapsed_s)} "
         f"({rate:.0f}/min, {summary.rate_limited} rate-limited); "
         f"tokens {summary.input_tokens} in / {summary.output_tokens} out"
@@ -100,6 +101,11 @@ def summary_lines(summary: RunSummary) -> list[str]:
     if summary.outcome == "interrupted":
         lines.append(f"{summary.succeeded + summary.failed} done, {summary.left} left: "
                      "run the same command again to resume")
+    elif summary.outcome in ("limit", "budget"):
+        spent = (f"this run spent {summary.input_tokens:,} input and {summary.output_tokens:,} output tokens "
+                 f"in {summary.attempts:,} request(s); " if summary.attempts else "")
+        lines.append(f"batcher: {summary.message}; {spent}nothing was marked failed; {summary.left:,} job(s) "
+                     "left: run the same command again (with a larger limit, or none) to go on")
     elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
         lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")

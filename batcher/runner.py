@@ -26,13 +26,17 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
+from .budget import Caps
 from .client import DEFAULT_BASE_URL, STREAM_LIMIT_S, Attempt, MessagesClient
-from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BatcherError,
-                     StoreError)
+from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_OK, EXIT_USAGE,
+                     BatcherError, StoreError)
+from .estimator import request_cost
 from .guard import ConfigGuard
 from .jobqueue import AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
+from .reuse import Twins, request_key
+from .spend import CapReached, Spend, check_limits, reused_outcome
 from .store import Batch
 from .writer import Tally, run_writer
 
@@ -65,10 +69,24 @@ class RunConfig:
     stream: bool | None = None
     grace_s: float = 10.0
     handle_signals: bool = True
+    # Spend control: send only the first ``limit`` pending jobs; keep this
+    # run's tokens within the caps (in-flight aware, see batcher.budget);
+    # give jobs the stored answer of an identical request (batcher.reuse).
+    limit: int | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    reuse: bool = False
+
+    def __post_init__(self) -> None:
+        check_limits(self.limit, self.max_input_tokens, self.max_output_tokens)
 
     @property
     def workers(self) -> int:
         return self.concurrency or default_concurrency(self.rpm)
+
+    @property
+    def caps(self) -> Caps:
+        return Caps(self.max_input_tokens, self.max_output_tokens)
 
 
 @dataclass
@@ -88,6 +106,7 @@ class RunSummary:
     output_tokens: int
     message: str | None = None
     failed_in_batch: int = 0
+    reused: int = 0
 
 
 @dataclass
@@ -139,6 +158,10 @@ class Runner:
         self.run_id = 0
         self.total = 0
         self.left_at_start = 0
+        # --- spend control ---
+        self.spend = Spend(engine, batch, config.limit, config.caps)
+        self.taken = 0  # jobs this run claimed, against --limit
+        self.twins = Twins() if config.reuse else None
 
     # --- the pipeline ---------------------------------------------------------
     async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
@@ -149,8 +172,13 @@ class Runner:
         self.left_at_start, self.total = counts["pending"] + counts["running"], sum(counts.values())
         outcome = "failed"
         try:
-            async with self.client:
-                outcome = await self._pipeline(on_progress)
+            too_big = await self.spend.cap_below_one_job()
+            if too_big is not None:
+                outcome = "budget"
+                self.state.fatal = (outcome, too_big)
+            else:
+                async with self.client:
+                    outcome = await self._pipeline(on_progress)
         except BaseExceptionGroup as group:
             raise _first_user_error(group) from None
         finally:
@@ -163,8 +191,15 @@ class Runner:
         return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
+        claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers),
+                        limit=self.config.limit)
+        try:
+            return await self._flow(claims, on_progress)
+        finally:
+            self.taken = claims.taken
+
+    async def _flow(self, claims: Claims, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
-        claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers))
         async with anyio.create_task_group() as outer:
             outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace)
             async with anyio.create_task_group() as watchers:
@@ -175,7 +210,7 @@ class Runner:
                 async with records_send:
                     with anyio.CancelScope() as self.work_scope:
                         async with anyio.create_task_group() as work:
-                            work.start_soon(claims.feed)
+                            work.start_soon(self._feed, claims, records_send.clone())
                             async with anyio.create_task_group() as workers:
                                 for _ in range(self.config.workers):
                                     workers.start_soon(self._worker, claims, records_send.clone())
@@ -186,6 +221,14 @@ class Runner:
         if self.state.fatal is not None:
             return self.state.fatal[0]
         return "interrupted" if self.state.stopping else "finished"
+
+    async def _feed(self, claims: Claims, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+        """Keep jobs claimed ahead of the workers; with ``--reuse``, answer stored twins at once."""
+        async def stored_answers(chunk: list[ClaimedJob]) -> list[ClaimedJob]:
+            return await self.spend.reuse_stored(chunk, records)
+
+        async with records:
+            await claims.feed(stored_answers if self.config.reuse else None)
 
     async def _worker(self, claims: Claims, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
         async with records:
@@ -201,29 +244,61 @@ class Runner:
                 await self._see_through(job, records)
 
     async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
-        """Attempts until the job has an outcome, or the run stops.
+        """The job's outcome, from a twin in flight (``--reuse``) or its own attempts.
 
-        The pacer has admitted the first attempt already (the job was claimed
-        for it); each retry waits for the pacer again.
+        The pacer has admitted the job's first attempt already (it was
+        claimed for it), unless it waited for a twin that brought no answer.
         """
         payload = orjson.loads(job.body)
+        key = request_key(payload)
+        if self.twins is None:
+            await self._attempts(job, payload, key, records, admitted=True)
+            return
+        admitted = key not in self.twins  # else the admission is stale by the time it leads
+        twin = await self.twins.follow(key, job.id)
+        if twin is not None:
+            await records.send(reused_outcome(job.id, *twin, key))
+            return
+        answer = None
+        try:
+            if not self.state.stopping:
+                answer = await self._attempts(job, payload, key, records, admitted)
+        finally:
+            self.twins.finish(key, answer)
+
+    async def _attempts(self, job: ClaimedJob, payload: dict[str, Any], key: str,
+                        records: ObjectSendStream[AttemptRow | Outcome], admitted: bool) -> dict[str, Any] | None:
+        """Attempts until the job has an outcome, or the run stops; the answer if one came.
+
+        Each attempt first reserves its worst case under the caps, then
+        waits for the pacer (the first one only if not ``admitted`` already).
+        """
         stream = self._should_stream(payload)
         wire: bytes | dict[str, Any] = payload if stream else job.body.encode()
+        cost = request_cost(payload)
         used = job.attempts
-        admitted = True
         while True:
+            try:
+                if not await self.spend.reserve(job.custom_id, cost, lambda: self.state.stopping):
+                    return None
+            except CapReached as reached:
+                self._stop("budget", str(reached))
+                return None
             if not admitted:
                 try:
                     await self.pacer.wait()
                 except Stopped:
-                    return
+                    self.spend.settle(cost, None)
+                    return None
             admitted = False
             started, sent_at = time.time(), time.monotonic()
             self.state.in_flight += 1
+            attempt: Attempt | None = None
             try:
                 attempt = await self.client.send(wire, stream=stream)
             finally:
                 self.state.in_flight -= 1
+                self.spend.settle(cost, attempt.message if attempt is not None and attempt.ok else None)
             self._tell_pacer(attempt, sent_at)
             problem = self.guard.problem(attempt)
             counts = attempt.status_code != 429
@@ -236,8 +311,9 @@ class Runner:
             await records.send(AttemptRow(job.id, started, _ms(attempt.latency_s), attempt.status_code,
                                           attempt.error_type, attempt.streamed, _ms(attempt.ttft_s), decision.counts))
             if decision.verdict is Verdict.SUCCEEDED:
-                await records.send(Outcome(job.id, "succeeded", _answer(attempt)))
-                return
+                values = _answer(attempt)
+                await records.send(Outcome(job.id, "succeeded", values, key))
+                return values
             if decision.verdict is Verdict.FAILED:
                 await records.send(Outcome(job.id, "failed", _failure(attempt)))
                 return
@@ -341,7 +417,11 @@ class Runner:
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]
         message = self.state.fatal[1] if self.state.fatal else None
-        if outcome == "stopped":
+        if outcome == "finished" and self.spend.limit_reached(self.taken, left):
+            outcome, message = "limit", f"stopped at --limit {self.config.limit:,}"
+        if outcome in ("limit", "budget"):
+            code = EXIT_LIMIT
+        elif outcome == "stopped":
             code = EXIT_API_STOPPED
         elif outcome == "misconfigured":
             code = EXIT_USAGE
@@ -352,7 +432,8 @@ class Runner:
             code = EXIT_FAILED_JOBS if counts["failed"] or left else EXIT_OK
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
-                          self.tally.output_tokens, message, failed_in_batch=counts["failed"])
+                          self.tally.output_tokens, message, failed_in_batch=counts["failed"],
+                          reused=self.tally.reused)
 
 
 def tell_pacer(pacer: Pacer, attempt: Attempt, sent_at: float) -> None:

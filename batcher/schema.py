@@ -109,6 +109,9 @@ jobs = Table(
     Column("latency_ms", Integer),
     Column("streamed", Boolean),
     Column("ttft_ms", Integer),
+    # Set when the answer was reused (``run --reuse``) from the job it names:
+    # no request was sent for this one.
+    Column("reused_from", Integer),
     # Every index costs import speed. (batch, line) serves the export's input
     # order; the partial indexes hold only jobs in one status, so the claim
     # finds the next pending job, a new run the jobs a dead one left running,
@@ -154,6 +157,8 @@ batch_tallies = Table(
       for status in ("pending", "running", "succeeded", "failed", "canceled")),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("requests", Integer, nullable=False, server_default="0"),
+    # Succeeded jobs answered with an identical request's answer (``run --reuse``).
+    Column("reused", Integer, nullable=False, server_default="0"),
     Column("streamed_ok", Integer, nullable=False, server_default="0"),
     Column("first_request_at", Float),
     Column("last_request_end", Float),
@@ -202,6 +207,17 @@ api_batches = Table(
     Column("expires_at", Float, nullable=False),
     Column("cancel_requested_at", Float),
     Column("ended_at", Float),
+)
+
+#: Answered requests by canonical request key (:mod:`batcher.reuse`), written
+#: with each success, so that ``run --reuse`` finds an earlier answer without
+#: the import path paying for an index on ``jobs``.
+answers = Table(
+    "answers",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("request_key", String(32), nullable=False),
+    Index("ix_answers_request_key", "request_key"),
 )
 
 STATUSES = ("pending", "running", "succeeded", "failed", "canceled")

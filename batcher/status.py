@@ -28,8 +28,9 @@ RECENT_S = 60.0
 def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail: bool = True) -> dict[str, Any]:
     """One JSON-ready object describing ``batch``, read from one snapshot.
 
-    Keys: batch, file, created_at, total, a count per status, attempts (the
-    jobs' used attempt budgets), token totals; then attempts_made (HTTP
+    Keys: batch, file, created_at, total, a count per status, reused (of the
+    succeeded, answers reused from an identical request), attempts (the
+    jobs' used attempt budgets), token totals (reused answers included); then attempts_made (HTTP
     requests), models, failures (by error type and HTTP status, with an
     example), started_at/ended_at, achieved_rpm, run (the live run, with
     rpm_limit, pace_rpm and pace_reason (the pace the server allows now and
@@ -44,7 +45,7 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
         counts = kept.counts
         summary = {
             "batch": batch.name, "file": batch.source, "created_at": batch.created_at,
-            "total": kept.total, **counts, "attempts": kept.budget, **kept.tokens(),
+            "total": kept.total, **counts, "reused": kept.reused, "attempts": kept.budget, **kept.tokens(),
         }
         if not detail:
             return summary
@@ -179,6 +180,9 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
     lines = [f"batch {s['batch']} ({s['file']}), created {_when(s['created_at'])}"]
     lines.append(label("jobs") + f"{s['total']:,}: " + ", ".join(
         f"{s[k]:,} {k}" for k in ("pending", "running", "succeeded", "failed", "canceled")))
+    if s["reused"]:
+        lines.append(label("reused") + f"{s['reused']:,} of the succeeded answered by an identical request's "
+                     "answer (run --reuse; no request sent)")
     lines.append(label("attempts") + f"{s['attempts_made']:,} requests sent")
     lines.append(label("tokens") + f"in {s['input_tokens']:,}, out {s['output_tokens']:,}; cache write "
                  f"{s['cache_creation_input_tokens']:,}, read {s['cache_read_input_tokens']:,}")

@@ -43,6 +43,8 @@ class TallyDelta:
     statuses: Counter[str] = field(default_factory=Counter)
     #: Change in the sum of the jobs' used attempt budgets (``jobs.attempts``).
     budget: int = 0
+    #: Succeeded jobs whose answer was reused, not requested.
+    reused: int = 0
     #: model -> [answers, input, output, cache write, cache read] to add.
     models: dict[str, list[int]] = field(default_factory=dict)
     #: (error_type, status_code) -> failed jobs to add.
@@ -78,7 +80,8 @@ class TallyDelta:
                 self.timings["duration", latency_ms] += 1
 
     def __bool__(self) -> bool:
-        return bool(any(self.statuses.values()) or self.budget or self.models or any(self.failures.values())
+        return bool(any(self.statuses.values()) or self.budget or self.reused or self.models
+                    or any(self.failures.values())
                     or self.requests or self.last_finished_at is not None)
 
 
@@ -137,6 +140,8 @@ def apply(conn: Connection, batch_id: int, delta: TallyDelta) -> None:
     values: dict[str, Any] = {s: batch_tallies.c[s] + n for s, n in delta.statuses.items() if n}
     if delta.budget:
         values["attempts"] = batch_tallies.c.attempts + delta.budget
+    if delta.reused:
+        values["reused"] = batch_tallies.c.reused + delta.reused
     if delta.requests:
         t = batch_tallies.c
         values["requests"] = t.requests + delta.requests
@@ -178,6 +183,8 @@ class Tally:
     streamed_ok: int
     #: kind -> sorted [(milliseconds, attempts)].
     timings: dict[str, list[tuple[int, int]]]
+    #: Of the succeeded, answers reused from an identical request.
+    reused: int = 0
 
     @property
     def total(self) -> int:
@@ -228,7 +235,7 @@ def read(conn: Connection, batch_id: int) -> Tally:
         timings.setdefault(kind, []).append((ms, count))
     return Tally({s: row._mapping[s] for s in STATUSES}, row.attempts, {m: f for m, f in models.items() if f["succeeded"]},
                  failures, row.requests, row.first_request_at, row.last_request_end, row.last_finished_at,
-                 row.streamed_ok, timings)
+                 row.streamed_ok, timings, row.reused)
 
 
 def counts(conn: Connection, batch_id: int) -> dict[str, int]:
@@ -247,8 +254,9 @@ def recount(conn: Connection, batch_id: int) -> Tally:
     statuses = dict.fromkeys(STATUSES, 0)
     for status, n in conn.execute(select(jobs.c.status, func.count()).where(mine).group_by(jobs.c.status)):
         statuses[status] = n
-    budget, last_finished = conn.execute(
-        select(func.coalesce(func.sum(jobs.c.attempts), 0), func.max(jobs.c.finished_at)).where(mine)).one()
+    budget, last_finished, reused = conn.execute(
+        select(func.coalesce(func.sum(jobs.c.attempts), 0), func.max(jobs.c.finished_at),
+               func.count(jobs.c.reused_from)).where(mine)).one()
     sums = [func.coalesce(func.sum(jobs.c[k]), 0) for k in TOKEN_KEYS]
     models = {model or NO_MODEL: dict(zip(MODEL_FIGURES, figures)) for model, *figures in conn.execute(
         select(jobs.c.model, func.count(), *sums).where(mine, jobs.c.status == "succeeded").group_by(jobs.c.model))}
@@ -268,7 +276,8 @@ def recount(conn: Connection, batch_id: int) -> Tally:
         histogram = [(ms, n) for ms, n in conn.execute(query)]
         if histogram:
             timings[kind] = histogram
-    return Tally(statuses, budget, models, failures, requests, first, last, last_finished, streamed_ok, timings)
+    return Tally(statuses, budget, models, failures, requests, first, last, last_finished, streamed_ok, timings,
+                 reused)
 
 
 def differences(kept: Tally, counted: Tally) -> list[str]:
@@ -279,7 +288,7 @@ def differences(kept: Tally, counted: Tally) -> list[str]:
     behind the rows is a disagreement.
     """
     out = []
-    for name in ("counts", "budget", "models", "failures", "requests", "streamed_ok", "timings"):
+    for name in ("counts", "budget", "reused", "models", "failures", "requests", "streamed_ok", "timings"):
         a, b = getattr(kept, name), getattr(counted, name)
         if a != b:
             out.append(f"{name}: tally {a!r}, rows {b!r}")
@@ -299,7 +308,7 @@ def rebuild(conn: Connection, batch_id: int) -> None:
     for table in (model_tallies, failure_tallies, timing_tallies, batch_tallies):
         conn.execute(table.delete().where(table.c.batch_id == batch_id))
     create(conn, batch_id)
-    delta = TallyDelta(statuses=Counter(fresh.counts), budget=fresh.budget,
+    delta = TallyDelta(statuses=Counter(fresh.counts), budget=fresh.budget, reused=fresh.reused,
                        models={m: [f[k] for k in MODEL_FIGURES] for m, f in fresh.models.items()},
                        failures=Counter(fresh.failures), last_finished_at=fresh.last_finished_at)
     apply(conn, batch_id, delta)

@@ -28,6 +28,7 @@ class Tally:
 
     succeeded: int = 0
     failed: int = 0
+    reused: int = 0  # of the succeeded: answers reused, no request sent (their tokens are not counted)
     attempts: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -91,7 +92,10 @@ def _count(tally: Tally, attempt_rows: list[AttemptRow], outcomes: list[Outcome]
     tally.attempts += len(attempt_rows)
     now = time.monotonic()
     for outcome in outcomes:
-        if outcome.status == "succeeded":
+        if outcome.status == "succeeded" and "reused_from" in outcome.values:
+            tally.succeeded += 1
+            tally.reused += 1
+        elif outcome.status == "succeeded":
             tally.succeeded += 1
             tally.input_tokens += outcome.values.get("input_tokens") or 0
             tally.output_tokens += outcome.values.get("output_tokens") or 0

@@ -24,7 +24,8 @@ from batcher.errors import StoreError, UsageError
 from batcher.importer import import_file
 from batcher.jobfile import numbered_lines
 from batcher.prepare import defaults_text, prepare_chunk, request_body
-from batcher.schema import attempts, batches, imports, jobs, metadata
+from batcher.reuse import request_key
+from batcher.schema import answers, attempts, batches, imports, jobs, metadata
 from batcher.validate import Defaults
 
 DEFAULTS = Defaults(model="claude-haiku-4.5", max_tokens=32)
@@ -240,7 +241,7 @@ def test_fresh_store_has_the_whole_schema(tmp_path: Path) -> None:
     inspector = inspect(engine)
     assert set(inspector.get_table_names()) >= {"alembic_version", "batches", "imports", "jobs", "attempts", "runs",
                                                 "batch_tallies", "model_tallies", "failure_tallies", "timing_tallies",
-                                                "api_batches"}
+                                                "api_batches", "answers"}
     for table in metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.c.keys()), table.name
     assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_line", "ix_jobs_pending",
@@ -321,6 +322,10 @@ def test_store_at_0001_upgrades_in_place_keeping_its_data(tmp_path: Path) -> Non
         kept = conn.execute(select(attempts.c.job_id, attempts.c.status_code, attempts.c.error_type,
                                    attempts.c.streamed).order_by(attempts.c.id)).all()
         assert kept == [(1, 529, "overloaded_error", False), (1, 200, None, False)]
+        # The answer already held is filed for reuse under its request's key.
+        body = conn.execute(select(jobs.c.body).where(jobs.c.custom_id == "j1")).scalar_one()
+        assert conn.execute(select(answers.c.job_id, answers.c.request_key)).all() == [
+            (1, request_key(orjson.loads(body)))]
 
     # The upgraded store is fully usable: re-importing the file finds every job unchanged,
     # and the answered one keeps its answer.

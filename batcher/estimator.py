@@ -1,0 +1,369 @@
+"""What a run will cost before it starts: jobs, tokens in and out, time.
+
+Nothing is sent and nothing is stored. A job file is read and validated
+exactly as ``import`` reads it (the same workers, the same messages for bad
+lines); a batch already in the store is estimated from its unfinished jobs.
+
+Output tokens are exact as a worst case: the sum of ``max_tokens``. Input
+tokens are a local estimate, since Claude's tokenizer is not public:
+:func:`input_tokens_estimate` counts the UTF-8 bytes of everything the model
+reads and allows 3.5 bytes per token (Anthropic's rule of thumb for English
+text; counting bytes rather than characters weighs non-Latin scripts, which
+take more tokens per character, more heavily). Images count a flat
+:data:`IMAGE_TOKENS`. The batcher simulator counts characters/4 over the
+text of the system prompt and messages (a heuristic of its own, not a
+tokenizer), so on plain ASCII prompts this estimate is 8/7 of its count,
+14% above, within a token per job of rounding. Against the real API expect
+English prose within about 15%; code, JSON and non-Latin text run higher,
+and very short prompts higher still (every message carries a few tokens of
+framing the estimate does not count).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from array import array
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import orjson
+from sqlalchemy import Engine
+
+from .budget import Caps, Cost
+from .db import open_store
+from .errors import UsageError
+from .importer import ImportRejected, ImportReport, file_warnings
+from .jobfile import Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy
+from .jobqueue import unfinished_bodies
+from .pacer import HEADROOM
+from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks
+from .store import Batch, find_batch
+from .validate import Defaults
+
+#: Bytes of text per input token (Anthropic's ~3.5 characters for English).
+BYTES_PER_TOKEN = 3.5
+#: A typical image (about a megapixel) costs Claude about this many tokens.
+IMAGE_TOKENS = 1600
+
+_LINE, _CUSTOM_ID = (ROW_FIELDS.index(k) for k in ("line", "custom_id"))
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _content_size(content: Any) -> tuple[int, int]:
+    """(bytes of text, images) of a content value: a string or a list of blocks."""
+    if isinstance(content, str):
+        return _utf8_len(content), 0
+    size = images = 0
+    if isinstance(content, list):
+        for block in content:
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            text = block.get("text")
+            if isinstance(text, str):
+                size += _utf8_len(text)
+            elif kind == "image":
+                images += 1
+            elif kind == "tool_result":
+                inner, pictures = _content_size(block.get("content"))
+                size, images = size + inner, images + pictures
+            elif kind == "tool_use":
+                size += len(orjson.dumps(block.get("input")))
+    return size, images
+
+
+def input_tokens_estimate(body: dict[str, Any]) -> int:
+    """Tokens the request's input is expected to cost (see the module docstring).
+
+    Counts the system prompt, every message's text, tool calls and results,
+    and the tool definitions; at least 1.
+    """
+    system = body.get("system")
+    size, images = _content_size(system) if system is not None else (0, 0)
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):  # the common case, without the call
+            size += len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
+        elif content is not None:
+            text, pictures = _content_size(content)
+            size, images = size + text, images + pictures
+    if body.get("tools"):
+        size += len(orjson.dumps(body["tools"]))
+    return max(1, int(-(-size // BYTES_PER_TOKEN))) + images * IMAGE_TOKENS
+
+
+def request_cost(body: dict[str, Any]) -> Cost:
+    """A request's worst case for a budget: estimated input, ``max_tokens`` output."""
+    return Cost(input_tokens_estimate(body), int(body.get("max_tokens") or 0))
+
+
+@dataclass
+class ModelFigures:
+    """Jobs and tokens of one model."""
+
+    jobs: int = 0
+    input_tokens_estimate: int = 0
+    max_output_tokens: int = 0
+
+    def add(self, cost: Cost, jobs: int = 1) -> None:
+        self.jobs += jobs
+        self.input_tokens_estimate += cost.input_tokens
+        self.max_output_tokens += cost.output_tokens
+
+
+@dataclass
+class Estimate:
+    """What sending the unfinished jobs of a file or batch would take.
+
+    ``requests`` counts one request per job: retries and rate-limited
+    attempts come on top, answers reused with ``run --reuse`` come off.
+    """
+
+    source: str
+    rpm: float
+    by_model: dict[str, ModelFigures] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, model: str, cost: Cost) -> None:
+        figures = self.by_model.get(model)
+        if figures is None:
+            figures = self.by_model[model] = ModelFigures()
+        figures.add(cost)
+
+    @property
+    def jobs(self) -> int:
+        return sum(m.jobs for m in self.by_model.values())
+
+    @property
+    def input_tokens_estimate(self) -> int:
+        return sum(m.input_tokens_estimate for m in self.by_model.values())
+
+    @property
+    def max_output_tokens(self) -> int:
+        return sum(m.max_output_tokens for m in self.by_model.values())
+
+    def minutes(self, requests: int) -> float:
+        """Minutes ``requests`` take at the run's pace (just under ``rpm``)."""
+        return round(requests / (self.rpm * HEADROOM), 2)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``estimate --json`` object."""
+        return {
+            "source": self.source,
+            "jobs": self.jobs,
+            "requests": self.jobs,
+            "input_tokens_estimate": self.input_tokens_estimate,
+            "max_output_tokens": self.max_output_tokens,
+            "rpm": self.rpm,
+            "minutes_at_rpm": self.minutes(self.jobs),
+            "by_model": {
+                model: {"jobs": m.jobs, "requests": m.jobs, "input_tokens_estimate": m.input_tokens_estimate,
+                        "max_output_tokens": m.max_output_tokens, "minutes_at_rpm": self.minutes(m.jobs)}
+                for model, m in sorted(self.by_model.items(), key=lambda kv: (-kv[1].jobs, kv[0]))
+            },
+        }
+
+
+# -- a job file ------------------------------------------------------------------
+
+
+@dataclass
+class _BlockFigures:
+    """What a worker sends back for one block: small, whatever the block."""
+
+    errors: list[LineError]
+    unknown_models: Counter[str]
+    streams_dropped: int
+    by_model: dict[str, ModelFigures]
+    id_hashes: array[int]  # of the block's custom_ids, sorted
+
+
+def _block_figures(block: Block, defaults: Defaults) -> _BlockFigures:
+    """Validate a block as import does; keep only its figures (runs in a worker)."""
+    return _chunk_figures(prepare_chunk(list(block_lines(block)), defaults, PreparedChunk(bodies=[])))
+
+
+def _chunk_figures(chunk: PreparedChunk) -> _BlockFigures:
+    """The figures of a prepared chunk's valid rows, its errors and warnings."""
+    by_model: dict[str, ModelFigures] = {}
+    ids: array[int] = array("q")
+    assert chunk.bodies is not None, "prepared without keeping bodies"
+    for row, body in zip(chunk.rows, chunk.bodies):
+        model = body["model"]
+        figures = by_model.get(model)
+        if figures is None:
+            figures = by_model[model] = ModelFigures()
+        figures.add(request_cost(body))
+        ids.append(hash(row[_CUSTOM_ID]))
+    return _BlockFigures(chunk.errors, chunk.unknown_models, chunk.streams_dropped, by_model,
+                         array("q", sorted(ids)))
+
+
+def estimate_file(path: str, defaults: Defaults = Defaults(), rpm: float = 500.0,
+                  shown: str | None = None) -> Estimate:
+    """Estimate a job file as a new batch would be run; store nothing.
+
+    Raises :class:`ImportRejected` with the same report (the same
+    ``FILE:LINE: reason`` lines) an import of the file would give. Memory
+    stays flat but for 8 bytes a line: a hash of each custom_id, sorted by
+    block and merged at the end to find repeated ones (only then is the file
+    read a second time, to name them as import does).
+    """
+    shown = shown or describe(path)  # the input's name, when ``path`` is a copy of stdin or a pipe
+    report = ImportReport(batch="", file=shown)
+    estimate = Estimate(shown, rpm)
+    repeated = _add_up(prepared_chunks(path, defaults, _block_figures), estimate, report)
+    if repeated:
+        _reject_duplicates(prepared_chunks(path, defaults), repeated, report)
+    if report.rejected:
+        raise ImportRejected(report)
+    return estimate
+
+
+def estimate_rows(rows: Iterable[Any], defaults: Defaults = Defaults(), rpm: float = 500.0,
+                  report: ImportReport | None = None) -> Estimate:
+    """Estimate rows given in Python (prompts or job-line dicts) as ``Store.add`` would take them.
+
+    Raises :class:`ImportRejected` (every bad row in ``report``) if a row is invalid.
+    """
+    from ._rows import prepared_rows
+
+    given = rows if isinstance(rows, Sequence) else list(rows)
+    report = report or ImportReport(batch="", file="rows", keep=None)
+    estimate = Estimate("rows", rpm)
+    repeated = _add_up((_chunk_figures(c) for c in prepared_rows(given, defaults, keep_bodies=True)), estimate,
+                       report)
+    if repeated:
+        _reject_duplicates(prepared_rows(given, defaults), repeated, report)
+    if report.rejected:
+        raise ImportRejected(report)
+    return estimate
+
+
+def _add_up(parts: Iterable[_BlockFigures], estimate: Estimate, report: ImportReport) -> set[int]:
+    """Add each part's figures to ``estimate`` and its bad lines to ``report``; return repeated id hashes."""
+    models: Counter[str] = Counter()
+    streams = 0
+    id_runs: list[array[int]] = []
+    for figures in parts:
+        for error in figures.errors:
+            report.reject(error)
+        models.update(figures.unknown_models)
+        streams += figures.streams_dropped
+        for model, part in figures.by_model.items():
+            estimate.by_model.setdefault(model, ModelFigures()).add(
+                Cost(part.input_tokens_estimate, part.max_output_tokens), part.jobs)
+        id_runs.append(figures.id_hashes)
+    estimate.warnings = file_warnings(models, streams)
+    return _repeated(id_runs)
+
+
+def _repeated(sorted_runs: list[array[int]]) -> set[int]:
+    """Values found more than once across sorted runs: a merge, no set of every value."""
+    repeated: set[int] = set()
+    previous = None
+    for value in heapq.merge(*sorted_runs):
+        if value == previous:
+            repeated.add(value)
+        previous = value
+    return repeated
+
+
+def _reject_duplicates(chunks: Iterable[PreparedChunk], suspects: set[int], report: ImportReport) -> None:
+    """Second pass, only for input with repeated custom_ids: name them as import does."""
+    first: dict[str, int] = {}
+    for chunk in chunks:
+        for row in chunk.rows:
+            custom_id, line = row[_CUSTOM_ID], row[_LINE]
+            if hash(custom_id) not in suspects:
+                continue
+            if custom_id in first:
+                report.reject(LineError(line, f"duplicate custom_id {custom_id!r} (first on line {first[custom_id]})"))
+            else:
+                first[custom_id] = line
+
+
+# -- a batch in the store -----------------------------------------------------------
+
+
+def unfinished_costs(engine: Engine, batch: Batch, limit: int | None = None) -> Iterator[tuple[str, int, str, Cost]]:
+    """``(custom_id, line, model, cost)`` of the batch's unfinished jobs, in input order."""
+    for custom_id, line, body in unfinished_bodies(engine, batch.id, limit):
+        payload = orjson.loads(body)
+        yield custom_id, line, payload["model"], request_cost(payload)
+
+
+def estimate_batch(engine: Engine, batch: Batch, rpm: float = 500.0) -> Estimate:
+    """Estimate the jobs of ``batch`` not yet done (pending, or in flight in a live run)."""
+    estimate = Estimate(batch.name, rpm)
+    for _, _, model, cost in unfinished_costs(engine, batch):
+        estimate.add(model, cost)
+    return estimate
+
+
+def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None = None) -> str | None:
+    """Why no run under ``caps`` can get past some job, or None.
+
+    The first unfinished job (of the first ``limit``) whose worst case
+    alone exceeds a cap, named with its ``max_tokens`` or input estimate.
+    """
+    for custom_id, line, _, cost in unfinished_costs(engine, batch, limit):
+        side = caps.exceeded_alone(cost)
+        if side == "output":
+            return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
+                    f"--max-output-tokens {caps.max_output_tokens:,} allows")
+        if side == "input":
+            return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
+                    f"more than --max-input-tokens {caps.max_input_tokens:,} allows")
+    return None
+
+
+def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Defaults(),
+             rpm: float = 500.0) -> Estimate:
+    """Estimate a job file (validated as import would, nothing stored) or a stored batch.
+
+    A path to an existing file is read as a job file; anything else names a
+    batch in the store ``db`` (see :func:`batcher.db.open_store`), whose
+    unfinished jobs are estimated. ``defaults`` fill in a file's lines as on
+    import. Raises :class:`ImportRejected` for a file with bad lines and
+    :class:`UsageError` for an unknown batch or a bad ``rpm``.
+    """
+    if not rpm > 0:
+        raise UsageError(f"--rpm must be above 0, not {rpm}")
+    if is_job_input(file_or_batch):  # a file, a FIFO or - (stdin), as import takes them
+        ensure_readable(file_or_batch)
+        with readable_copy(file_or_batch) as path:
+            return estimate_file(path, defaults, rpm, describe(file_or_batch))
+    if os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json")):
+        raise UsageError(f"{file_or_batch}: not a readable job file")
+    engine = open_store(db, create=False)
+    return estimate_batch(engine, find_batch(engine, file_or_batch), rpm)
+
+
+def estimate_lines(e: Estimate) -> list[str]:
+    """The estimate as a few aligned lines for a terminal."""
+    figures = e.to_dict()
+    label = "  {:<15}".format
+    lines = [f"{e.source}: {figures['jobs']:,} job(s) to send, {figures['requests']:,} request(s) "
+             "(retries not counted); nothing sent"]
+    lines.append(label("input tokens") + f"~{figures['input_tokens_estimate']:,} (estimated: UTF-8 bytes of the "
+                 f"text / {BYTES_PER_TOKEN})")
+    lines.append(label("output tokens") + f"at most {figures['max_output_tokens']:,} (the sum of max_tokens)")
+    lines.append(label("time") + f"{_minutes(figures['minutes_at_rpm'])} at {e.rpm:g} requests/min")
+    for i, (model, m) in enumerate(figures["by_model"].items()):
+        lines.append(label("by model" if i == 0 else "") + f"{model}: {m['jobs']:,} job(s), ~{m['input_tokens_estimate']:,} in, "
+                     f"at most {m['max_output_tokens']:,} out, {_minutes(m['minutes_at_rpm'])}")
+    return lines
+
+
+def _minutes(minutes: float) -> str:
+    if minutes < 1:
+        return f"{minutes * 60:.0f} s"
+    if minutes < 120:
+        return f"{minutes:.1f} min"
+    return f"{minutes / 60:.1f} h"

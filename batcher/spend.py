@@ -1,0 +1,123 @@
+"""A run's spend control: ``--limit``, the token caps and ``--reuse``.
+
+The runner's claims feed and workers consult one :class:`Spend` per run: how
+many jobs the claimer may still take, whether a job's worst case fits the
+caps before it goes to the pacer (waiting while answers in flight may free
+room), and which claimed jobs already have a stored answer. The accounting
+itself is :class:`batcher.budget.Budget`; the SQL is in
+:mod:`batcher.jobqueue`; nothing here speaks HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import anyio
+import orjson
+from anyio.abc import ObjectSendStream
+from sqlalchemy import Engine
+
+from .budget import Budget, Caps, Cost
+from .errors import UsageError
+from .estimator import first_over_cap
+from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers
+from .reuse import request_key
+from .store import Batch
+
+#: Input as the API bills it: fresh, written to the cache, read from it.
+INPUT_USAGE = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+class CapReached(Exception):
+    """The next job's worst case does not fit, and nothing in flight can free room."""
+
+
+def check_limits(limit: int | None, max_input_tokens: int | None, max_output_tokens: int | None) -> None:
+    """Zero, negative or non-integer limits and caps are usage errors."""
+    for name, value in (("limit", limit), ("max_input_tokens", max_input_tokens),
+                        ("max_output_tokens", max_output_tokens)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+class Spend:
+    """One run's limit, budget and stored-answer lookups.
+
+    The limit itself is applied where jobs are claimed (:class:`batcher.jobqueue.Claims`).
+    """
+
+    def __init__(self, engine: Engine, batch: Batch, limit: int | None, caps: Caps) -> None:
+        self.engine, self.batch, self.limit, self.caps = engine, batch, limit, caps
+        self.budget = Budget(caps)
+        self.changed = anyio.Event()
+
+    # --- --limit -------------------------------------------------------------
+    def limit_reached(self, taken: int, left: int) -> bool:
+        """The run ended because of ``--limit`` (``taken`` jobs claimed), with jobs still to send."""
+        return self.limit is not None and taken >= self.limit and left > 0
+
+    # --- caps ------------------------------------------------------------------
+    async def cap_below_one_job(self) -> str | None:
+        """Why no run under the caps could send some job (stop before sending anything), or None."""
+        if not self.caps.any:
+            return None
+        why = await anyio.to_thread.run_sync(first_over_cap, self.engine, self.batch, self.caps, self.limit)
+        return None if why is None else f"nothing sent: {why}; raise the cap (or lower that job's max_tokens)"
+
+    async def reserve(self, custom_id: str, cost: Cost, stopping: Callable[[], bool]) -> bool:
+        """Wait until ``cost`` fits the caps and reserve it; False if the run stops meanwhile.
+
+        Raises :class:`CapReached` when it cannot fit even with nothing in flight.
+        """
+        while not stopping():
+            if self.budget.reserve(cost):
+                return True
+            if self.budget.in_flight == 0:
+                raise CapReached(self._reached(custom_id, cost))
+            with anyio.move_on_after(1.0):  # and notice a stop requested meanwhile
+                await self.changed.wait()
+        return False
+
+    def settle(self, cost: Cost, message: dict[str, Any] | None) -> None:
+        """An attempt is over: its reservation becomes the usage ``message`` reports (none: 0)."""
+        usage = (message or {}).get("usage") or {}
+        self.budget.settle(cost, sum(usage.get(k) or 0 for k in INPUT_USAGE), usage.get("output_tokens") or 0)
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    def _reached(self, custom_id: str, cost: Cost) -> str:
+        budget, caps = self.budget, self.caps
+        if budget.exhausted_side(cost) == "output" and caps.max_output_tokens is not None:
+            return (f"stopped at --max-output-tokens {caps.max_output_tokens:,}: the next job ({custom_id!r}) "
+                    f"may use {cost.output_tokens:,} and {caps.max_output_tokens - budget.used_output:,} are left")
+        assert caps.max_input_tokens is not None
+        return (f"stopped at --max-input-tokens {caps.max_input_tokens:,}: the next job ({custom_id!r}) is "
+                f"estimated at {cost.input_tokens:,} and {caps.max_input_tokens - budget.used_input:,} are left")
+
+    # --- --reuse ---------------------------------------------------------------
+    async def reuse_stored(self, chunk: list[ClaimedJob],
+                           records: ObjectSendStream[AttemptRow | Outcome]) -> list[ClaimedJob]:
+        """Record the stored answers of claimed jobs' identical requests; return the jobs still to send."""
+        keys = {job.id: request_key(orjson.loads(job.body)) for job in chunk}
+        found = await anyio.to_thread.run_sync(find_answers, self.engine, list(keys.values()))
+        if not found:
+            return chunk
+        rest = []
+        for job in chunk:
+            stored = found.get(keys[job.id])
+            if stored is None:
+                rest.append(job)
+            else:
+                await records.send(reused_outcome(job.id, stored["reused_from"], stored, keys[job.id]))
+        return rest
+
+
+def reused_outcome(job_id: int, source_id: int, answer: dict[str, Any], key: str) -> Outcome:
+    """A job answered with another job's answer: the same message, no request of its own.
+
+    It is filed under the key too, so the answer stays reusable whatever
+    becomes of the job it came from.
+    """
+    kept = {k: answer.get(k) for k in ANSWER_COLUMNS}
+    return Outcome(job_id, "succeeded", {**kept, "reused_from": source_id, "latency_ms": None, "streamed": None,
+                                         "ttft_ms": None}, key)

@@ -1,0 +1,46 @@
+"""Estimate throughput and memory against import, on the same large job file.
+
+Usage: python bench/estimate_bench.py [LINES]   (default 1,000,000 ~300-byte jobs)
+Runs the real CLI in subprocesses so each peak RSS is that command's alone:
+first `batcher estimate FILE --json`, then `batcher import FILE` for comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from import_bench import write_jobs
+
+DEFAULTS = ["--model", "claude-haiku-4.5", "--max-tokens", "256"]
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Seconds and peak RSS (MB) of one command run to completion (its worker processes not included)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"{' '.join(cmd[2:4])} failed: {proc.stderr.read().strip() if proc.stderr else ''}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    lines = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bench.jsonl")
+        size = write_jobs(path, lines)
+        est_s, est_mb = timed([sys.executable, "-m", "batcher", "estimate", path, "--json", *DEFAULTS])
+        imp_s, imp_mb = timed([sys.executable, "-m", "batcher", "import", path, "--db", os.path.join(tmp, "b.db"),
+                               *DEFAULTS])
+        print(f"estimate: {lines:,} lines ({size / lines:.0f} B/line) in {est_s:.1f} s = {lines / est_s:,.0f} lines/s, "
+              f"peak RSS {est_mb:.0f} MB; import of the same file: {lines / imp_s:,.0f} lines/s, "
+              f"peak RSS {imp_mb:.0f} MB (target: estimate at least as fast)")
+
+
+if __name__ == "__main__":
+    main()
