@@ -89,7 +89,7 @@ def test_tokens_by_model(tmp_path: Path) -> None:
     ]
     assert (s["input_tokens"], s["output_tokens"]) == (120, 50)
     assert (s["cache_creation_input_tokens"], s["cache_read_input_tokens"]) == (50, 14)
-    assert len(batch_status(engine, batch, detail=False)) == len(OLD_KEYS) + 2
+    assert len(batch_status(engine, batch, detail=False)) == len(OLD_KEYS) + 3
 
 
 def test_start_end_and_achieved_rate(tmp_path: Path) -> None:
