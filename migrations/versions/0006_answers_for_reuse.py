@@ -43,10 +43,13 @@ def upgrade() -> None:
             {"after": after, "n": CHUNK}).all()
         if not rows:
             break
-        # A body not stored is rebuilt from the input line, as the claim does.
-        keyed = [{"job_id": r.id, "request_key": request_key(orjson.loads(r.body or request_body(r.source, r.line,
-                                                                                                 r.defaults)))}
-                 for r in rows]
+        keyed = []
+        for r in rows:
+            try:  # a body not stored is rebuilt from the input line, as the claim does
+                body = r.body or request_body(r.source, r.line, r.defaults)
+            except (ValueError, TypeError):
+                continue  # not reusable; nothing else depends on it
+            keyed.append({"job_id": r.id, "request_key": request_key(orjson.loads(body))})
         if keyed:
             conn.execute(answers.insert(), keyed)
         after = rows[-1].id
