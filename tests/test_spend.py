@@ -212,15 +212,15 @@ def test_reuse_across_batches_sends_only_new_requests(tmp_path: Path, simulator:
     status = batch_status(engine, find_batch(engine, "second"))
     assert (status["succeeded"], status["reused"], status["attempts_made"]) == (60, 30, 30)
     # Reused answers export exactly like the sent ones they copy.
-    export_batch(engine, find_batch(engine, "first"), str(tmp_path / "first.jsonl"), "results", "all", False)
-    export_batch(engine, find_batch(engine, "third"), str(tmp_path / "third.jsonl"), "text", "all", False)
-    export_batch(engine, find_batch(engine, "second"), str(tmp_path / "second.jsonl"), "results", "all", False)
+    export_batch(engine, find_batch(engine, "first"), str(tmp_path / "first.out.jsonl"), "results", "all", False)
+    export_batch(engine, find_batch(engine, "third"), str(tmp_path / "third.out.jsonl"), "text", "all", False)
+    export_batch(engine, find_batch(engine, "second"), str(tmp_path / "second.out.jsonl"), "results", "all", False)
     engine.dispose()
-    sent = {r["custom_id"]: r["result"] for r in map(json.loads, (tmp_path / "first.jsonl").read_text().splitlines())}
-    again = {r["custom_id"]: r["result"] for r in map(json.loads, (tmp_path / "second.jsonl").read_text().splitlines())}
+    sent = {r["custom_id"]: r["result"] for r in map(json.loads, (tmp_path / "first.out.jsonl").read_text().splitlines())}
+    again = {r["custom_id"]: r["result"] for r in map(json.loads, (tmp_path / "second.out.jsonl").read_text().splitlines())}
     for i in range(30, 60):
         assert again[f"bj{i}"] == sent[f"j{i}"]
-    assert len((tmp_path / "third.jsonl").read_text().splitlines()) == 60
+    assert len((tmp_path / "third.out.jsonl").read_text().splitlines()) == 60
 
 
 def test_identical_requests_in_one_batch_are_sent_once_only_with_reuse(tmp_path: Path, simulator: Any) -> None:
