@@ -12,22 +12,23 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import anyio
 
-from ._progress import run_display
 from ._results import Result, iter_results
 from ._rows import ROWS_SOURCE, InvalidRows, derived_name, prepared_rows, records, rows_report
-from ._running import RunControl, checked, run_config
 from ._sync import call_sync
 from .db import display_name, open_store
 from .errors import Interrupted, UsageError
 from .importer import ImportRejected, ImportReport, import_chunks, import_file
-from .runner import Runner, RunSummary
 from .store import Batch as BatchRecord
 from .store import find_batch, list_batches
 from .validate import Defaults
+
+if TYPE_CHECKING:  # the running rooms (runner, HTTP client, display) load only when a run starts
+    from ._running import RunControl
+    from .runner import RunSummary
 
 
 #: Defaults of :meth:`Store.add` and :func:`batcher.run` for rows that leave them out.
@@ -346,6 +347,8 @@ class Batch:
         by one of them returns its summary (``outcome`` "limit" or "budget",
         ``exit_code`` 5, ``message`` saying which); calling again goes on.
         """
+        from ._running import RunControl, run_config
+
         given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
                      api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)
         run_config(given)  # a bad option fails here, before a thread starts
@@ -377,6 +380,10 @@ class Batch:
 
     async def _arun(self, options: dict[str, Any], control: RunControl | None = None,
                     signals: bool = False) -> RunSummary:
+        from ._progress import run_display
+        from ._running import checked, run_config
+        from .runner import Runner
+
         key, config = run_config(options, signals)
         display = run_display(options["progress"])
         try:
@@ -401,6 +408,8 @@ def check_run(**options: Any) -> None:
 
     Lets a caller refuse before it imports anything or touches the store.
     """
+    from ._running import run_config
+
     run_config({**RUN_DEFAULTS, **options})
 
 
