@@ -229,6 +229,26 @@ def test_upstream_429s_are_retried_and_stream_errors_relayed(tmp_path: Path) -> 
             served.stop()
 
 
+def test_an_unreachable_upstream_is_an_anthropic_shaped_502(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    served = Served(tmp_path / "s.db", f"http://127.0.0.1:{port}").wait_ready()
+    try:
+        with pytest.raises(anthropic.APIStatusError) as failed:
+            served.sdk().messages.create(model=MODEL, max_tokens=20, messages=[{"role": "user", "content": "hi"}])
+        assert failed.value.status_code == 502
+        error = failed.value.body["error"]
+        assert error["type"] == "api_error" and error["message"].startswith("cannot reach the upstream API ("), error
+        assert KEY not in json.dumps(failed.value.body)
+    finally:
+        served.stop()
+    logged = "\n".join([*served.out, *served.err])
+    assert "Traceback" not in logged and KEY not in logged, logged
+
+
 # --- the process ----------------------------------------------------------------------------------
 
 
