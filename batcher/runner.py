@@ -362,7 +362,7 @@ class Runner:
             self.state.stopping = True
             self.pacer.stop()
             self.stop_event.set()
-        if self.work_scope is not None:  # else the claimer sees ``stopping`` and sends nothing
+        if self.work_scope is not None:  # else the workers see ``stopping`` and send nothing
             # A later, shorter grace (a shutdown during a cancel) wins.
             deadline = anyio.current_time() + (self.config.grace_s if grace_s is None else grace_s)
             self.work_scope.deadline = min(self.work_scope.deadline, deadline)

@@ -1,9 +1,10 @@
 """A run's spend control: ``--limit``, the token caps and ``--reuse``.
 
-The runner's claims feed and workers consult one :class:`Spend` per run: how
-many jobs the claimer may still take, whether a job's worst case fits the
-caps before it goes to the pacer (waiting while answers in flight may free
-room), and which claimed jobs already have a stored answer. The accounting
+The runner's claims feed and workers consult one :class:`Spend` per run:
+whether a job's worst case fits the caps before it is sent (waiting while
+answers in flight may free room), which claimed jobs already have a stored
+answer, and whether the run ended at ``--limit`` (the limit itself bounds
+what :class:`batcher.jobqueue.Claims` takes). The accounting
 itself is :class:`batcher.budget.Budget`; the SQL is in
 :mod:`batcher.jobqueue`; nothing here speaks HTTP.
 """
