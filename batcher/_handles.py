@@ -14,21 +14,21 @@ import inspect
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-import anyio
-
-from ._results import Result, iter_results
-from ._rows import ROWS_SOURCE, InvalidRows, derived_name, prepared_rows, records, rows_report
-from ._sync import call_sync
 from .db import display_name, open_store
 from .errors import Interrupted, UsageError
-from .importer import ImportRejected, ImportReport, import_chunks, import_file
 from .store import Batch as BatchRecord
 from .store import find_batch, list_batches
-from .validate import Defaults
 
-if TYPE_CHECKING:  # the running rooms (runner, HTTP client, display) load only when a run starts
+# Rooms a handle needs only for some calls load on first use, so that the
+# reading commands (status, batches) start quickly: the importer for add,
+# the export for results, anyio and the runner, HTTP client and display
+# when a run starts.
+if TYPE_CHECKING:
+    from ._results import Result
     from ._running import RunControl
+    from .importer import ImportReport
     from .runner import RunSummary
+    from .validate import Defaults
 
 
 #: Defaults of :meth:`Store.add` and :func:`batcher.run` for rows that leave them out.
@@ -103,6 +103,10 @@ class Store:
         ...     b.name, b.report.added
         ('rows-...', 1)
         """
+        from ._rows import ROWS_SOURCE, InvalidRows, derived_name, prepared_rows, records, rows_report
+        from .importer import ImportRejected, import_chunks
+        from .validate import Defaults
+
         defaults = Defaults(model, max_tokens, system)
         if isinstance(rows, (str, os.PathLike)):
             return self._add_file(name, os.fspath(rows), defaults, skip_invalid)
@@ -119,6 +123,8 @@ class Store:
         return Batch(self, find_batch(self._engine, name), report)
 
     def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool) -> Batch:
+        from ._rows import InvalidRows
+        from .importer import ImportRejected, import_file
         from .jobfile import ensure_readable
 
         ensure_readable(path)
@@ -256,6 +262,8 @@ class Batch:
         >>> len(texts)
         2
         """
+        from ._results import iter_results
+
         return iter_results(self._engine, self._record, only)
 
     def export(self, path: str | None = None, format: str = "results", only: str = "all",
@@ -348,6 +356,7 @@ class Batch:
         ``exit_code`` 5, ``message`` saying which); calling again goes on.
         """
         from ._running import RunControl, run_config
+        from ._sync import call_sync
 
         given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
                      api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)
@@ -380,6 +389,8 @@ class Batch:
 
     async def _arun(self, options: dict[str, Any], control: RunControl | None = None,
                     signals: bool = False) -> RunSummary:
+        import anyio
+
         from ._progress import run_display
         from ._running import checked, run_config
         from .runner import Runner
