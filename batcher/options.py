@@ -38,6 +38,10 @@ def one_line(exc: click.BadParameter) -> str:
     return exc.format_message()
 
 
+#: Upper bounds from here on stand for "no limit" and are not shown to users.
+UNBOUNDED = 10**12
+
+
 class Number(_Checked):
     """A finite float or int within ``[low, high]`` (``low`` excluded when ``low_open``)."""
 
@@ -69,6 +73,10 @@ class Number(_Checked):
         if not math.isfinite(number):
             return value, f"{_shown(value)} is not a finite number"
         below = number <= self.low if self.low_open else number < self.low
+        if below and self.high >= UNBOUNDED:
+            # A bound of a quadrillion is no help to read: say only the low one.
+            unit = f" {self.unit}" if self.unit else ""
+            return value, f"{_shown(value)} is not {'above' if self.low_open else 'at least'} {_fmt(self.low)}{unit}"
         if below or number > self.high:
             return value, f"{_shown(value)} is not in {self.describe()}"
         return number, None

@@ -27,6 +27,8 @@ RANGES = {
     "--concurrency": (1, opt.MAX_CONCURRENCY, False, True),
     "--max-attempts": (1, opt.MAX_ATTEMPTS, False, True),
     "--max-tokens": (1, 10_000_000, False, True),
+    "--limit": (1, 10**15, False, True),
+    "--max-output-tokens": (1, 10**15, False, True),
 }
 
 numberish = st.one_of(
@@ -62,6 +64,12 @@ def test_numeric_options_take_a_usable_number_or_say_one_line(option: str, value
         assert "no API key" in lines[0], (option, value, lines)
     else:
         assert lines[0].startswith(f"batcher: error: {option} "), (option, value, lines)
+
+
+def test_a_count_below_one_is_refused_without_an_unreadable_upper_bound() -> None:
+    result = CliRunner().invoke(main, ["run", "b", "--db", "/nonexistent/x.db", "--limit", "0"],
+                                env={"POE_API_KEY": "", "POE_BASE_URL": None, "BATCHER_DB": None})
+    assert result.exit_code == 2 and result.output.strip() == "batcher: error: --limit '0' is not at least 1"
 
 
 @given(st.text(max_size=30) | st.builds(lambda p: f"http://127.0.0.1:{p}", st.text(max_size=8)))
