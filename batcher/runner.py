@@ -388,9 +388,7 @@ class Runner:
     # --- reporting -------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         now = time.monotonic()
-        starts = [t for t in self.pacer.starts if t >= now - 60]
-        span = min(60.0, max(1.0, now - (starts[0] if starts else now)))
-        rate = len(starts) / span * 60 if len(starts) > 1 else 0.0
+        rate = self._request_rate(now)
         todo = self.left_at_start - self.tally.done
         done_rate = len(self.tally.done_times) / 60.0 if self.tally.done_times else 0.0
         recent = [t for t in self.tally.done_times if t >= now - 10]
@@ -405,9 +403,16 @@ class Runner:
             paused_s=self.pacer.paused_for, stopping=self.state.stopping, max_rpm=self.pacer.max_rpm,
             pace_reason=self.pacer.reason)
 
+    def _request_rate(self, now: float) -> float:
+        """Requests per minute sent over the last minute (or since the first, if sooner)."""
+        starts = [t for t in self.pacer.starts if t >= now - 60]
+        span = min(60.0, max(1.0, now - (starts[0] if starts else now)))
+        return len(starts) / span * 60 if len(starts) > 1 else 0.0
+
     def _pace(self) -> dict[str, Any]:
-        """The pace for the run's row, so that ``status`` shows it."""
-        return {"pace_rpm": round(self.pacer.shown_rpm, 1), "pace_reason": self.pacer.reason}
+        """The pace and the rate for the run's row, so that ``status`` shows them without counting."""
+        return {"pace_rpm": round(self.pacer.shown_rpm, 1), "pace_reason": self.pacer.reason,
+                "recent_rpm": round(self._request_rate(time.monotonic()), 1)}
 
     async def _report(self, on_progress: Callable[[Snapshot], None]) -> None:
         while True:

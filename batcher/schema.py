@@ -66,9 +66,11 @@ runs = Table(
     Column("outcome", String(20)),
     Column("rpm", Float),
     Column("base_url", Text),
-    # The pace now and why it is under ``rpm``, refreshed with the heartbeat.
+    # The pace now and why it is under ``rpm``, and the requests sent over
+    # the last minute, refreshed with the heartbeat.
     Column("pace_rpm", Float),
     Column("pace_reason", String(40)),
+    Column("recent_rpm", Float),
     Index("ix_runs_batch_ended", "batch_id", "ended_at"),
 )
 

@@ -11,18 +11,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, select
 
 from . import tally
 from .export import error_parts
 from .jobqueue import run_is_alive
-from .schema import attempts, in_status, jobs, runs
+from .schema import in_status, jobs, runs
 from .store import Batch
 
 #: A run whose heartbeat is older than this is dead, whatever its row says.
 LIVE_HEARTBEAT_S = 30.0
-#: The window the current rate is measured over.
-RECENT_S = 60.0
 
 
 def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail: bool = True) -> dict[str, Any]:
@@ -51,7 +49,7 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
             return summary
         failures = _failures(conn, batch.id, kept)
         run = _live_run(conn, batch.id, now)
-        recent = _recent_requests(conn, batch.id, now) if run else 0
+        recent = run.pop("recent_rpm") if run else 0
     unfinished = counts["pending"] + counts["running"]
     ended_at = kept.last_finished_at if not unfinished and kept.last_finished_at else None
     started_at = kept.first_request_at
@@ -92,13 +90,6 @@ def _models(kept: tally.Tally) -> list[dict[str, Any]]:
     return models
 
 
-def _recent_requests(conn: Connection, batch_id: int, now: float) -> int:
-    """HTTP attempts started in the last minute: a range of the attempts' time index."""
-    query = (select(func.count()).select_from(attempts.join(jobs, jobs.c.id == attempts.c.job_id))
-             .where(attempts.c.started_at >= now - RECENT_S, jobs.c.batch_id == batch_id))
-    return conn.execute(query).scalar_one()
-
-
 def _streaming(kept: tally.Tally) -> dict[str, Any]:
     return {
         "streamed": kept.streamed_ok,
@@ -131,7 +122,7 @@ def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | N
     """The run sending this batch now: not ended, heartbeat fresh."""
     row = conn.execute(
         select(runs.c.id, runs.c.pid, runs.c.host, runs.c.started_at, runs.c.heartbeat_at, runs.c.rpm,
-               runs.c.pace_rpm, runs.c.pace_reason)
+               runs.c.pace_rpm, runs.c.pace_reason, runs.c.recent_rpm)
         .where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None),
                runs.c.heartbeat_at >= now - LIVE_HEARTBEAT_S)
         .order_by(runs.c.heartbeat_at.desc()).limit(1)
@@ -140,7 +131,7 @@ def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | N
         return None
     return {"id": row.id, "pid": row.pid, "host": row.host, "started_at": row.started_at,
             "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm, "pace_rpm": row.pace_rpm,
-            "pace_reason": row.pace_reason}
+            "pace_reason": row.pace_reason, "recent_rpm": round(row.recent_rpm or 0)}
 
 
 def pace_against(pace_rpm: float, max_rpm: float) -> str:

@@ -242,5 +242,6 @@ def test_status_shows_the_pace_and_why_it_is_lower(tmp_path: Path, simulator: An
     live = shown[0]["run"]
     assert live["rpm_limit"] == 6000 and live["pace_reason"] == "server limit"
     assert 600 < live["pace_rpm"] < 3000  # the server allows 1,200
+    assert 100 < live["current_rpm"] < 3000  # the requests of the last minute, as the run last wrote them
     line = next(x for x in status_lines(shown[0]) if x.strip().startswith("pace"))
     assert line.strip().startswith("pace") and "server limit: " in line and "/6,000 rpm" in line

@@ -29,12 +29,14 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "batcher", *args], capture_output=True, text=True, timeout=60)
 
 
-def add_run(engine: Any, batch: Any, heartbeat_ago: float = 2.0, ended: bool = False, pid: int = 4242) -> None:
+def add_run(engine: Any, batch: Any, heartbeat_ago: float = 2.0, ended: bool = False, pid: int = 4242,
+            recent_rpm: float | None = None) -> None:
     now = time.time()
     with write(engine) as conn:
         conn.execute(runs.insert().values(batch_id=batch.id, pid=pid, host=socket.gethostname(), started_at=now - 600,
                                           heartbeat_at=now - heartbeat_ago, ended_at=now if ended else None,
-                                          outcome="completed" if ended else None, rpm=500))
+                                          outcome="completed" if ended else None, rpm=500,
+                                          recent_rpm=recent_rpm))
 
 
 def test_fresh_batch(tmp_path: Path) -> None:
@@ -108,7 +110,7 @@ def test_start_end_and_achieved_rate(tmp_path: Path) -> None:
 def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
     engine, batch, _ = make_batch(tmp_path, 10)
     now = time.time()
-    succeed(engine, batch, "job-1", started_at=now - 3600)  # long ago: not in the current rate
+    succeed(engine, batch, "job-1", started_at=now - 3600)
     for i, ago in ((2, 50), (3, 30), (4, 10)):
         succeed(engine, batch, f"job-{i}", started_at=now - ago, latency_ms=500)
     set_status(engine, batch, "job-5", "running")
@@ -120,7 +122,7 @@ def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
     dead.wait()
     add_run(engine, batch, heartbeat_ago=3, pid=dead.pid)  # fresh heartbeat, but its process is gone
     assert batch_status(engine, batch)["run"] is None
-    add_run(engine, batch, heartbeat_ago=3, pid=os.getpid())
+    add_run(engine, batch, heartbeat_ago=3, pid=os.getpid(), recent_rpm=3.2)  # the rate the run last wrote
     s = batch_status(engine, batch)
     run = s["run"]
     assert run["pid"] == os.getpid() and run["host"] == socket.gethostname()
