@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .errors import APIStopped, BatcherError, Interrupted, StoreError, UsageError
     from .jobqueue import BatchBusy
     from .estimator import Estimate
-    from .runner import RunSummary
+    from .runconfig import RunSummary
 
 _WHERE = {
     "run": "_api",
@@ -43,7 +43,7 @@ _WHERE = {
     "Store": "_handles",
     "Batch": "_handles",
     "Result": "_results",
-    "RunSummary": "runner",
+    "RunSummary": "runconfig",
     "BatcherError": "errors",
     "UsageError": "errors",
     "InvalidRows": "_rows",

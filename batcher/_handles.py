@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ._results import Result
     from ._running import RunControl
     from .importer import ImportReport
-    from .runner import RunSummary
+    from .runconfig import RunSummary
     from .validate import Defaults
 
 
@@ -337,7 +337,7 @@ class Batch:
 
         The same run as ``batcher run``, with the same options; ``api_key`` and
         ``base_url`` default to ``$POE_API_KEY`` and ``$POE_BASE_URL``.
-        Further keyword ``options`` are :class:`batcher.runner.RunConfig` fields.
+        Further keyword ``options`` are :class:`batcher.runconfig.RunConfig` fields.
         ``progress=None`` shows a live line on a terminal or in a notebook and
         nothing otherwise; True or False force it on or off.
 

@@ -7,7 +7,7 @@ import time
 from typing import Any, Protocol
 
 from .progress import ProgressDisplay, describe
-from .runner import Snapshot
+from .runconfig import Snapshot
 
 #: Seconds between two updates of a notebook's output.
 NOTEBOOK_EVERY_S = 0.5

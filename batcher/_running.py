@@ -14,7 +14,8 @@ import anyio
 
 from .errors import (EXIT_API_STOPPED, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_USAGE, APIStopped, BatcherError,
                      Interrupted, UsageError)
-from .runner import RunConfig, Runner, RunSummary
+from .runconfig import RunConfig, RunSummary
+from .runner import Runner
 
 
 class RunControl:

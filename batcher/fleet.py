@@ -29,7 +29,8 @@ from .lanes import Turns
 from .manage import cancel
 from .pacer import Pacer
 from .retry import backoff, server_delay
-from .runner import RunConfig, Runner, tell_pacer
+from .runconfig import RunConfig
+from .runner import Runner, tell_pacer
 from .store import Batch
 
 #: After a run the API stopped (key refused, out of points) or a store

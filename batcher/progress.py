@@ -10,7 +10,7 @@ import sys
 import time
 from typing import TextIO
 
-from .runner import RunSummary, Snapshot
+from .runconfig import RunSummary, Snapshot
 from .status import pace_against
 
 PLAIN_EVERY_S = 10.0

@@ -13,7 +13,6 @@ committed them.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -26,8 +25,7 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
-from .budget import Caps
-from .client import DEFAULT_BASE_URL, STREAM_LIMIT_S, Attempt, MessagesClient
+from .client import Attempt, MessagesClient
 from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_OK, EXIT_USAGE,
                      BatcherError, StoreError)
 from .estimator import request_cost
@@ -36,100 +34,11 @@ from .jobqueue import AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, fin
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key
-from .spend import CapReached, Spend, check_limits, reused_outcome
+from .runconfig import (STREAM_ABOVE_MAX_TOKENS, RunConfig, RunSummary, Snapshot,  # noqa: F401 (the runner's face)
+                        claim_ahead, default_concurrency)
+from .spend import CapReached, Spend, reused_outcome
 from .store import Batch
 from .writer import Tally, run_writer
-
-#: Jobs whose max_tokens exceed this are streamed by default: a long
-#: non-streamed answer leaves the connection silent for minutes.
-STREAM_ABOVE_MAX_TOKENS = 4096
-
-
-def claim_ahead(rpm: float, workers: int) -> int:
-    """Jobs claimed before a worker asks: a tenth of a second of sends, at least 2, at most the workers."""
-    return max(1, min(workers, max(2, math.ceil(rpm / 600))))
-
-
-def default_concurrency(rpm: float) -> int:
-    """Enough workers that 60-second answers cannot hold the rate back."""
-    return max(4, min(1000, int(rpm)))
-
-
-@dataclass
-class RunConfig:
-    """How to run: pace, retries, endpoint. Defaults match Poe's limits."""
-
-    rpm: float = 500.0
-    concurrency: int | None = None
-    max_attempts: int = 6
-    timeout_s: float = 600.0
-    stream_limit_s: float = STREAM_LIMIT_S
-    base_url: str = DEFAULT_BASE_URL
-    auth: str = "x-api-key"
-    stream: bool | None = None
-    grace_s: float = 10.0
-    handle_signals: bool = True
-    # Spend control: send only the first ``limit`` pending jobs; keep this
-    # run's tokens within the caps (in-flight aware, see batcher.budget);
-    # give jobs the stored answer of an identical request (batcher.reuse).
-    limit: int | None = None
-    max_input_tokens: int | None = None
-    max_output_tokens: int | None = None
-    reuse: bool = False
-
-    def __post_init__(self) -> None:
-        check_limits(self.limit, self.max_input_tokens, self.max_output_tokens)
-
-    @property
-    def workers(self) -> int:
-        return self.concurrency or default_concurrency(self.rpm)
-
-    @property
-    def caps(self) -> Caps:
-        return Caps(self.max_input_tokens, self.max_output_tokens)
-
-
-@dataclass
-class RunSummary:
-    """How a run ended, for the final lines and the exit code."""
-
-    batch: str
-    outcome: str  # finished, interrupted, stopped
-    exit_code: int
-    succeeded: int
-    failed: int
-    left: int
-    attempts: int
-    rate_limited: int
-    elapsed_s: float
-    input_tokens: int
-    output_tokens: int
-    message: str | None = None
-    failed_in_batch: int = 0
-    reused: int = 0
-
-
-@dataclass
-class Snapshot:
-    """What the progress display shows."""
-
-    total: int
-    done: int
-    succeeded: int
-    failed: int
-    retrying: int
-    in_flight: int
-    rate_rpm: float
-    target_rpm: float
-    eta_s: float | None
-    input_tokens: int
-    output_tokens: int
-    paused_s: float
-    stopping: bool
-    #: --rpm, and why the pace (target_rpm) is lower when it is.
-    max_rpm: float | None = None
-    pace_reason: str | None = None
-
 
 @dataclass
 class _State:

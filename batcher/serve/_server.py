@@ -23,7 +23,7 @@ from batcher import Store
 from batcher.db import display_name, resolve_url
 from batcher.errors import UsageError
 from batcher.fleet import Fleet
-from batcher.runner import RunConfig
+from batcher.runconfig import RunConfig
 
 from ._app import create_app
 
