@@ -1,0 +1,101 @@
+"""What every command of the command line shares: one line per mistake, the store option.
+
+The commands live in :mod:`batcher.cli` and :mod:`batcher._cli_run`; both
+build on these, so a mistake reads the same whichever command made it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from . import options as opt
+from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError
+
+DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
+EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not writable, 3 stopped by the API, "
+              "4 database error, 5 stopped at --limit or a token cap (run again to go on), 130 interrupted.")
+
+
+def fail(message: str, code: int) -> None:
+    try:
+        click.echo(f"batcher: error: {message}", err=True)
+    except OSError:
+        pass  # stderr is gone too: the exit code is all that is left to say it
+    sys.exit(code)
+
+
+def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a user's mistake into one line on stderr and its exit code.
+
+    Standard output is flushed before the code is settled, so that a write
+    failure is reported rather than lost at exit; a closed pipe ends the
+    command quietly, as it ends other filters.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from .outstream import end_on_closed_pipe, flush_stdout, guard_stdout
+
+        guard_stdout()
+        try:
+            try:
+                return command(*args, **kwargs)
+            finally:
+                flush_stdout()
+        except BatcherError as exc:
+            fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            end_on_closed_pipe()
+        except KeyboardInterrupt:
+            try:
+                click.echo("batcher: interrupted", err=True)
+            finally:
+                sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", EXIT_USAGE)
+        except SQLAlchemyError as exc:
+            # A store damaged in a way the checks on opening did not see.
+            fail(f"cannot use the job store: {getattr(exc, 'orig', None) or exc}", EXIT_STORE)
+
+    return wrapper
+
+
+def reports_commit(command: Callable[..., Any]) -> Callable[..., Any]:
+    """For a command whose work ends in one commit (import, export): a signal
+    landing after the commit is held until the result is printed, then
+    dropped, so the command ends as what it did (see :mod:`batcher.interrupts`).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .interrupts import until_reported
+
+        with until_reported():
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
+db_option = click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL", help=DB_HELP)
+
+
+def defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--system", help="System prompt for jobs that have none.")(command)
+    command = click.option("--max-tokens", type=opt.MAX_TOKENS, help="max_tokens for jobs that have none.")(command)
+    command = click.option("--model", help="Model for jobs that name none (e.g. claude-haiku-4.5).")(command)
+    return command
+
+
+def report_import_notes(report: Any) -> None:
+    """An import's warnings and the lines it skipped, on stderr."""
+    for warning in report.warnings:
+        click.echo(f"batcher: warning: {warning}", err=True)
+    for line in report.error_lines(prefix="skipped "):
+        click.echo(line, err=True)
