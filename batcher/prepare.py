@@ -26,6 +26,7 @@ BLOCK_BYTES = 1 << 20
 #: would cost more than it saves.
 PARALLEL_FROM_BYTES = 8 * 1024 * 1024
 WORKERS = 2
+WORKER_NICENESS = 10
 
 #: The jobs columns each prepared row fills, in order; the importer supplies
 #: the rest (batch, import, status, timestamps), the same for every row. The
@@ -154,7 +155,9 @@ def prepared_chunks(path: str, defaults: Defaults,
     from concurrent.futures import Future, ProcessPoolExecutor
 
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(WORKERS, mp_context=context) as pool:
+    # The inserting process is the one that cannot be parallelised: the
+    # workers yield the CPU to it (a lower priority) rather than share it.
+    with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=os.nice, initargs=(WORKER_NICENESS,)) as pool:
         pending: deque[Future[T]] = deque()
         try:
             for block in chunks:
