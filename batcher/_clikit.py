@@ -87,6 +87,7 @@ db_option = click.option("--db", envvar="BATCHER_DB", metavar="PATH|URL", help=D
 
 
 def defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--model, --max-tokens and --system: what job lines leave out, the same for import, run and estimate."""
     command = click.option("--system", help="System prompt for jobs that have none.")(command)
     command = click.option("--max-tokens", type=opt.MAX_TOKENS, help="max_tokens for jobs that have none.")(command)
     command = click.option("--model", help="Model for jobs that name none (e.g. claude-haiku-4.5).")(command)
