@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from . import options as opt
+from ._cli_run import estimate_command, run_command
 from ._clikit import EXIT_CODES, db_option, defaults_options, fail, friendly, report_import_notes, reports_commit
 
 
@@ -49,6 +50,10 @@ def main() -> None:
     # handlers for its graceful stop.)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+main.add_command(run_command)  # run and estimate are written in _cli_run (for size), commands like the rest
+main.add_command(estimate_command)
 
 
 @main.command("import", epilog="Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024")
@@ -249,12 +254,9 @@ def cancel_command(batch: str | None, db: str | None) -> None:
 
 
 def _register_wings() -> None:
-    from ._cli_run import estimate_command, run_command
     from .serve.command import serve_command
     from .sim.command import simulate
 
-    main.add_command(run_command)
-    main.add_command(estimate_command)
     main.add_command(simulate)
     # The server's mistakes (no key, port taken) end as one line, like every command's.
     serve_command.callback = friendly(serve_command.callback)

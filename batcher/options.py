@@ -75,16 +75,19 @@ class Number(_Checked):
         below = number <= self.low if self.low_open else number < self.low
         if below and self.high >= UNBOUNDED:
             # A bound of a quadrillion is no help to read: say only the low one.
-            unit = f" {self.unit}" if self.unit else ""
-            return value, f"{_shown(value)} is not {'above' if self.low_open else 'at least'} {_fmt(self.low)}{unit}"
+            least = "above" if self.low_open else "at least"
+            return value, f"{_shown(value)} is not {least} {_fmt(self.low)}{self._unit}"
         if below or number > self.high:
             return value, f"{_shown(value)} is not in {self.describe()}"
         return number, None
 
     def describe(self) -> str:
-        unit = f" {self.unit}" if self.unit else ""
         bracket = "(" if self.low_open else "["
-        return f"{bracket}{_fmt(self.low)}, {_fmt(self.high)}]{unit}"
+        return f"{bracket}{_fmt(self.low)}, {_fmt(self.high)}]{self._unit}"
+
+    @property
+    def _unit(self) -> str:
+        return f" {self.unit}" if self.unit else ""
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return f"{'INTEGER' if self.integer else 'FLOAT'} {self.describe()}"

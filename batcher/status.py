@@ -49,7 +49,6 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
             return summary
         failures = _failures(conn, batch.id, kept)
         run = _live_run(conn, batch.id, now)
-        recent = run.pop("recent_rpm") if run else 0
     unfinished = counts["pending"] + counts["running"]
     ended_at = kept.last_finished_at if not unfinished and kept.last_finished_at else None
     started_at = kept.first_request_at
@@ -57,8 +56,8 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
     # is live, else up to the end of the last attempt.
     achieved = _per_minute(kept.requests, started_at, now if run else kept.last_request_end)
     if run:
-        run["current_rpm"] = recent
         run["in_flight"] = counts["running"]
+        recent = run["current_rpm"]
         run["eta_s"] = round(unfinished / recent * 60.0, 1) if recent else None
     return {
         **summary,
@@ -131,7 +130,7 @@ def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | N
         return None
     return {"id": row.id, "pid": row.pid, "host": row.host, "started_at": row.started_at,
             "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm, "pace_rpm": row.pace_rpm,
-            "pace_reason": row.pace_reason, "recent_rpm": round(row.recent_rpm or 0)}
+            "pace_reason": row.pace_reason, "current_rpm": round(row.recent_rpm or 0)}
 
 
 def pace_against(pace_rpm: float, max_rpm: float) -> str:
