@@ -289,6 +289,28 @@ def test_disk_full_removes_the_temporary_file(mixed: Any, tmp_path: Path, monkey
     assert os.listdir(tmp_path / "o") == []
 
 
+def test_a_failed_background_flush_fails_the_export(mixed: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk is flushed while lines are still written; an error there must
+    not be lost, even if the final flush succeeds (the kernel may report a
+    write-back error only once)."""
+    engine, batch, _ = mixed
+    calls: list[str] = []
+
+    def full_once(fd: int) -> None:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outfile, "SYNC_EVERY", 1)
+    monkeypatch.setattr(outfile.os, "fsync", full_once)
+    (tmp_path / "o").mkdir()
+    with pytest.raises(OutputError, match="cannot write: disk full"):
+        export_batch(engine, batch, str(tmp_path / "o" / "x.jsonl"), fmt="merged")
+    assert calls[0] != threading.current_thread().name
+    assert os.listdir(tmp_path / "o") == []
+
+
 def test_destination_problems_are_usage_errors(mixed: Any, tmp_path: Path) -> None:
     engine, batch, db = mixed
     with pytest.raises(UsageError, match="does not exist"):
