@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, delete, func, select, update
 from . import tally
 from .db import store_errors, write
 from .manage import cancel
-from .prepare import body_hash
+from .prepare import body_hash, request_body
 from .schema import api_batches, attempts, batches, imports, jobs, runs
 from .store import Batch, get_or_create_batch, status_counts
 
@@ -72,8 +72,8 @@ def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expir
     """Store a new batch of ``(custom_id, params)`` requests in one transaction.
 
     The caller has checked the structure (ids unique and well formed, params
-    objects); the params themselves are stored as given, ``stream`` aside,
-    since the runner decides how each request is sent.
+    objects); the params themselves are stored as given, once, and sent
+    without ``stream``, since the runner decides how each request is sent.
     """
     now = time.time()
     with write(engine) as conn:
@@ -92,11 +92,24 @@ def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expir
 
 def _job_row(line: int, custom_id: str, params: dict[str, Any], batch_id: int, import_id: int,
              now: float) -> dict[str, Any]:
-    body = orjson.dumps({k: v for k, v in params.items() if k != "stream"})
+    body = orjson.dumps({k: v for k, v in params.items() if k != "stream"}).decode()
+    source = orjson.dumps({"custom_id": custom_id, "params": params}).decode()
     return {"batch_id": batch_id, "import_id": import_id, "line": line, "custom_id": custom_id,
-            "body": body.decode(), "body_hash": body_hash(body),
-            "source": orjson.dumps({"custom_id": custom_id, "params": params}).decode(), "extra": None,
+            "body": "" if _rebuilds(source, line, body) else body, "body_hash": body_hash(body.encode()),
+            "source": source, "extra": None,
             "status": "pending", "attempts": 0, "created_at": now, "updated_at": now}
+
+
+def _rebuilds(source: str, line: int, body: str) -> bool:
+    """Whether a claim rebuilds exactly ``body`` from ``source``: then it is stored once.
+
+    That holds for every request the API would accept. One it would refuse
+    keeps its body as given, to be sent and refused upstream.
+    """
+    try:
+        return request_body(source, line, None) == body
+    except (ValueError, TypeError):
+        return False
 
 
 def _counts(conn: Connection, batch_id: int) -> Counts:

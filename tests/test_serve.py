@@ -101,6 +101,13 @@ def test_create_retrieve_results(server: Served, client: anthropic.Anthropic) ->
                             capture_output=True, text=True, env=clean_env(), timeout=60)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["succeeded"] == 8
+    # Each request is stored once (its input line), the body rebuilt from it
+    # when sent; only the one a rebuild would refuse keeps its body as given.
+    with sqlite3.connect(db) as conn:
+        kept = dict(conn.execute("SELECT custom_id, body FROM jobs JOIN batches ON batches.id = jobs.batch_id "
+                                 "WHERE batches.name = ?", (created.id,)).fetchall())
+    assert {cid for cid, body in kept.items() if body} == {"no-tokens"}
+    assert json.loads(kept["no-tokens"]) == requests[-1]["params"]
 
 
 def test_results_lines_are_plain_jsonl(server: Served, client: anthropic.Anthropic) -> None:
