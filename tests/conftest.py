@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
@@ -21,6 +22,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # have every start compile the whole package again where the environment
 # says not to write it (~0.15 s a start).
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+# A suite started in the background by a shell without job control inherits
+# Ctrl-C ignored, and so would every command it starts: the tests of what a
+# Ctrl-C does need Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -382,12 +382,17 @@ def test_reading_commands_work_on_a_read_only_store(readonly_folder: tuple[Path,
 
 
 def interrupt_at_commit_point(monkeypatch: Any, signum: int = signal.SIGINT) -> None:
-    """Send ``signum`` to this process the moment any commit point is reached."""
+    """Send ``signum`` the moment any commit point is reached.
+
+    To the main thread, as the signal reaches a command, which runs no other
+    thread: sent to the process, one of the test runner's own threads could
+    take it.
+    """
     real = CommitPoint.reached
 
     def reached_then_interrupted(self: CommitPoint) -> None:
         real(self)
-        os.kill(os.getpid(), signum)
+        signal.pthread_kill(threading.main_thread().ident, signum)
 
     monkeypatch.setattr(CommitPoint, "reached", reached_then_interrupted)
 
@@ -418,7 +423,7 @@ def test_a_signal_before_the_commit_point_rolls_the_import_back(tmp_path: Path, 
 
     def finish_then_interrupted(self: Any) -> None:
         real(self)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     monkeypatch.setattr(importer._Importer, "finish", finish_then_interrupted)
     engine = open_store(str(tmp_path / "s.db"))
