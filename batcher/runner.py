@@ -34,8 +34,7 @@ from .jobqueue import AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, fin
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key
-# RunConfig and RunSummary are named here too: callers of run_batch meet them with it.
-from .runconfig import STREAM_ABOVE_MAX_TOKENS, RunConfig, RunSummary, Snapshot, claim_ahead  # noqa: F401
+from .runconfig import STREAM_ABOVE_MAX_TOKENS, RunConfig, RunSummary, Snapshot, claim_ahead
 from .spend import CapReached, Spend, reused_outcome
 from .store import Batch
 from .writer import Tally, run_writer
