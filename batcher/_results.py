@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, cast
+from typing import Any, Iterable, Iterator
 
 import orjson
 from sqlalchemy import Engine, select
 
+from ._render import _message, _text_of, anthropic_error
 from .errors import UsageError
-from .export import CHUNK, _message, _stream, _text_of, anthropic_error
+from .export import CHUNK, _stream
 from .schema import jobs
 from .store import Batch as BatchRecord
 
@@ -97,7 +98,5 @@ def iter_results(engine: Engine, batch: BatchRecord, only: str | Iterable[str] |
                    jobs.c.status_code, jobs.c.source).where(jobs.c.batch_id == batch.id)
     if statuses is not None:
         query = query.where(jobs.c.status.in_(statuses))
-    # The export's reader yields whatever its render function makes: here Results.
-    chunks = cast(Iterator[list[Result]], _stream(engine, query.order_by(jobs.c.line, jobs.c.id),
-                                                  cast(Callable[[Any], bytes], _result), chunk))
+    chunks = _stream(engine, query.order_by(jobs.c.line, jobs.c.id), _result, chunk)
     return (result for results in chunks for result in results)

@@ -12,43 +12,24 @@ they hold the same prompts and answers. The temporary name carries the
 writer's process id, so the next export to the same place removes what a
 killed one left behind.
 
-Formats (one line per job):
-
-``results``
-    Anthropic's Message Batches result lines (``succeeded`` / ``errored`` /
-    ``canceled``). Error types outside Anthropic's set (``connection_error``,
-    ``request_too_large``, ...) become ``api_error`` (or
-    ``invalid_request_error`` for ``request_too_large``) with the original
-    type prefixed to the message, so every line validates as Anthropic's.
-    Pending/running jobs appear only with ``include_pending``, as
-    ``{"type": "pending"}`` (not an Anthropic type).
-``text``
-    ``{"custom_id", "status", "text", "stop_reason", "usage", "error"}``,
-    always all six keys: ``text`` is the answer's text blocks joined, ``null``
-    unless succeeded; ``error`` is ``{"type", "message", "status_code",
-    "request_id"}`` for failed jobs, else ``null``.
-``merged``
-    The input line's object with ``response`` (the text), ``error`` and
-    ``usage`` added. Input keys of the same names are replaced, and the
-    export warns how many lines had them (the format stays flat, as
-    dataset tools expect).
+The formats are described, and each line made, in :mod:`batcher._render`.
+A big batch is rendered by forked workers (:mod:`batcher._export_workers`).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, TypeVar
 
-import orjson
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import _export_workers
+from ._render import RENDERERS, ExportNotes, renderer
 from .errors import OutputError, StoreError, UsageError
+from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
-from .outfile import stream_destination, write_atomically, write_into, write_stream
 from .schema import imports, jobs
 from .store import Batch
 
@@ -57,16 +38,7 @@ ONLY = ("all", "succeeded", "failed")
 #: Rows fetched per round trip; also the unit written at once.
 CHUNK = 500
 
-#: ``error.type`` values Anthropic's result format knows.
-ANTHROPIC_ERROR_TYPES = frozenset({
-    "invalid_request_error", "authentication_error", "billing_error", "permission_error", "not_found_error",
-    "rate_limit_error", "timeout_error", "api_error", "overloaded_error",
-})
-
-_NL = orjson.OPT_APPEND_NEWLINE
-_dumps = orjson.dumps
-_loads = orjson.loads
-
+T = TypeVar("T")
 
 def default_output(batch: Batch, fmt: str) -> str:
     """``BATCH.FORMAT.jsonl`` in the current folder, the name made file-safe.
@@ -82,19 +54,6 @@ def default_output(batch: Batch, fmt: str) -> str:
     return f"{safe or 'batch'}.{fmt}.jsonl"
 
 
-@dataclass
-class ExportNotes:
-    """What an export did that deserves a word: input keys ``merged`` replaced."""
-
-    replaced_keys: int = 0
-
-    def warnings(self) -> list[str]:
-        if not self.replaced_keys:
-            return []
-        return [f"{self.replaced_keys} input line(s) had their own {', '.join(MERGED_KEYS)} key(s): "
-                "replaced in the merged export (the text or results format keeps them apart)"]
-
-
 def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
     """Job statuses to export, or None for every status."""
     if only not in ONLY:
@@ -107,149 +66,23 @@ def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
     return chosen
 
 
-# -- rendering ------------------------------------------------------------------
-
-
-def error_parts(stored: str | None, error_type: str | None) -> tuple[str, str, str | None]:
-    """(type, message, request_id) of a stored error, whatever shape it came in.
-
-    The type is the job's ``error_type`` column when set (what status and
-    retry group by), else the one inside the stored error.
-    """
-    etype, message, request_id = error_type, None, None
-    try:
-        obj = _loads(stored) if stored else None
-    except orjson.JSONDecodeError:
-        obj = None
-        message = stored
-    if isinstance(obj, dict):
-        inner = obj.get("error")
-        if isinstance(inner, dict):
-            if not etype and isinstance(inner.get("type"), str):
-                etype = inner["type"]
-            message = inner.get("message")
-        elif isinstance(inner, str):
-            message = inner
-        rid = obj.get("request_id")
-        request_id = rid if isinstance(rid, str) else None
-    if not isinstance(message, str):
-        # No message where Anthropic puts one: keep what was said, as said.
-        message = str(message) if message is not None else (stored or "")
-    return etype or "api_error", message, request_id
-
-
-def anthropic_error(stored: str | None, error_type: str | None) -> dict[str, Any]:
-    """The ``result.error`` object of an errored line, in Anthropic's vocabulary."""
-    etype, message, request_id = error_parts(stored, error_type)
-    if etype not in ANTHROPIC_ERROR_TYPES:
-        message = f"{etype}: {message}"
-        etype = "invalid_request_error" if etype == "request_too_large" else "api_error"
-    return {"type": "error", "error": {"type": etype, "message": message}, "request_id": request_id}
-
-
-def plain_error(stored: str | None, error_type: str | None, status_code: int | None) -> dict[str, Any]:
-    """The ``error`` key of text and merged lines: the error as it was reported."""
-    etype, message, request_id = error_parts(stored, error_type)
-    return {"type": etype, "message": message, "status_code": status_code, "request_id": request_id}
-
-
-def _message(custom_id: str, response: str) -> dict[str, Any]:
-    try:
-        message = _loads(response)
-    except (orjson.JSONDecodeError, TypeError):
-        raise StoreError(f"job {custom_id!r}: its stored answer is not valid JSON") from None
-    return message
-
-
-def _text_of(message: dict[str, Any]) -> str:
-    content = message.get("content") or ()
-    if len(content) == 1 and content[0].get("type") == "text":
-        return content[0].get("text") or ""
-    return "".join(b.get("text") or "" for b in content if b.get("type") == "text")
-
-
-def _compact(response: Any) -> bool:
-    """A stored answer that can be copied into a line as it is.
-
-    The runner stores answers as compact JSON objects; anything that does not
-    look like one (a line break, other ends) goes through the parser instead.
-    """
-    return isinstance(response, str) and response[:1] == "{" and response[-1:] == "}" and "\n" not in response
-
-
-def _render_results(row: Any) -> bytes:
-    custom_id, status, response, error, error_type, _code = row[:6]
-    if status == "succeeded":
-        if _compact(response):
-            # Copying the stored text avoids a parse and a dump per line: the
-            # bulk of the export's cost.
-            return b'{"custom_id":%b,"result":{"type":"succeeded","message":%b}}\n' % (
-                _dumps(custom_id), response.encode())
-        result: dict[str, Any] = {"type": "succeeded", "message": _message(custom_id, response)}
-    elif status == "failed":
-        result = {"type": "errored", "error": anthropic_error(error, error_type)}
-    elif status == "canceled":
-        # A batch's deadline passing cancels what was unsent as "expired".
-        result = {"type": "expired" if error_type == "expired" else "canceled"}
-    else:
-        result = {"type": "pending"}
-    return _dumps({"custom_id": custom_id, "result": result}, option=_NL)
-
-
-def _render_text(row: Any) -> bytes:
-    custom_id, status = row[0], row[1]
-    if status == "succeeded":
-        message = _message(custom_id, row[2])
-        return _dumps({"custom_id": custom_id, "status": status, "text": _text_of(message),
-                       "stop_reason": message.get("stop_reason"), "usage": message.get("usage"), "error": None},
-                      option=_NL)
-    error = plain_error(row[3], row[4], row[5]) if status == "failed" else None
-    return _dumps({"custom_id": custom_id, "status": "pending" if status == "running" else status, "text": None,
-                   "stop_reason": None, "usage": None, "error": error}, option=_NL)
-
-
-MERGED_KEYS = ("response", "error", "usage")
-
-
-def _render_merged(row: Any, notes: ExportNotes | None = None) -> bytes:
-    custom_id, status = row[0], row[1]
-    try:
-        obj = _loads(row[6])
-    except orjson.JSONDecodeError:
-        raise StoreError(f"job {custom_id!r}: its stored input line is not valid JSON") from None
-    if not isinstance(obj, dict):
-        obj = {"input": obj}
-    elif notes is not None and ("response" in obj or "error" in obj or "usage" in obj):
-        notes.replaced_keys += 1
-    if status == "succeeded":
-        message = _message(custom_id, row[2])
-        obj["response"], obj["error"], obj["usage"] = _text_of(message), None, message.get("usage")
-    else:
-        error = plain_error(row[3], row[4], row[5]) if status == "failed" else None
-        obj["response"], obj["error"], obj["usage"] = None, error, None
-    return _dumps(obj, option=_NL)
-
-
-RENDERERS: dict[str, Callable[[Any], bytes]] = {
-    "results": _render_results, "text": _render_text, "merged": _render_merged,
-}
-
-
 # -- reading --------------------------------------------------------------------
 
 
 def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str = "all",
                   include_pending: bool = False, chunk: int = CHUNK,
-                  notes: ExportNotes | None = None) -> Iterator[list[bytes]]:
+                  notes: ExportNotes | None = None) -> Iterator[Chunk]:
     """The export's lines, a chunk at a time, in input order, from one snapshot.
 
     Options are checked now; the snapshot is taken when iteration starts.
+    A big batch in an SQLite store is rendered by forked workers (see
+    :mod:`batcher._export_workers`), in chunks of their own size.
     ``notes`` collects what deserves a warning.
     """
     if fmt not in RENDERERS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     statuses = _statuses(only, include_pending)
-    render = functools.partial(_render_merged, notes=notes) if fmt == "merged" else RENDERERS[fmt]
+    render = renderer(fmt, notes)
     columns = [jobs.c.custom_id, jobs.c.status, jobs.c.response, jobs.c.error, jobs.c.error_type,
                jobs.c.status_code]
     if fmt == "merged":
@@ -259,17 +92,35 @@ def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str 
         query = query.where(jobs.c.status.in_(statuses))
     # (batch_id, line) is indexed and SQLite appends the rowid to every
     # index, so this order is read straight off ix_jobs_batch_line: no sort.
-    return _stream(engine, query.order_by(jobs.c.line, jobs.c.id), render, chunk)
+    return _export_stream(engine, batch, query.order_by(jobs.c.line, jobs.c.id), render, chunk, notes)
 
 
-def _stream(engine: Engine, query: Any, render: Callable[[Any], bytes], chunk: int) -> Iterator[list[bytes]]:
+def _export_stream(engine: Engine, batch: Batch, query: Any, render: Callable[[Any], bytes], chunk: int,
+                   notes: ExportNotes | None) -> Iterator[Chunk]:
+    try:
+        forked = _export_workers.forked_chunks(engine, batch.id, query, render, notes)
+    except SQLAlchemyError as exc:
+        raise _read_failure(exc) from None
+    if forked is not None:
+        yield from forked
+        return
+    for lines in _stream(engine, query, render, chunk):
+        yield b"".join(lines), len(lines)
+
+
+def _stream(engine: Engine, query: Any, render: Callable[[Any], T], chunk: int) -> Iterator[list[T]]:
+    """What ``render`` makes of each row, a list per ``chunk`` rows, from one snapshot."""
     try:
         with engine.connect() as conn, conn.begin():
             result = conn.execution_options(yield_per=chunk).execute(query)
             for rows in result.partitions():
                 yield [render(row) for row in rows]
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the job store: {getattr(exc, 'orig', None) or exc}") from None
+        raise _read_failure(exc) from None
+
+
+def _read_failure(exc: SQLAlchemyError) -> StoreError:
+    return StoreError(f"cannot read the job store: {getattr(exc, 'orig', None) or exc}")
 
 
 # -- writing ---------------------------------------------------------------------

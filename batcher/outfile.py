@@ -23,6 +23,11 @@ from .errors import OutputError
 from .interrupts import CommitPoint
 
 
+#: A chunk of what is written: whole lines, and how many.
+Chunk = tuple[bytes, int]
+Chunks = Iterator[Chunk]
+
+
 def write_failure(where: str, exc: OSError) -> OutputError:
     """The one-line error for a failed write to the user's output."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -32,15 +37,13 @@ def write_failure(where: str, exc: OSError) -> OutputError:
     return OutputError(f"{where}: cannot write: {exc.strerror or exc}")
 
 
-def _write_all(chunks: Iterator[list[bytes]], out: IO[bytes],
-               wrote: Callable[[int], None] | None = None) -> int:
+def _write_all(chunks: Chunks, out: IO[bytes], wrote: Callable[[int], None] | None = None) -> int:
     """Write every chunk; on any failure, end the read transaction at once."""
     written = 0
     try:
-        for lines in chunks:
-            data = b"".join(lines)
+        for data, lines in chunks:
             out.write(data)
-            written += len(lines)
+            written += lines
             if wrote is not None:
                 wrote(len(data))
     finally:
@@ -128,7 +131,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_atomically(path: str, chunks: Iterator[list[bytes]], shown: str | None = None) -> int:
+def write_atomically(path: str, chunks: Chunks, shown: str | None = None) -> int:
     """Write ``chunks`` to a temporary file beside ``path``, then rename it over ``path``.
 
     ``path`` is the real destination (symlinks resolved). A new file is
@@ -189,7 +192,7 @@ def stream_destination(path: str) -> bool:
         raise write_failure(path, exc) from None
 
 
-def write_into(path: str, chunks: Iterator[list[bytes]]) -> int:
+def write_into(path: str, chunks: Chunks) -> int:
     """Write into what ``path`` names as it is (no temporary file, no rename)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -198,20 +201,39 @@ def write_into(path: str, chunks: Iterator[list[bytes]]) -> int:
         raise write_failure(path, exc) from None
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
-            return write_stream(chunks, out, path)
+            try:
+                return write_stream(chunks, out, path)
+            except BaseException:
+                _drop_unwritten(out)
+                raise
     except BrokenPipeError:
         raise
     except OSError as exc:  # the last bytes, written on close
         raise write_failure(path, exc) from None
 
 
-def _close(chunks: Iterator[list[bytes]]) -> None:
+def _drop_unwritten(out: IO[bytes]) -> None:
+    """Point ``out`` at /dev/null, so that closing it does not wait to flush.
+
+    The write failed or was interrupted: the output is incomplete anyway,
+    and a FIFO whose reader stopped reading would hold the command forever
+    in the flush on close.
+    """
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, out.fileno())
+        os.close(null)
+    except OSError:
+        pass
+
+
+def _close(chunks: Chunks) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
 
 
-def write_stream(chunks: Iterator[list[bytes]], out: IO[bytes], shown: str) -> int:
+def write_stream(chunks: Chunks, out: IO[bytes], shown: str) -> int:
     """Write to a stream; its failures are the output's (a closed pipe stays BrokenPipeError).
 
     Once the last line is flushed the export is done: a signal landing then

@@ -8,16 +8,15 @@ order and only a few are in flight, so memory stays flat.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
-import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 
+from ._forking import can_fork, freeze_inherited
 from .jobfile import Block, LineError, block_lines, blocks, parse_line
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, to_job
 
@@ -121,17 +120,9 @@ def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:
 
 
 def _parallel_worthwhile(path: str) -> bool:
-    """Big file, and a process that can fork safely.
-
-    Forking is the only start method that does not re-run the caller's main
-    module, but it is safe only while this process runs no other thread.
-    """
-    import multiprocessing  # here, not at the top: a run rebuilds bodies with this module, and starts sooner
-
-    if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
-        return False
+    """A big file, and a process that can fork safely."""
     try:
-        return os.path.getsize(path) >= PARALLEL_FROM_BYTES
+        return can_fork() and os.path.getsize(path) >= PARALLEL_FROM_BYTES
     except OSError:
         return False
 
@@ -140,13 +131,10 @@ def _worker_start() -> None:
     """Yield the CPU to the inserting process; never rescan the inherited heap.
 
     The inserting process is the one that cannot be parallelised, so the
-    workers run at a lower priority rather than share the CPU with it. A
-    forked worker inherits the parent's tens of thousands of objects (the
-    loaded modules): frozen, the garbage collector's full passes, triggered
-    by the rows a block makes, skip them.
+    workers run at a lower priority rather than share the CPU with it.
     """
     os.nice(WORKER_NICENESS)
-    gc.freeze()
+    freeze_inherited()
 
 
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from . import tally
-from .export import error_parts
+from ._render import error_parts
 from .jobqueue import run_is_alive
 from .schema import in_status, jobs, runs
 from .store import Batch

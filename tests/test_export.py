@@ -29,7 +29,7 @@ FINISHED = ["job-1", "job-2", "job-3", "job-4", "job-5", "job-6", "job-8", "job-
 
 
 def lines_of(engine: Any, batch: Any, **options: Any) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for chunk in export_chunks(engine, batch, **options) for line in chunk]
+    return [orjson.loads(line) for data, _ in export_chunks(engine, batch, **options) for line in data.splitlines()]
 
 
 @pytest.fixture
@@ -188,12 +188,12 @@ def _finish_everything(engine: Any, batch: Any) -> None:
 def test_export_is_a_snapshot_while_another_connection_commits(tmp_path: Path) -> None:
     engine, batch, _ = make_batch(tmp_path, 3000)
     chunks = export_chunks(engine, batch, include_pending=True, chunk=100)
-    first = next(chunks)
+    first = next(chunks)[0].splitlines()
     writer = threading.Thread(target=_finish_everything, args=(engine, batch))
     writer.start()
     writer.join(10)
     assert not writer.is_alive(), "the export must not block a writer"
-    rest = [line for chunk in chunks for line in chunk]
+    rest = [line for data, _ in chunks for line in data.splitlines()]
     kinds = {orjson.loads(line)["result"]["type"] for line in first + rest}
     assert len(first) + len(rest) == 3000 and kinds == {"pending"}
     # A new export sees the committed change.

@@ -146,8 +146,8 @@ class BatchesApi:
         """Result lines in chunks, read from one snapshot: memory stays flat."""
         chunks = export_chunks(self.engine, batch.batch, "results")
         try:
-            while (lines := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
-                yield b"".join(lines)
+            while (chunk := await anyio.to_thread.run_sync(next, chunks, None)) is not None:
+                yield chunk[0]
         finally:
             await anyio.to_thread.run_sync(chunks.close)
 

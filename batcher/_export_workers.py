@@ -1,0 +1,270 @@
+"""Rendering a big export in forked processes, each reading its own ranges of lines.
+
+Rendering a line (parsing the stored answer, writing the new JSON) costs
+several times what reading its row does, and one process renders on one
+core. So a big SQLite export forks workers: worker ``k`` of ``W`` reads
+and renders ranges ``k``, ``k + W``, ... of the batch's lines, and this
+process writes what they send back, range by range, in input order. Only
+rendered lines cross between processes, never rows.
+
+The export must still come from one snapshot. Each worker reads in one
+read transaction of its own, all begun after this process noted the
+store's data version and before it looks again: if the version did not
+move in between, no commit landed while the workers began, and they all
+see the same snapshot. If it did (a run recording answers at that very
+moment), the workers are stopped and started again, and after a few tries
+the export is read by this process alone.
+
+Workers are forked only from a process with no other thread and with no
+store connection open, so that a child never inherits a lock or a
+half-used SQLite connection; each opens its own, read-only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import struct
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ._forking import can_fork, freeze_inherited
+from .errors import StoreError
+from .schema import jobs
+
+if TYPE_CHECKING:
+    from ._render import ExportNotes
+    from .outfile import Chunk
+
+#: Lines of the batch per range: ~2 MB of output for typical answers.
+SPAN = 2000
+#: Batches spanning fewer lines are read by this process alone: starting
+#: workers would cost more than they save.
+FORK_FROM_LINES = 20_000
+#: Workers are started again this many times when a commit lands while
+#: they begin reading; then the export is read here.
+TRIES = 3
+#: A line number beyond any file's, for the first and last open-ended ranges.
+_FAR = 1 << 62
+
+Render = Callable[[Any], bytes]
+
+
+def _workers() -> int:
+    try:
+        return min(4, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return min(4, os.cpu_count() or 1)
+
+
+def worthwhile(engine: Engine) -> bool:
+    """An SQLite store on disk, at least two cores, and a process that can fork."""
+    url = engine.url
+    return (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+            and _workers() >= 2 and engine.pool.checkedout() == 0 and can_fork())
+
+
+def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
+                  notes: ExportNotes | None) -> Iterator[Chunk] | None:
+    """The export's chunks from forked workers, or None to read it here.
+
+    ``query`` is the export's ordered select; ``render`` turns a row into a
+    line, counting into ``notes`` (each worker into its own copy: what they
+    counted is added to ``notes`` here). None when the batch is small or a
+    snapshot could not be shared: the caller then reads it itself.
+    """
+    if not worthwhile(engine):
+        return None
+    with engine.connect() as conn, conn.begin():
+        lines = jobs.c.line
+        first = conn.scalar(select(func.min(lines)).where(jobs.c.batch_id == batch_id))
+        last = conn.scalar(select(func.max(lines)).where(jobs.c.batch_id == batch_id))
+    if first is None or last - first + 1 < FORK_FROM_LINES:
+        return None
+    ranged = query.where(lines >= bindparam("lo"), lines < bindparam("hi"))
+    bounds = [-_FAR, *range(first + SPAN, last + 1, SPAN), _FAR]
+    for _ in range(TRIES):
+        team = _Team.start(engine, ranged, render, notes, bounds)
+        if team is not None:
+            return team.chunks(notes)
+    return None
+
+
+class _Team:
+    """The forked workers of one export, and the pipes they answer on."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+        self.answers: list[int] = []
+        self.ranges = 0
+
+    @classmethod
+    def start(cls, engine: Engine, query: Any, render: Render, notes: ExportNotes | None,
+              bounds: list[int]) -> _Team | None:
+        """Fork the workers; None if a commit landed while they began reading."""
+        database = engine.url.database
+        engine.dispose()  # no connection of this process is inherited
+        team = cls()
+        team.ranges = len(bounds) - 1
+        count = min(_workers(), team.ranges)
+        go_read, go_write = os.pipe()
+        try:
+            for k in range(count):
+                answer, reply = os.pipe()
+                _widen(reply)
+                pid = os.fork()
+                if pid == 0:  # the worker: it never returns from here
+                    code = 1
+                    try:
+                        for fd in (answer, go_write, *team.answers):
+                            os.close(fd)
+                        _work(reply, go_read, database, query, render, notes, bounds, k, count)
+                        code = 0
+                    finally:
+                        os._exit(code)
+                os.close(reply)
+                team.pids.append(pid)
+                team.answers.append(answer)
+            os.close(go_read)
+            go_read = -1
+            with engine.connect() as conn:
+                before = _data_version(conn)
+                os.write(go_write, b"g" * count)  # begin reading now
+                for answer in team.answers:
+                    team.receive(answer)
+                if _data_version(conn) == before:
+                    return team
+        except BaseException:
+            team.stop()
+            raise
+        finally:
+            os.close(go_write)
+            if go_read >= 0:
+                os.close(go_read)
+        team.stop()
+        return None
+
+    def chunks(self, notes: ExportNotes | None) -> Iterator[Chunk]:
+        """Each range's lines, in order; the workers are stopped however this ends."""
+        try:
+            for index in range(self.ranges):
+                data, lines, replaced = self.receive(self.answers[index % len(self.answers)])
+                if notes is not None:
+                    notes.replaced_keys += replaced
+                yield data, lines
+        finally:
+            self.stop()
+
+    def receive(self, fd: int) -> tuple[bytes, int, int]:
+        """One answer from a worker: its data, its lines and the keys it replaced."""
+        header = _read(fd, _HEADER.size)
+        if len(header) == _HEADER.size:
+            size, lines, replaced = _HEADER.unpack(header)
+            data = _read(fd, size)
+            if len(data) == size:
+                if lines < 0:
+                    raise StoreError(data.decode(errors="replace"))
+                return data, lines, replaced
+        raise StoreError("cannot read the job store: an export worker process stopped before its part was done")
+
+    def stop(self) -> None:
+        """Close the pipes (a worker still writing then stops) and reap every worker."""
+        for fd in self.answers:
+            os.close(fd)
+        self.answers = []
+        deadline = time.monotonic() + 1.0
+        for pid in self.pids:
+            while os.waitpid(pid, os.WNOHANG) == (0, 0):
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.005)
+        self.pids = []
+
+
+#: An answer's header: its size in bytes, its lines (-1: an error message), keys replaced.
+_HEADER = struct.Struct("<qqq")
+
+
+def _widen(fd: int) -> None:
+    """A pipe that holds a whole answer (Linux): a worker rarely waits on this process."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass
+
+
+def _read(fd: int, size: int) -> bytes:
+    """``size`` bytes from a pipe, or fewer if the writer closed it first."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            return bytes(view[:got])
+        got += n
+    return bytes(buffer)
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _data_version(conn: Any) -> int:
+    """SQLite's count of commits other connections made, as this connection last saw it."""
+    with conn.begin():
+        return int(conn.exec_driver_sql("PRAGMA data_version").scalar())
+
+
+def _work(reply: int, go: int, database: str, query: Any, render: Render, notes: ExportNotes | None,
+          bounds: list[int], k: int, count: int) -> None:
+    """A worker: read and render ranges ``k``, ``k + count``, ... and send each back.
+
+    Ctrl-C reaches the whole process group; the parent alone answers it,
+    and stops the workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    freeze_inherited()
+    from .db import open_store
+
+    def answer(data: bytes, lines: int, replaced: int = 0) -> None:
+        _write(reply, _HEADER.pack(len(data), lines, replaced))
+        _write(reply, data)
+
+    try:
+        if os.read(go, 1) != b"g":
+            return  # the export ended before it began
+        reported = notes.replaced_keys if notes is not None else 0
+        engine = open_store(database, upgrade=False, create=False, readonly=True)
+        with engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()  # the snapshot starts here
+            answer(b"", 0)
+            for index in range(k, len(bounds) - 1, count):
+                rows = conn.execute(query, {"lo": bounds[index], "hi": bounds[index + 1]}).all()
+                data = b"".join([render(row) for row in rows])
+                now = notes.replaced_keys if notes is not None else 0
+                answer(data, len(rows), now - reported)
+                reported = now
+    except BrokenPipeError:
+        pass  # the export ended early: nothing to say
+    except StoreError as exc:
+        _tell(answer, str(exc))
+    except SQLAlchemyError as exc:
+        _tell(answer, f"cannot read the job store: {getattr(exc, 'orig', None) or exc}")
+    except Exception as exc:
+        _tell(answer, f"cannot export: {type(exc).__name__}: {exc}")
+
+
+def _tell(answer: Callable[[bytes, int], None], message: str) -> None:
+    try:
+        answer(message.encode(), -1)
+    except OSError:
+        pass
