@@ -289,3 +289,12 @@ def test_a_stopped_export_leaves_no_worker_behind(big_store: tuple[Path, str], s
     assert gone(db), "an export worker outlived the command"
     if signum == signal.SIGINT:
         assert export.returncode == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_reader_that_goes_away_ends_the_export_and_its_workers_quietly(big_store: tuple[Path, str]) -> None:
+    folder, db = big_store
+    done = subprocess.run(f"'{sys.executable}' -m batcher export big --db '{db}' -o - | head -c 100 >/dev/null; "
+                          "echo \"${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash", capture_output=True,
+                          text=True, timeout=120, cwd=folder)
+    assert done.stdout.strip() == str(128 + signal.SIGPIPE) and done.stderr == ""
+    assert gone(db), "an export worker outlived the command"
