@@ -4,8 +4,9 @@ Usage: python bench/export_bench.py [JOBS]   (default 200,000 jobs)
 The batch is built with direct SQL inserts (realistic ~1 KB answers, some
 failures, cancellations and pending jobs); each format is then exported by
 the real CLI in a subprocess (figures include start-up and the final fsync;
-the peak RSS is the export's alone), and once more in-process for the pure
-streaming rate.
+the peak RSS is the export's alone), then twice in-process: as the export
+decides (forked workers for a big batch) and in one process, for what the
+workers gain within the same run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import orjson
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from batcher import _export_workers as workers  # noqa: E402
 from batcher import tally  # noqa: E402
 from batcher.db import open_store  # noqa: E402
 from batcher.export import export_batch  # noqa: E402
@@ -129,14 +131,23 @@ def main() -> None:
             elapsed, peak_kb = measure(cmd)
             with open(out, "rb") as handle:
                 lines = sum(1 for _ in handle)
-            start = time.perf_counter()
-            export_batch(engine, batch, out, fmt)
-            inside = time.perf_counter() - start
+            inside = in_process(engine, batch, out, fmt)
+            workers.FORK_FROM_LINES, forked_from = 1 << 62, workers.FORK_FROM_LINES
+            alone = in_process(engine, batch, out, fmt)
+            workers.FORK_FROM_LINES = forked_from
             print(f"export --format {fmt}: {lines:,} lines ({os.path.getsize(out) / lines:.0f} B/line); "
-                  f"CLI {elapsed:.2f} s = {lines / elapsed:,.0f} lines/s, in-process {lines / inside:,.0f} lines/s "
-                  f"(target >= 100,000); CLI peak RSS {peak_kb / 1024:.0f} MB")
+                  f"CLI {elapsed:.2f} s = {lines / elapsed:,.0f} lines/s (target >= 100,000); CLI peak RSS "
+                  f"{peak_kb / 1024:.0f} MB; in-process {lines / inside:,.0f} lines/s, in one process "
+                  f"{lines / alone:,.0f} lines/s (x{alone / inside:.2f} with workers)")
             os.unlink(out)
         engine.dispose()
+
+
+def in_process(engine: Any, batch: Any, out: str, fmt: str) -> float:
+    """Seconds to export ``batch`` from this process (workers as the export decides)."""
+    start = time.perf_counter()
+    export_batch(engine, batch, out, fmt, force=True)
+    return time.perf_counter() - start
 
 
 #: Runs a command as its only child, so RUSAGE_CHILDREN is that command's alone.
