@@ -240,11 +240,14 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
         _write(reply, data)
 
     try:
-        if os.read(go, 1) != b"g":
-            return  # the export ended before it began
         reported = notes.replaced_keys if notes is not None else 0
         engine = open_store(database, upgrade=False, create=False, readonly=True)
-        with engine.connect() as conn, conn.begin():
+        # Connected before the signal to begin, so that all workers begin
+        # within a few milliseconds: a commit is then unlikely to land between.
+        with engine.connect() as conn:
+            if os.read(go, 1) != b"g":
+                return  # the export ended before it began
+            conn.begin()
             conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()  # the snapshot starts here
             answer(b"", 0)
             for index in range(k, len(bounds) - 1, count):

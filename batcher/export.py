@@ -40,6 +40,7 @@ CHUNK = 500
 
 T = TypeVar("T")
 
+
 def default_output(batch: Batch, fmt: str) -> str:
     """``BATCH.FORMAT.jsonl`` in the current folder, the name made file-safe.
 
