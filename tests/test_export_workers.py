@@ -60,7 +60,7 @@ def filled_store(tmp_path: Path, jobs: int, name: str = "big") -> tuple[str, Any
 
 
 @pytest.fixture
-def forking(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def forking(monkeypatch: pytest.MonkeyPatch, reaped: None) -> list[int]:
     """Workers for batches of a few thousand jobs, in ranges of 250 lines; counts the teams started."""
     monkeypatch.setattr(workers, "FORK_FROM_LINES", 1000)
     monkeypatch.setattr(workers, "SPAN", 250)
@@ -86,9 +86,9 @@ def serial(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(workers, "FORK_FROM_LINES", 10**12)
 
 
-def children() -> list[int]:
+def children() -> set[int]:
     """Processes this one started that still exist (running or unreaped)."""
-    mine = []
+    mine = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -96,8 +96,19 @@ def children() -> list[int]:
             except OSError:
                 continue
             if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-                mine.append(int(entry))
+                mine.add(int(entry))
     return mine
+
+
+@pytest.fixture
+def reaped() -> Iterator[None]:
+    """Every process a test's exports started is gone and reaped by its end.
+
+    Children left by earlier tests in this process are not this test's.
+    """
+    before = children()
+    yield
+    assert children() <= before, "an export left a worker process behind"
 
 
 @pytest.mark.parametrize("fmt", ["results", "text", "merged"])
@@ -111,7 +122,6 @@ def test_workers_write_the_same_bytes_as_one_process(tmp_path: Path, forking: li
     serial(monkeypatch)
     alone, alone_count = export_bytes(engine, tmp_path, fmt=fmt, only=only, include_pending=pending)
     assert forked == alone and count == alone_count == forked.count(b"\n") > 0
-    assert children() == []
 
 
 def test_order_across_imports_with_the_same_line_numbers(tmp_path: Path, forking: list[int],
@@ -151,7 +161,6 @@ def test_a_bad_stored_answer_in_a_worker_fails_the_export_in_one_line(tmp_path: 
     with pytest.raises(StoreError, match="job 'job-4006': its stored answer is not valid JSON"):
         export_batch(engine, find_batch(engine, "big"), str(out), "text")
     assert forking and not out.exists() and not list(tmp_path.glob(".text.jsonl.*"))
-    assert children() == []
 
 
 def test_a_worker_that_dies_fails_the_export(tmp_path: Path, forking: list[int],
@@ -173,7 +182,7 @@ def test_a_worker_that_dies_fails_the_export(tmp_path: Path, forking: list[int],
     monkeypatch.setattr(workers, "_work", dies_on_its_second_range)
     with pytest.raises(StoreError, match="an export worker process stopped"):
         export_batch(engine, find_batch(engine, "big"), str(tmp_path / "x.jsonl"), "results")
-    assert not (tmp_path / "x.jsonl").exists() and children() == []
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 # -- one snapshot while another process commits ------------------------------------------
@@ -208,7 +217,6 @@ def test_workers_read_one_snapshot_while_a_run_commits(tmp_path: Path, forking: 
     finally:
         writer.kill()
         writer.wait()
-    assert children() == []
 
 
 # -- the command line -----------------------------------------------------------------------
