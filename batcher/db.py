@@ -21,7 +21,7 @@ from importlib.resources import files
 from typing import Any, Callable, Concatenate, Iterator, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import StoreError, UsageError
@@ -35,7 +35,8 @@ def resolve_url(db: str | None) -> str:
     db = db or os.environ.get("BATCHER_DB") or DEFAULT_DB
     if "://" in db:
         return db
-    return "sqlite:///" + os.path.abspath(db)
+    # Built, not pasted: a path's %, ? and # would otherwise be read as URL syntax.
+    return URL.create("sqlite", database=os.path.abspath(db)).render_as_string(hide_password=False)
 
 
 def _create_private_file(path: str, create: bool) -> None:

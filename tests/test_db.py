@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 from importlib.resources import files
@@ -89,6 +91,24 @@ def test_resolve_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_url("given.db") == f"sqlite:///{cwd}/given.db"  # --db wins over the environment
     monkeypatch.setenv("BATCHER_DB", "sqlite:////elsewhere/z.db")
     assert resolve_url(None) == "sqlite:////elsewhere/z.db"
+
+
+def test_a_store_path_may_hold_what_urls_give_meaning_to(tmp_path: Path) -> None:
+    """%, ?, # and non-ASCII in a folder name: the store is that file, and every command finds it."""
+    folder = tmp_path / "a b%41 é#x?y"
+    folder.mkdir()
+    db = str(folder / "store.db")
+    (folder / "jobs.jsonl").write_text('{"custom_id": "a", "prompt": "hi"}\n')
+    cli = [sys.executable, "-m", "batcher"]
+    imported = subprocess.run([*cli, "import", str(folder / "jobs.jsonl"), "--db", db, "--model", "claude-haiku-4.5",
+                               "--max-tokens", "10"], capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    assert "store.db" in os.listdir(folder) and sorted(os.listdir(tmp_path)) == ["a b%41 é#x?y"]
+    shown = subprocess.run([*cli, "status", "jobs", "--db", db, "--json"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and orjson.loads(shown.stdout)["pending"] == 1, shown.stderr
+    missing = subprocess.run([*cli, "status", "--db", str(folder / "other.db")], capture_output=True, text=True,
+                             timeout=60)
+    assert missing.returncode != 0 and str(folder / "other.db") in missing.stderr
 
 
 def test_default_file_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
