@@ -62,6 +62,8 @@ def filled_store(tmp_path: Path, jobs: int, name: str = "big") -> tuple[str, Any
 @pytest.fixture
 def forking(monkeypatch: pytest.MonkeyPatch, reaped: None) -> list[int]:
     """Workers for batches of a few thousand jobs, in ranges of 250 lines; counts the teams started."""
+    if workers._workers() < 2:
+        pytest.skip("one core: an export is not forked")
     monkeypatch.setattr(workers, "FORK_FROM_LINES", 1000)
     monkeypatch.setattr(workers, "SPAN", 250)
     started: list[int] = []
@@ -225,6 +227,8 @@ def test_workers_read_one_snapshot_while_a_run_commits(tmp_path: Path, forking: 
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """A batch above the real threshold, answered."""
+    if workers._workers() < 2:
+        pytest.skip("one core: an export is not forked")
     folder = tmp_path_factory.mktemp("big")
     db, engine = filled_store(folder, workers.FORK_FROM_LINES + 5000)
     engine.dispose()
