@@ -33,6 +33,7 @@ from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._forking import can_fork, freeze_inherited
+from .db import open_store, read_failure
 from .errors import StoreError
 from .schema import jobs
 
@@ -97,10 +98,10 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
 class _Team:
     """The forked workers of one export, and the pipes they answer on."""
 
-    def __init__(self) -> None:
+    def __init__(self, ranges: int) -> None:
+        self.ranges = ranges
         self.pids: list[int] = []
         self.answers: list[int] = []
-        self.ranges = 0
 
     @classmethod
     def start(cls, engine: Engine, query: Any, render: Render, notes: ExportNotes | None,
@@ -108,8 +109,7 @@ class _Team:
         """Fork the workers; None if a commit landed while they began reading."""
         database = engine.url.database
         engine.dispose()  # no connection of this process is inherited
-        team = cls()
-        team.ranges = len(bounds) - 1
+        team = cls(len(bounds) - 1)
         count = min(_workers(), team.ranges)
         go_read, go_write = os.pipe()
         try:
@@ -233,7 +233,6 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     freeze_inherited()
-    from .db import open_store
 
     def answer(data: bytes, lines: int, replaced: int = 0) -> None:
         _write(reply, _HEADER.pack(len(data), lines, replaced))
@@ -261,7 +260,7 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
     except StoreError as exc:
         _tell(answer, str(exc))
     except SQLAlchemyError as exc:
-        _tell(answer, f"cannot read the job store: {getattr(exc, 'orig', None) or exc}")
+        _tell(answer, str(read_failure(exc)))
     except Exception as exc:
         _tell(answer, f"cannot export: {type(exc).__name__}: {exc}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import threading
 
+
 def can_fork() -> bool:
     """Fork is available, and safe: this process runs no other thread.
 

@@ -243,6 +243,11 @@ def display_name(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def read_failure(exc: SQLAlchemyError) -> StoreError:
+    """The one-line error for a read of the store that failed midway (an export, results)."""
+    return StoreError(f"cannot read the job store: {getattr(exc, 'orig', None) or exc}")
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

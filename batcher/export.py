@@ -27,7 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import _export_workers
 from ._render import RENDERERS, ExportNotes, renderer
-from .errors import OutputError, StoreError, UsageError
+from .db import read_failure
+from .errors import OutputError, UsageError
 from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
 from .schema import imports, jobs
@@ -101,7 +102,7 @@ def _export_stream(engine: Engine, batch: Batch, query: Any, render: Callable[[A
     try:
         forked = _export_workers.forked_chunks(engine, batch.id, query, render, notes)
     except SQLAlchemyError as exc:
-        raise _read_failure(exc) from None
+        raise read_failure(exc) from None
     if forked is not None:
         yield from forked
         return
@@ -117,11 +118,7 @@ def _stream(engine: Engine, query: Any, render: Callable[[Any], T], chunk: int) 
             for rows in result.partitions():
                 yield [render(row) for row in rows]
     except SQLAlchemyError as exc:
-        raise _read_failure(exc) from None
-
-
-def _read_failure(exc: SQLAlchemyError) -> StoreError:
-    return StoreError(f"cannot read the job store: {getattr(exc, 'orig', None) or exc}")
+        raise read_failure(exc) from None
 
 
 # -- writing ---------------------------------------------------------------------
