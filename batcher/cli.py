@@ -10,6 +10,8 @@ output cannot be written), 3 run stopped by the API (bad key, no points),
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import signal
 import sys
@@ -50,6 +52,12 @@ def main() -> None:
     # handlers for its graceful stop.)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # At exit the interpreter's last collections walk every object of every
+    # loaded module (SQLAlchemy's are many): ~0.1 s of a short command like
+    # status. Frozen, they are left to the process's end, after the command's
+    # own cleanup (the store is closed by then).
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
 
 
 main.add_command(run_command)  # run and estimate are written in _cli_run (for size), commands like the rest
