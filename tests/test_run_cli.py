@@ -795,3 +795,12 @@ def test_streamed_faults_end_in_success(tmp_path: Path, sim: Any) -> None:
         assert recorded[shape] == faults[kind], (kind, recorded, faults)
     assert sum(recorded.values()) == n + sum(faults.values()), recorded
     assert query(db, "SELECT count(*) FROM attempts WHERE streamed = 0") == [(0,)]
+
+
+def test_a_run_does_not_load_what_it_never_uses() -> None:
+    """httpx's own command-line client (click, rich, pygments) would be a tenth
+    of a run's start: the HTTP client keeps it from loading with httpx."""
+    code = ("import sys, batcher.runner; "
+            "print(sorted(m for m in ('pygments', 'rich.syntax', 'rich.table') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
