@@ -27,7 +27,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from ._api import arun, estimate, run
-    from ._handles import Batch, Store
+    from ._batch import Batch
+    from ._handles import Store
     from ._results import Result
     from ._rows import InvalidRows
     from .errors import APIStopped, BatcherError, Interrupted, StoreError, UsageError
@@ -41,7 +42,7 @@ _WHERE = {
     "estimate": "_api",
     "Estimate": "estimator",
     "Store": "_handles",
-    "Batch": "_handles",
+    "Batch": "_batch",
     "Result": "_results",
     "RunSummary": "runconfig",
     "BatcherError": "errors",

@@ -12,7 +12,8 @@ from typing import Any, Iterable
 
 import anyio
 
-from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Batch, Store, check_run
+from ._batch import Batch, check_run
+from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Store
 from ._results import Result
 from .estimator import Estimate
 

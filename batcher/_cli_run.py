@@ -76,7 +76,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
 
     import anyio
 
-    from ._handles import Store, check_run
+    from ._batch import check_run
+    from ._handles import Store
     from .importer import ImportRejected
     from .jobfile import is_job_input
     from .progress import summary_lines

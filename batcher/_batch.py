@@ -1,0 +1,302 @@
+"""The handle on one batch of a store: run it, watch it, read and export its results.
+
+Everything ``batcher run``, ``status``, ``export``, ``retry`` and ``cancel``
+do goes through :class:`Batch`; a :class:`~batcher.Store` hands them out.
+Like the store's handle, it holds no API key: a run reads (or is given) one
+and hands it to the runner alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+from .errors import Interrupted, UsageError
+from .store import Batch as BatchRecord
+
+# Rooms a call needs load on first use, so that the reading commands
+# (status, batches) start quickly: the export for results, anyio and the
+# runner, HTTP client and display when a run starts.
+if TYPE_CHECKING:
+    from ._handles import Store
+    from ._results import Result
+    from ._running import RunControl
+    from .importer import ImportReport
+    from .runconfig import RunSummary
+
+
+class Batch:
+    """A batch of jobs in a :class:`Store`: run it, watch it, read and export its results.
+
+    Get one from :meth:`Store.add` or :meth:`Store.batch`. Every method reads
+    or changes the store directly, so a handle never goes stale, and the
+    CLI's commands (``status``, ``export``, ``retry``, ``cancel``, ``run``)
+    see the same batch.
+
+    >>> import batcher
+    >>> with batcher.Store("example.db") as store:
+    ...     b = store.add("greetings", ["Say hello", {"custom_id": "fr", "prompt": "Dis bonjour"}])
+    ...     summary = b.run(progress=False)          # sends what is pending
+    ...     [(r.custom_id, r.status) for r in b.results()]
+    [('line-1', 'succeeded'), ('fr', 'succeeded')]
+    """
+
+    __module__ = "batcher"
+
+    def __init__(self, store: Store, record: BatchRecord, report: ImportReport | None = None) -> None:
+        self._store, self._record = store, record
+        #: What the :meth:`Store.add` that returned this handle imported (None otherwise).
+        self.report = report
+
+    @property
+    def name(self) -> str:
+        """The batch's name (unique in its store)."""
+        return self._record.name
+
+    @property
+    def source(self) -> str:
+        """Where its jobs came from: the job file's path, or ``<python rows>``."""
+        return self._record.source
+
+    @property
+    def created_at(self) -> float:
+        """When the batch was created (Unix seconds)."""
+        return self._record.created_at
+
+    def __repr__(self) -> str:
+        return f"<batcher.Batch {self.name!r}>"
+
+    @property
+    def _engine(self) -> Any:
+        return self._store._engine
+
+    # --- reading ---------------------------------------------------------------
+    def status(self, detail: bool = True) -> dict[str, Any]:
+        """The batch's state: the fields of ``batcher status --json``.
+
+        Counts per status (``total``, ``pending``, ``running``, ``succeeded``,
+        ``failed``, ``canceled``), tokens, failures by kind, pace and the live
+        run. ``detail=False`` stops after the counts and token totals.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     s = store.add("tomorrow", ["Not today."]).status()
+        >>> s["total"], s["pending"]
+        (1, 1)
+        """
+        from .status import batch_status
+
+        return batch_status(self._engine, self._record, detail=detail)
+
+    def verify(self) -> list[str]:
+        """Recount the batch from its rows; say where the kept totals differ (empty: they agree).
+
+        What ``batcher status --verify`` does: reads every row, seconds for a
+        million jobs; :meth:`status` never needs it.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     store.add("tomorrow", ["Not today."]).verify()
+        []
+        """
+        from .status import verify
+
+        return verify(self._engine, self._record)
+
+    def estimate(self, rpm: float = 500) -> Any:
+        """What sending its unfinished jobs would take: a :class:`batcher.Estimate` (like ``batcher estimate``).
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     e = store.add("later-still", ["Not yet."], max_tokens=64).estimate()
+        >>> e.jobs, e.max_output_tokens
+        (1, 64)
+        """
+        from .estimator import estimate_batch
+
+        if not rpm > 0:
+            raise UsageError(f"rpm must be a number > 0, not {rpm!r}")
+        return estimate_batch(self._engine, self._record, rpm)
+
+    def results(self, only: str | Iterable[str] | None = "all") -> Iterator[Result]:
+        """Its jobs' :class:`batcher.Result` s, lazily, in input order.
+
+        ``only`` is ``"all"`` (every job, pending ones too, so results line up
+        with the input) or a status (``succeeded``, ``failed``, ``canceled``,
+        ``pending``) or several. Memory stays flat: this is the way through
+        millions of rows.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("colours", ["Name a colour.", "Name another colour."])
+        ...     _ = b.run(progress=False)
+        ...     texts = [r.text for r in b.results(only="succeeded")]
+        >>> len(texts)
+        2
+        """
+        from ._results import iter_results
+
+        return iter_results(self._engine, self._record, only)
+
+    def export(self, path: str | None = None, format: str = "results", only: str = "all",
+               include_pending: bool = False, *, force: bool = False, notes: Any = None) -> int:
+        """Write the results as JSONL, like ``batcher export``; return the lines written.
+
+        ``format`` is ``results`` (Anthropic's Message Batches result lines),
+        ``text`` or ``merged``; ``only`` is ``all``, ``succeeded`` or
+        ``failed``. ``path`` defaults to ``NAME.FORMAT.jsonl`` here; ``"-"``
+        is stdout. A file is written whole or not at all; a FIFO or device is
+        written into. Writing over the batch's own job file needs ``force``.
+        ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("colours", ["Name a colour.", "Name another colour."])
+        ...     _ = b.run(progress=False)
+        ...     b.export("colours.jsonl", format="text")
+        2
+        """
+        from .export import default_output, export_batch
+
+        return export_batch(self._engine, self._record, path or default_output(self._record, format), format,
+                            only, include_pending, force=force, notes=notes)
+
+    # --- changing what a run sends --------------------------------------------------
+    def retry(self, error_type: str | Iterable[str] | None = None, status_code: int | Iterable[int] | None = None,
+              canceled: bool = False) -> int:
+        """Put failed jobs (those matching, if given) back to pending; return how many.
+
+        Like ``batcher retry``: ``error_type`` and ``status_code`` narrow the
+        failures chosen; ``canceled=True`` brings back cancelled jobs instead.
+        The next :meth:`run` sends them.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     store.add("greetings", ["Say hello"]).retry(error_type="overloaded_error", status_code=529)
+        0
+        """
+        from .manage import retry
+
+        types = (error_type,) if isinstance(error_type, str) else tuple(error_type or ())
+        codes = (status_code,) if isinstance(status_code, int) else tuple(status_code or ())
+        return retry(self._engine, self._record, types, codes, canceled)
+
+    def failure_kinds(self) -> dict[str, int]:
+        """Failed jobs by error type, most frequent first: the values ``retry(error_type=...)`` can match."""
+        from .manage import failure_kinds
+
+        return failure_kinds(self._engine, self._record)
+
+    def cancel(self) -> int:
+        """Mark pending jobs canceled so no run sends them; return how many (like ``batcher cancel``).
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     b = store.add("later", ["Not now.", "Nor now."])
+        ...     b.cancel(), b.retry(canceled=True)
+        (2, 2)
+        """
+        from .manage import cancel
+
+        return cancel(self._engine, self._record)
+
+    # --- running ------------------------------------------------------------------------
+    def run(self, *, rpm: float = 500, concurrency: int | None = None, max_attempts: int = 6,
+            timeout: float = 600, stream: bool | None = None, api_key: str | None = None,
+            base_url: str | None = None, auth: str = "x-api-key", grace: float = 10,
+            progress: bool | None = None, **options: Any) -> RunSummary:
+        """Send every pending job, at the rate limit; return the run's summary.
+
+        The same run as ``batcher run``, with the same options; ``api_key`` and
+        ``base_url`` default to ``$POE_API_KEY`` and ``$POE_BASE_URL``.
+        Further keyword ``options`` are :class:`batcher.runconfig.RunConfig` fields.
+        ``progress=None`` shows a live line on a terminal or in a notebook and
+        nothing otherwise; True or False force it on or off.
+
+        Works inside a running event loop too (Jupyter): the run then goes on
+        a worker thread. Ctrl-C (or a notebook's stop) lets in-flight answers
+        finish within ``grace`` seconds, keeps every stored answer and raises
+        :class:`batcher.Interrupted`; a second one stops at once. Calling
+        again resumes. A key the API refuses raises :class:`batcher.APIStopped`
+        with nothing marked failed; jobs that failed are results, not errors.
+
+        Spend control, as on the command line: ``limit=N`` sends only the
+        first N pending jobs; ``max_input_tokens=`` / ``max_output_tokens=``
+        cap this run's tokens (in-flight aware); ``reuse=True`` answers jobs
+        from identical requests already answered in the store. A run stopped
+        by one of them returns its summary (``outcome`` "limit" or "budget",
+        ``exit_code`` 5, ``message`` saying which); calling again goes on.
+        """
+        from ._running import RunControl, run_config
+        from ._sync import call_sync
+
+        given = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, stream=stream,
+                     api_key=api_key, base_url=base_url, auth=auth, grace=grace, progress=progress, **options)
+        run_config(given)  # a bad option fails here, before a thread starts
+        control = RunControl()
+        return call_sync(functools.partial(self._arun, given, control), control.stop, control.cancel)
+
+    async def arun(self, *, rpm: float = 500, concurrency: int | None = None, max_attempts: int = 6,
+                   timeout: float = 600, stream: bool | None = None, api_key: str | None = None,
+                   base_url: str | None = None, auth: str = "x-api-key", grace: float = 10,
+                   progress: bool | None = None, signals: bool = False, **options: Any) -> RunSummary:
+        """:meth:`run` for async code (asyncio or trio, through anyio).
+
+        Cancelling the calling task stops the run at once (stored answers
+        stay). ``signals=True`` lets the run catch SIGINT/SIGTERM itself for a
+        graceful stop, as the command line does (main thread only).
+
+        >>> import anyio, batcher
+        >>> async def main():
+        ...     with batcher.Store("example.db") as store:
+        ...         b = store.add("fruits", ["Name a fruit."])
+        ...         return (await b.arun(progress=False)).left
+        >>> anyio.run(main)
+        0
+        """
+        return await self._arun(dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                                     timeout=timeout, stream=stream, api_key=api_key, base_url=base_url,
+                                     auth=auth, grace=grace, progress=progress, **options),
+                                signals=signals)
+
+    async def _arun(self, options: dict[str, Any], control: RunControl | None = None,
+                    signals: bool = False) -> RunSummary:
+        import anyio
+
+        from ._progress import run_display
+        from ._running import checked, run_config
+        from .runner import Runner
+
+        key, config = run_config(options, signals)
+        display = run_display(options["progress"])
+        try:
+            runner = Runner(self._engine, self._record, key, config)
+            if control is not None:
+                control.attach(runner)
+            with anyio.CancelScope() as scope:
+                if control is not None:
+                    control.scope = scope
+                summary = await runner.run(display)
+            if scope.cancelled_caught:
+                raise Interrupted(f"batch {self.name}: stopped at once; answers already received are stored, "
+                                  "the rest resumes on the next run")
+        finally:
+            if display is not None:
+                display.close()
+        return checked(summary)
+
+
+def check_run(**options: Any) -> None:
+    """Raise now if :meth:`Batch.run` would refuse these options (no key, unsafe URL, bad number).
+
+    Lets a caller refuse before it imports anything or touches the store.
+    """
+    from ._running import run_config
+
+    run_config({**RUN_DEFAULTS, **options})
+
+
+#: :meth:`Batch.run`'s keyword defaults.
+RUN_DEFAULTS = {name: p.default for name, p in inspect.signature(Batch.run).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
