@@ -19,7 +19,8 @@ from .store import Batch as BatchRecord
 # (status, batches) start quickly: the export for results, anyio and the
 # runner, HTTP client and display when a run starts.
 if TYPE_CHECKING:
-    from ._handles import Store
+    from sqlalchemy import Engine
+
     from ._results import Result
     from ._running import RunControl
     from .importer import ImportReport
@@ -44,8 +45,10 @@ class Batch:
 
     __module__ = "batcher"
 
-    def __init__(self, store: Store, record: BatchRecord, report: ImportReport | None = None) -> None:
-        self._store, self._record = store, record
+    def __init__(self, engine: Engine, record: BatchRecord, report: ImportReport | None = None) -> None:
+        # The store's engine, not the store: a batch reads and writes through
+        # it alone, and the store's handle stays the one that makes batches.
+        self._engine, self._record = engine, record
         #: What the :meth:`Store.add` that returned this handle imported (None otherwise).
         self.report = report
 
@@ -66,10 +69,6 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"<batcher.Batch {self.name!r}>"
-
-    @property
-    def _engine(self) -> Any:
-        return self._store._engine
 
     # --- reading ---------------------------------------------------------------
     def status(self, detail: bool = True) -> dict[str, Any]:

@@ -111,7 +111,7 @@ class Store:
                                    skip_invalid, defaults=defaults)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
-        return Batch(self, find_batch(self._engine, name), report)
+        return Batch(self._engine, find_batch(self._engine, name), report)
 
     def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool) -> Batch:
         from ._rows import InvalidRows
@@ -123,7 +123,7 @@ class Store:
             report = import_file(self._engine, path, name, defaults, skip_invalid)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=False) from None
-        return Batch(self, find_batch(self._engine, report.batch), report)
+        return Batch(self._engine, find_batch(self._engine, report.batch), report)
 
     def batch(self, name: str | None = None) -> Batch:
         """The batch called ``name``; with no name, the store's only batch.
@@ -137,8 +137,8 @@ class Store:
         ...     store.batch("greetings").status()["total"]
         2
         """
-        return Batch(self, find_batch(self._engine, name))
+        return Batch(self._engine, find_batch(self._engine, name))
 
     def batches(self) -> list[Batch]:
         """Every batch in the store, oldest first (what ``batcher batches`` lists)."""
-        return [Batch(self, record) for record in list_batches(self._engine)]
+        return [Batch(self._engine, record) for record in list_batches(self._engine)]
