@@ -35,11 +35,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from ._forking import can_fork, freeze_inherited
 from .db import open_store, read_failure
 from .errors import StoreError
+from .outfile import Chunk, Piped
 from .schema import jobs
 
 if TYPE_CHECKING:
     from ._render import ExportNotes
-    from .outfile import Chunk
 
 #: Lines of the batch per range: ~2 MB of output for typical answers.
 SPAN = 2000
@@ -70,13 +70,15 @@ def worthwhile(engine: Engine) -> bool:
 
 
 def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
-                  notes: ExportNotes | None) -> Iterator[Chunk] | None:
+                  notes: ExportNotes | None, piped: bool = False) -> Iterator[Chunk] | None:
     """The export's chunks from forked workers, or None to read it here.
 
     ``query`` is the export's ordered select; ``render`` turns a row into a
     line, counting into ``notes`` (each worker into its own copy: what they
     counted is added to ``notes`` here). None when the batch is small or a
-    snapshot could not be shared: the caller then reads it itself.
+    snapshot could not be shared: the caller then reads it itself. With
+    ``piped``, ranges come as :class:`~batcher.outfile.Piped` (see
+    :meth:`_Team.chunks`).
     """
     if not worthwhile(engine):
         return None
@@ -91,7 +93,7 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
     for _ in range(TRIES):
         team = _Team.start(engine, ranged, render, notes, bounds)
         if team is not None:
-            return team.chunks(notes)
+            return team.chunks(notes, piped)
     return None
 
 
@@ -148,28 +150,39 @@ class _Team:
         team.stop()
         return None
 
-    def chunks(self, notes: ExportNotes | None) -> Iterator[Chunk]:
-        """Each range's lines, in order; the workers are stopped however this ends."""
+    def chunks(self, notes: ExportNotes | None, piped: bool) -> Iterator[Chunk]:
+        """Each range's lines, in order; the workers are stopped however this ends.
+
+        With ``piped`` a range comes as a :class:`~batcher.outfile.Piped`,
+        still in its worker's pipe, for the writer to move or read.
+        """
         try:
             for index in range(self.ranges):
-                data, lines, replaced = self.receive(self.answers[index % len(self.answers)])
+                fd = self.answers[index % len(self.answers)]
+                size, lines, replaced = self.header(fd)
                 if notes is not None:
                     notes.replaced_keys += replaced
+                data = Piped(fd, size, _STOPPED)
+                if not piped:
+                    yield data.read(), lines
+                    continue
                 yield data, lines
+                if not data.done:
+                    data.read()  # the caller left it: the next header follows it
         finally:
             self.stop()
 
-    def receive(self, fd: int) -> tuple[bytes, int, int]:
-        """One answer from a worker: its data, its lines and the keys it replaced."""
-        header = _read(fd, _HEADER.size)
-        if len(header) == _HEADER.size:
-            size, lines, replaced = _HEADER.unpack(header)
-            data = _read(fd, size)
-            if len(data) == size:
-                if lines < 0:
-                    raise StoreError(data.decode(errors="replace"))
-                return data, lines, replaced
-        raise StoreError("cannot read the job store: an export worker process stopped before its part was done")
+    def header(self, fd: int) -> tuple[int, int, int]:
+        """The next answer's size, lines and replaced keys; a worker's error is raised here."""
+        size, lines, replaced = _HEADER.unpack(Piped(fd, _HEADER.size, _STOPPED).read())
+        if lines < 0:
+            raise StoreError(Piped(fd, size, _STOPPED).read().decode(errors="replace"))
+        return size, lines, replaced
+
+    def receive(self, fd: int) -> None:
+        """A worker's first, empty answer: it has begun reading."""
+        size, _, _ = self.header(fd)
+        Piped(fd, size, _STOPPED).read()
 
     def stop(self) -> None:
         """Close the pipes (a worker still writing then stops) and reap every worker."""
@@ -189,6 +202,7 @@ class _Team:
 
 #: An answer's header: its size in bytes, its lines (-1: an error message), keys replaced.
 _HEADER = struct.Struct("<qqq")
+_STOPPED = "cannot read the job store: an export worker process stopped before its part was done"
 
 
 def _widen(fd: int) -> None:
@@ -197,19 +211,6 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except OSError:
         pass
-
-
-def _read(fd: int, size: int) -> bytes:
-    """``size`` bytes from a pipe, or fewer if the writer closed it first."""
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    got = 0
-    while got < size:
-        n = os.readv(fd, [view[got:]])
-        if n == 0:
-            return bytes(view[:got])
-        got += n
-    return bytes(buffer)
 
 
 def _write(fd: int, data: bytes) -> None:

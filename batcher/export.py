@@ -73,13 +73,15 @@ def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
 
 def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str = "all",
                   include_pending: bool = False, chunk: int = CHUNK,
-                  notes: ExportNotes | None = None) -> Iterator[Chunk]:
+                  notes: ExportNotes | None = None, piped: bool = False) -> Iterator[Chunk]:
     """The export's lines, a chunk at a time, in input order, from one snapshot.
 
     Options are checked now; the snapshot is taken when iteration starts.
     A big batch in an SQLite store is rendered by forked workers (see
-    :mod:`batcher._export_workers`), in chunks of their own size.
-    ``notes`` collects what deserves a warning.
+    :mod:`batcher._export_workers`), in chunks of their own size; with
+    ``piped`` their chunks may come as :class:`~batcher.outfile.Piped`, for
+    the writers of :mod:`batcher.outfile`. ``notes`` collects what deserves
+    a warning.
     """
     if fmt not in RENDERERS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -94,13 +96,13 @@ def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str 
         query = query.where(jobs.c.status.in_(statuses))
     # (batch_id, line) is indexed and SQLite appends the rowid to every
     # index, so this order is read straight off ix_jobs_batch_line: no sort.
-    return _export_stream(engine, batch, query.order_by(jobs.c.line, jobs.c.id), render, chunk, notes)
+    return _export_stream(engine, batch, query.order_by(jobs.c.line, jobs.c.id), render, chunk, notes, piped)
 
 
 def _export_stream(engine: Engine, batch: Batch, query: Any, render: Callable[[Any], bytes], chunk: int,
-                   notes: ExportNotes | None) -> Iterator[Chunk]:
+                   notes: ExportNotes | None, piped: bool) -> Iterator[Chunk]:
     try:
-        forked = _export_workers.forked_chunks(engine, batch.id, query, render, notes)
+        forked = _export_workers.forked_chunks(engine, batch.id, query, render, notes, piped)
     except SQLAlchemyError as exc:
         raise read_failure(exc) from None
     if forked is not None:
@@ -157,7 +159,7 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
     batch's own job files needs ``force``. Failures to write are
     :class:`~batcher.errors.OutputError` (a closed pipe stays BrokenPipeError).
     """
-    chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes)
+    chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
     if isinstance(out, str):
         if out == "-":
             if sys.stdout is None:

@@ -19,12 +19,60 @@ import tempfile
 import threading
 from typing import IO, Callable, Iterator
 
-from .errors import OutputError
+from .errors import OutputError, StoreError
 from .interrupts import CommitPoint
 
 
-#: A chunk of what is written: whole lines, and how many.
-Chunk = tuple[bytes, int]
+class Piped:
+    """``size`` bytes of whole lines still in the pipe ``fd``: a chunk not yet read.
+
+    What a forked export worker sends. The writer of a regular file moves
+    them from the pipe into the file (``os.splice``), sparing this process
+    the copy in and the copy out: most of its work in a big export. Read or
+    written before the next chunk is asked for; ``broken`` is what went wrong
+    if the pipe ends before ``size`` bytes.
+    """
+
+    def __init__(self, fd: int, size: int, broken: str) -> None:
+        self.fd, self.size, self.broken = fd, size, broken
+        self.done = False
+
+    def read(self) -> bytes:
+        """The bytes, read into this process."""
+        buffer = bytearray(self.size)
+        view = memoryview(buffer)
+        got = 0
+        while got < self.size:
+            n = os.readv(self.fd, [view[got:]])
+            if n == 0:
+                raise StoreError(self.broken)
+            got += n
+        self.done = True
+        return bytes(buffer)
+
+    def move_into(self, out: IO[bytes]) -> bool:
+        """Move the bytes into ``out``'s file; False (nothing moved) where the system cannot."""
+        out.flush()
+        left = self.size
+        while left:
+            try:
+                n = os.splice(self.fd, out.fileno(), left)
+            except OSError as exc:
+                if left == self.size and exc.errno in _NO_SPLICE:
+                    return False
+                raise
+            if n == 0:
+                raise StoreError(self.broken)
+            left -= n
+        self.done = True
+        return True
+
+
+#: What splice says where a file system or a system does not take it.
+_NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+#: A chunk of what is written: whole lines (or where they wait), and how many.
+Chunk = tuple["bytes | Piped", int]
 Chunks = Iterator[Chunk]
 
 
@@ -37,15 +85,29 @@ def write_failure(where: str, exc: OSError) -> OutputError:
     return OutputError(f"{where}: cannot write: {exc.strerror or exc}")
 
 
-def _write_all(chunks: Chunks, out: IO[bytes], wrote: Callable[[int], None] | None = None) -> int:
-    """Write every chunk; on any failure, end the read transaction at once."""
+def _write_all(chunks: Chunks, out: IO[bytes], wrote: Callable[[int], None] | None = None,
+               splice: bool = False) -> int:
+    """Write every chunk; on any failure, end the read transaction at once.
+
+    With ``splice`` (a regular file, removed if the export fails) piped
+    chunks are moved into ``out`` where the system can. Streams read them
+    instead: a worker dying mid-chunk must not leave half a line there.
+    """
     written = 0
+    splice = splice and hasattr(os, "splice")
     try:
         for data, lines in chunks:
-            out.write(data)
+            if isinstance(data, Piped):
+                size = data.size
+                if not (splice and data.move_into(out)):
+                    splice = False
+                    out.write(data.read())
+            else:
+                size = len(data)
+                out.write(data)
             written += lines
             if wrote is not None:
-                wrote(len(data))
+                wrote(size)
     finally:
         _close(chunks)
     return written
@@ -153,7 +215,7 @@ def write_atomically(path: str, chunks: Chunks, shown: str | None = None) -> int
             with os.fdopen(fd, "wb", buffering=1 << 20) as out:
                 background = _BackgroundSync(out)
                 try:
-                    written = _write_all(chunks, out, background.wrote)
+                    written = _write_all(chunks, out, background.wrote, splice=True)
                     out.flush()
                 finally:
                     background.wait()

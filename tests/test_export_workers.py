@@ -7,6 +7,7 @@ command-line tests use a batch above the real threshold.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -185,6 +186,34 @@ def test_a_worker_that_dies_fails_the_export(tmp_path: Path, forking: list[int],
     with pytest.raises(StoreError, match="an export worker process stopped"):
         export_batch(engine, find_batch(engine, "big"), str(tmp_path / "x.jsonl"), "results")
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def stops_mid_range(reply: int, go: int, *rest: Any) -> None:
+    """A worker that begins, then sends half a range's bytes and ends."""
+    if os.read(go, 1) == b"g":
+        workers._write(reply, workers._HEADER.pack(0, 0, 0))
+        workers._write(reply, workers._HEADER.pack(1000, 5, 0) + b'{"custom_id"')
+
+
+def test_a_worker_that_stops_mid_range_fails_a_file_export_and_leaves_no_file(
+        tmp_path: Path, forking: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The range's bytes are moved from the pipe into the file as they come: the
+    pipe ending short must still fail the export, and the part must go."""
+    _, engine = filled_store(tmp_path, JOBS)
+    monkeypatch.setattr(workers, "_work", stops_mid_range)
+    with pytest.raises(StoreError, match="an export worker process stopped"):
+        export_batch(engine, find_batch(engine, "big"), str(tmp_path / "x.jsonl"), "results")
+    assert forking and not (tmp_path / "x.jsonl").exists() and not list(tmp_path.glob(".x.jsonl.*"))
+
+
+def test_a_worker_that_stops_mid_range_writes_no_half_line_to_a_stream(
+        tmp_path: Path, forking: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, engine = filled_store(tmp_path, JOBS)
+    monkeypatch.setattr(workers, "_work", stops_mid_range)
+    out = io.BytesIO()
+    with pytest.raises(StoreError, match="an export worker process stopped"):
+        export_batch(engine, find_batch(engine, "big"), out, "results")
+    assert forking and out.getvalue() == b""
 
 
 # -- one snapshot while another process commits ------------------------------------------
