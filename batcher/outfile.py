@@ -69,10 +69,10 @@ class Piped:
 
 
 #: What splice says where a file system or a system does not take it.
-_NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+_NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
 #: A chunk of what is written: whole lines (or where they wait), and how many.
-Chunk = tuple["bytes | Piped", int]
+Chunk = tuple[bytes | Piped, int]
 Chunks = Iterator[Chunk]
 
 
