@@ -146,7 +146,8 @@ def test_429_pauses_every_worker_for_retry_after(tmp_path: Path, simulator: Any)
 
 
 def test_request_starts_never_exceed_the_bound_in_any_window(tmp_path: Path, simulator: Any) -> None:
-    rpm = 2400
+    """A burst would break every window's bound, the widest by dozens of requests."""
+    rpm, jitter = 2400, 0.1
     sim = simulator(latency=(0, 0.01))
     run(tmp_path, sim, [f"p{i}" for i in range(120)], rpm=rpm)
     times = sorted(sim.stats(times=True)["arrivals"])
@@ -157,8 +158,10 @@ def test_request_starts_never_exceed_the_bound_in_any_window(tmp_path: Path, sim
             while times[lo] <= t - width:
                 lo += 1
             best = max(best, hi - lo + 1)
-        # +1 for the window's first start, +1 for arrival jitter on loopback
-        assert best <= rpm * width / 60 + 2, (width, best)
+        # +1 for the window's first start. Arrivals are timed by the server's
+        # thread, which a loaded machine can hold back: starts spaced by the
+        # pacer may then land up to `jitter` seconds closer together.
+        assert best <= rpm * (width + jitter) / 60 + 1, (width, best)
 
 
 def test_key_never_reaches_store_or_errors(tmp_path: Path, simulator: Any) -> None:
