@@ -163,10 +163,7 @@ class _Team:
                 if notes is not None:
                     notes.replaced_keys += replaced
                 data = Piped(fd, size, _STOPPED)
-                if not piped:
-                    yield data.read(), lines
-                    continue
-                yield data, lines
+                yield (data if piped else data.read()), lines
                 if not data.done:
                     data.read()  # the caller left it: the next header follows it
         finally:
