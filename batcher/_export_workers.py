@@ -84,8 +84,8 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
         return None
     with engine.connect() as conn, conn.begin():
         lines = jobs.c.line
-        first = conn.scalar(select(func.min(lines)).where(jobs.c.batch_id == batch_id))
-        last = conn.scalar(select(func.max(lines)).where(jobs.c.batch_id == batch_id))
+        first, last = conn.execute(select(func.min(lines), func.max(lines))
+                                   .where(jobs.c.batch_id == batch_id)).one()
     if first is None or last - first + 1 < FORK_FROM_LINES:
         return None
     ranged = query.where(lines >= bindparam("lo"), lines < bindparam("hi"))
