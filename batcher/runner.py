@@ -25,6 +25,7 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
+from ._records import attempt_row, failed, succeeded
 from .client import Attempt, MessagesClient
 from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_OK, EXIT_USAGE,
                      BatcherError, StoreError)
@@ -216,14 +217,13 @@ class Runner:
             elif decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
                 decision = Decision(Verdict.RETRY, backoff(used), counts=False)
             used += decision.counts
-            await records.send(AttemptRow(job.id, started, _ms(attempt.latency_s), attempt.status_code,
-                                          attempt.error_type, attempt.streamed, _ms(attempt.ttft_s), decision.counts))
+            await records.send(attempt_row(job.id, started, attempt, decision.counts))
             if decision.verdict is Verdict.SUCCEEDED:
-                values = _answer(attempt)
-                await records.send(Outcome(job.id, "succeeded", values, key))
-                return values
+                outcome = succeeded(job.id, attempt, key)
+                await records.send(outcome)
+                return outcome.values
             if decision.verdict is Verdict.FAILED:
-                await records.send(Outcome(job.id, "failed", _failure(attempt)))
+                await records.send(failed(job.id, attempt))
                 return
             if decision.verdict is Verdict.STOP_RUN:
                 if problem is not None:
@@ -367,42 +367,11 @@ def _first_user_error(group: BaseExceptionGroup) -> BaseException:
     return group
 
 
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else int(seconds * 1000)
-
-
-def _answer(attempt: Attempt) -> dict[str, Any]:
-    message = attempt.message or {}
-    usage = message.get("usage") or {}
-    return {
-        "response": orjson.dumps(message).decode(),
-        "model": message.get("model"),
-        "input_tokens": usage.get("input_tokens"),
-        "output_tokens": usage.get("output_tokens"),
-        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens"),
-        "cache_read_input_tokens": usage.get("cache_read_input_tokens"),
-        "latency_ms": _ms(attempt.latency_s),
-        "streamed": attempt.streamed,
-        "ttft_ms": _ms(attempt.ttft_s),
-        "error": None,
-        "error_type": None,
-        "status_code": None,
-    }
-
-
 def _refusal(attempt: Attempt) -> str:
     """What to tell the user when the API will not take the key."""
     error = (attempt.error or {}).get("error", {})
     why = "is out of points" if attempt.status_code == 402 else "refused the key"
     return f"the API {why} (HTTP {attempt.status_code}, {error.get('type')}): {error.get('message')}"
-
-
-def _failure(attempt: Attempt) -> dict[str, Any]:
-    return {
-        "error": orjson.dumps(attempt.error).decode() if attempt.error else None,
-        "error_type": attempt.error_type,
-        "status_code": attempt.status_code,
-    }
 
 
 async def run_batch(engine: Engine, batch: Batch, api_key: str, config: RunConfig,
