@@ -111,7 +111,7 @@ class InvalidRows(ImportRejected):
     0-based index for rows given in Python, the line number for a file.
 
     >>> import batcher
-    >>> with batcher.Store(":memory:") as store:
+    >>> with batcher.Store("example.db") as store:
     ...     store.add("x", ["fine", "", {"prompt": "hi", "max_tokens": 0}])
     Traceback (most recent call last):
     batcher.InvalidRows: 2 bad row(s), nothing imported: row 1: `prompt` must be a non-empty string; row 2: `max_tokens` must be a positive integer

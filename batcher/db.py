@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import threading
 import urllib.parse
 from contextlib import contextmanager
 from importlib.resources import files
@@ -29,10 +30,22 @@ from .errors import StoreError, UsageError
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
 
+#: Alembic keeps the migration under way in module globals, so two threads
+#: of one process upgrading at once (a new store opened from a thread pool,
+#: or by gathered ``arun`` calls) would trip over each other.
+_upgrading = threading.Lock()
+
+
+def _refuse_memory(db: str) -> None:
+    raise UsageError(f"{db}: a job store must be a file (an in-memory database would lose every answer "
+                     "when the call ends); give a path")
+
 
 def resolve_url(db: str | None) -> str:
     """The SQLAlchemy URL for ``--db``/``BATCHER_DB``/the default file."""
     db = db or os.environ.get("BATCHER_DB") or DEFAULT_DB
+    if db == ":memory:":
+        _refuse_memory(db)
     if "://" in db:
         return db
     # Built, not pasted: a path's %, ? and # would otherwise be read as URL syntax.
@@ -159,9 +172,7 @@ def _upgrade(engine: Engine, readonly: bool = False) -> None:
     and one missing a table of the schema (damaged), naming the table, before
     anything is written to it. Read-only, an older schema is _NeedsUpgrade.
     """
-    with engine.connect() as conn:
-        tables = set(inspect(conn).get_table_names())
-        current = _revision(conn) if "alembic_version" in tables else None
+    tables, current = _schema_state(engine)
     newest = _newest_revision()
     _check_ours(engine, tables, current, newest)
     if not readonly and engine.url.get_backend_name() == "sqlite":
@@ -173,6 +184,20 @@ def _upgrade(engine: Engine, readonly: bool = False) -> None:
             raw.close()
     if current == newest:
         return
+    with _upgrading:
+        _migrate(engine, readonly)
+
+
+def _schema_state(engine: Engine) -> tuple[set[str], str | None]:
+    """The store's tables and its revision (None if it has none)."""
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        return tables, _revision(conn) if "alembic_version" in tables else None
+
+
+def _migrate(engine: Engine, readonly: bool) -> None:
+    """Alembic's upgrade to head, one thread of the process at a time."""
+    tables, current = _schema_state(engine)  # another thread may have upgraded it meanwhile
     from alembic.config import Config
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
@@ -212,6 +237,8 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
         raise StoreError(f"{url}: not a database path or URL") from None
     is_sqlite = parsed.get_backend_name() == "sqlite"
     on_disk = is_sqlite and parsed.database and parsed.database != ":memory:"
+    if is_sqlite and not on_disk:
+        _refuse_memory(url)
     if on_disk:
         _create_private_file(parsed.database, create and not readonly)
     readonly = bool(readonly and on_disk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import sqlite3
 import stat
@@ -375,7 +376,22 @@ def test_upgrade_with_the_command_line(tmp_path: Path) -> None:
     assert revision(db) == HEAD
 
 
-def test_memory_url_works() -> None:
-    engine = open_store("sqlite://")
-    with engine.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+@pytest.mark.parametrize("db", ["sqlite://", "sqlite:///:memory:", ":memory:"])
+def test_an_in_memory_store_is_refused(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Its answers would vanish with the call; a plain ":memory:" once made a file of that name.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="must be a file"):
+        open_store(db)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    # The schema is made once, by one of them; the others wait and find it made.
+    db = str(tmp_path / "new.db")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        engines = list(pool.map(lambda _: open_store(db), range(6)))
+    assert revision(db) == HEAD
+    for engine in engines:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 0
+        engine.dispose()
