@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import anyio
 
@@ -16,6 +16,9 @@ from ._batch import Batch, check_run
 from ._handles import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Store
 from ._results import Result
 from .estimator import Estimate
+
+if TYPE_CHECKING:
+    from .runconfig import RunSummary
 
 
 def _add(store: Store, batch: str | None, rows: Iterable[Any] | str | os.PathLike[str], model: str | None,
@@ -45,31 +48,44 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     Raises :class:`batcher.InvalidRows` (nothing stored) if any row is
     invalid, :class:`batcher.APIStopped` if the API refuses the key,
     :class:`batcher.Interrupted` on Ctrl-C. Failed jobs are results with
-    ``status == "failed"``. The results are a list: for millions of rows,
-    use :meth:`batcher.Batch.results` to read them lazily.
+    ``status == "failed"``. A run stopped by ``limit`` or a token cap warns
+    which; the rows it did not send are ``pending`` results. The results are
+    those of these rows, even when ``batch`` holds others: for millions of
+    rows, use :meth:`batcher.Batch.results` to read them lazily.
 
     >>> import batcher
     >>> results = batcher.run(["Name a colour.", "Name a fruit."], max_tokens=64, progress=False)
     >>> [(r.custom_id, r.status) for r in results]
     [('line-1', 'succeeded'), ('line-2', 'succeeded')]
     """
-    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, api_key=api_key, base_url=base_url,
-              **options)
+    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
+              base_url=base_url, **options)
     with Store(db) as store:
         handle = _add(store, batch, rows, model, max_tokens, system)
-        handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
-                   base_url=base_url, progress=progress, **options)
-        return list(handle.results())
+        _say_why_stopped(handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
+                                    api_key=api_key, base_url=base_url, progress=progress, **options))
+        return list(handle._added_results())
+
+
+def _say_why_stopped(summary: RunSummary) -> None:
+    """A run stopped by ``limit`` or a token cap returns results, some pending: a warning says why."""
+    if summary.outcome in ("limit", "budget"):
+        warnings.warn(f"batcher: {summary.message}; {summary.left:,} job(s) not sent, their results are pending "
+                      "(call again to go on)", stacklevel=3)
 
 
 async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEFAULT_MODEL,
                max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None, batch: str | None = None,
                db: str | os.PathLike[str] | None = None, rpm: float = 500, concurrency: int | None = None,
                max_attempts: int = 6, stream: bool | None = None, api_key: str | None = None,
-               base_url: str | None = None, progress: bool | None = None, **options: Any) -> list[Result]:
+               base_url: str | None = None, progress: bool | None = None, signals: bool = False,
+               **options: Any) -> list[Result]:
     """:func:`batcher.run` for async code; the store's work runs on worker threads.
 
     Cancelling the calling task stops the run at once; stored answers stay.
+    ``signals=True`` lets the run catch SIGINT/SIGTERM itself for a graceful
+    stop (in-flight answers kept, :class:`batcher.Interrupted` raised), as
+    :meth:`batcher.Batch.arun` does (main thread only).
 
     >>> import anyio, batcher
     >>> async def main():
@@ -77,14 +93,15 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
     >>> [r.status for r in anyio.run(main)]
     ['succeeded']
     """
-    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, api_key=api_key, base_url=base_url,
-              **options)
+    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
+              base_url=base_url, **options)
     store = await anyio.to_thread.run_sync(Store, db)
     try:
         handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system))
-        await handle.arun(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
-                          api_key=api_key, base_url=base_url, progress=progress, **options)
-        return await anyio.to_thread.run_sync(lambda: list(handle.results()))
+        _say_why_stopped(await handle.arun(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                                           stream=stream, api_key=api_key, base_url=base_url, progress=progress,
+                                           signals=signals, **options))
+        return await anyio.to_thread.run_sync(lambda: list(handle._added_results()))
     finally:
         store.close()
 
@@ -108,13 +125,14 @@ def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None 
     >>> e.jobs, e.max_output_tokens
     (2, 128)
     """
-    from ._rows import InvalidRows, records
+    from . import options as opt
+    from ._rows import InvalidRows, defaults_of, records
     from .estimator import estimate as estimate_source
     from .estimator import estimate_rows
     from .importer import ImportRejected
-    from .validate import Defaults
 
-    defaults = Defaults(model, max_tokens, system)
+    rpm = opt.checked("rpm", opt.RPM, rpm)
+    defaults = defaults_of(model, max_tokens, system)
     try:
         if isinstance(rows, (str, os.PathLike)):
             return estimate_source(os.fspath(rows), None if db is None else os.fspath(db), defaults, rpm)

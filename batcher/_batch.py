@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import Interrupted, UsageError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
     from ._results import Result
     from ._running import RunControl
+    from .estimator import Estimate
     from .importer import ImportReport
     from .runconfig import RunSummary
 
@@ -103,7 +105,7 @@ class Batch:
 
         return verify(self._engine, self._record)
 
-    def estimate(self, rpm: float = 500) -> Any:
+    def estimate(self, rpm: float = 500) -> Estimate:
         """What sending its unfinished jobs would take: a :class:`batcher.Estimate` (like ``batcher estimate``).
 
         >>> import batcher
@@ -112,11 +114,10 @@ class Batch:
         >>> e.jobs, e.max_output_tokens
         (1, 64)
         """
+        from . import options as opt
         from .estimator import estimate_batch
 
-        if not rpm > 0:
-            raise UsageError(f"rpm must be a number > 0, not {rpm!r}")
-        return estimate_batch(self._engine, self._record, rpm)
+        return estimate_batch(self._engine, self._record, opt.checked("rpm", opt.RPM, rpm))
 
     def results(self, only: str | Iterable[str] | None = "all") -> Iterator[Result]:
         """Its jobs' :class:`batcher.Result` s, lazily, in input order.
@@ -138,6 +139,16 @@ class Batch:
 
         return iter_results(self._engine, self._record, only)
 
+    def _added_results(self) -> Iterator[Result]:
+        """The results of the rows the :meth:`Store.add` that made this handle was given, in their order.
+
+        A batch may hold rows of earlier calls too; this is one result per row of that call.
+        """
+        from ._results import iter_results
+
+        import_id = self.report.import_id if self.report is not None else None
+        return iter_results(self._engine, self._record, "all", import_id=import_id)
+
     def export(self, path: str | None = None, format: str = "results", only: str = "all",
                include_pending: bool = False, *, force: bool = False, notes: Any = None) -> int:
         """Write the results as JSONL, like ``batcher export``; return the lines written.
@@ -147,7 +158,9 @@ class Batch:
         ``failed``. ``path`` defaults to ``NAME.FORMAT.jsonl`` here; ``"-"``
         is stdout. A file is written whole or not at all; a FIFO or device is
         written into. Writing over the batch's own job file needs ``force``.
-        ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings.
+        ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings;
+        without it they are issued as Python warnings (input keys the
+        ``merged`` format replaced).
 
         >>> import batcher
         >>> with batcher.Store("example.db") as store:
@@ -156,10 +169,15 @@ class Batch:
         ...     b.export("colours.jsonl", format="text")
         2
         """
-        from .export import default_output, export_batch
+        from .export import ExportNotes, default_output, export_batch
 
-        return export_batch(self._engine, self._record, path or default_output(self._record, format), format,
-                            only, include_pending, force=force, notes=notes)
+        kept = ExportNotes() if notes is None else notes
+        written = export_batch(self._engine, self._record, path or default_output(self._record, format), format,
+                               only, include_pending, force=force, notes=kept)
+        if notes is None:
+            for warning in kept.warnings():
+                warnings.warn(f"batcher: {warning}", stacklevel=2)
+        return written
 
     # --- changing what a run sends --------------------------------------------------
     def retry(self, error_type: str | Iterable[str] | None = None, status_code: int | Iterable[int] | None = None,
@@ -175,10 +193,11 @@ class Batch:
         ...     store.add("greetings", ["Say hello"]).retry(error_type="overloaded_error", status_code=529)
         0
         """
+        from . import options as opt
         from .manage import retry
 
-        types = (error_type,) if isinstance(error_type, str) else tuple(error_type or ())
-        codes = (status_code,) if isinstance(status_code, int) else tuple(status_code or ())
+        types = _several(error_type, str)
+        codes = tuple(opt.checked("status_code", opt.HTTP_STATUS, code) for code in _several(status_code, (str, int)))
         return retry(self._engine, self._record, types, codes, canceled)
 
     def failure_kinds(self) -> dict[str, int]:
@@ -284,6 +303,18 @@ class Batch:
             if display is not None:
                 display.close()
         return checked(summary)
+
+
+def _several(given: Any, one: type | tuple[type, ...]) -> tuple[Any, ...]:
+    """One value or several as a tuple (a single string is one value, not its letters)."""
+    if given is None:
+        return ()
+    if isinstance(given, one):
+        return (given,)
+    try:
+        return tuple(given)
+    except TypeError:
+        raise UsageError(f"expected one value or a list of them, not {given!r}") from None
 
 
 def check_run(**options: Any) -> None:

@@ -13,7 +13,7 @@ import click
 
 from . import options as opt
 from ._clikit import EXIT_CODES, db_option, defaults_options, fail, friendly, report_import_notes
-from .errors import BatcherError
+from .errors import BatcherError, Interrupted
 
 
 RUN_EPILOG = """\b
@@ -43,7 +43,7 @@ Examples:
               help="Seconds a streamed answer may take in all.")
 @click.option("--base-url", envvar="POE_BASE_URL", type=opt.URL, default="https://api.poe.com", show_default=True,
               help="API endpoint (env POE_BASE_URL).")
-@click.option("--auth", type=click.Choice(["x-api-key", "bearer"]), default="x-api-key", show_default=True,
+@click.option("--auth", type=click.Choice(opt.AUTH_STYLES), default="x-api-key", show_default=True,
               help="How the key is sent.")
 @click.option("--stream/--no-stream", default=None,
               help="Stream answers (default: only jobs with max_tokens above 4096).")
@@ -107,7 +107,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
             handle = store.batch(file_or_batch)
         try:
             summary = anyio.run(functools.partial(handle.arun, signals=True, **options))
-        except BatcherError as exc:
+        except (BatcherError, Interrupted) as exc:
             if exc.summary is None:
                 raise
             summary = exc.summary  # a run that ended early: its summary says how

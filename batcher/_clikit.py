@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 
 from . import options as opt
-from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError
+from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError, Interrupted
 
 DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
 EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not writable, 3 stopped by the API, "
@@ -48,7 +48,7 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
                 return command(*args, **kwargs)
             finally:
                 flush_stdout()
-        except BatcherError as exc:
+        except (BatcherError, Interrupted) as exc:
             fail(str(exc), exc.exit_code)
         except BrokenPipeError:
             end_on_closed_pipe()

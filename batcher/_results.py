@@ -62,7 +62,10 @@ STATUS_CHOICES = ("succeeded", "failed", "canceled", "pending")
 def _statuses(only: str | Iterable[str] | None) -> tuple[str, ...] | None:
     if only is None or only == ALL:
         return None
-    chosen = (only,) if isinstance(only, str) else tuple(only)
+    try:
+        chosen = (only,) if isinstance(only, str) else tuple(only)
+    except TypeError:
+        chosen = (only,)  # refused below, by name
     for status in chosen:
         if status not in STATUS_CHOICES:
             raise UsageError(f"only= takes {ALL!r} or statuses among {', '.join(STATUS_CHOICES)}, not {status!r}")
@@ -88,14 +91,17 @@ def _result(row: Any) -> Result:
 
 
 def iter_results(engine: Engine, batch: BatchRecord, only: str | Iterable[str] | None = None,
-                 chunk: int = CHUNK) -> Iterator[Result]:
+                 chunk: int = CHUNK, import_id: int | None = None) -> Iterator[Result]:
     """The batch's results in input order, from one snapshot, ``chunk`` rows at a time.
 
     ``only`` is checked now; the snapshot is taken when iteration starts.
+    With ``import_id``, only the jobs of that import (the rows of one call).
     """
     statuses = _statuses(only)
     query = select(jobs.c.line, jobs.c.custom_id, jobs.c.status, jobs.c.response, jobs.c.error, jobs.c.error_type,
                    jobs.c.status_code, jobs.c.source).where(jobs.c.batch_id == batch.id)
+    if import_id is not None:
+        query = query.where(jobs.c.import_id == import_id)
     if statuses is not None:
         query = query.where(jobs.c.status.in_(statuses))
     chunks = _stream(engine, query.order_by(jobs.c.line, jobs.c.id), _result, chunk)

@@ -11,10 +11,13 @@ are iterated, so an import's memory stays flat in the number of rows. Row
 from __future__ import annotations
 
 import hashlib
+import operator
+import re
 from typing import Any, Iterable, Iterator
 
 import orjson
 
+from .errors import UsageError
 from .importer import ImportRejected, ImportReport
 from .jobfile import LineError
 from .prepare import PreparedChunk, prepare_object
@@ -38,12 +41,41 @@ def _missing(value: Any) -> bool:
 
 
 def records(rows: Any) -> Iterable[Any]:
-    """The rows of ``rows``: a DataFrame's records (empty cells left out), a Series' values, or ``rows``."""
+    """The rows of ``rows``: a DataFrame's records (empty cells left out), a Series' values, or ``rows``.
+
+    A single row (a dict) or something that is no collection is refused: a
+    dict would otherwise be read as its keys, each one a prompt.
+    """
     if hasattr(rows, "columns") and hasattr(rows, "iloc") and hasattr(rows, "to_dict"):
         return _frame_records(rows)
     if hasattr(rows, "iloc") and hasattr(rows, "tolist"):
         return rows.tolist()  # type: ignore[no-any-return]
+    if isinstance(rows, dict):
+        raise UsageError("rows must be a collection of rows; for one row, pass [row]")
+    if isinstance(rows, bytes) or not hasattr(rows, "__iter__"):
+        raise UsageError(f"rows must be prompts, dicts, a DataFrame or a job file's path, not {type(rows).__name__}")
     return rows  # type: ignore[no-any-return]
+
+
+def defaults_of(model: str | None, max_tokens: Any, system: str | None) -> Defaults:
+    """The defaults given in Python, with numpy's integers taken as the numbers they are."""
+    if max_tokens is not None and not isinstance(max_tokens, (bool, int)):
+        try:
+            max_tokens = operator.index(max_tokens)
+        except TypeError:
+            pass  # validation names the value
+    return Defaults(model, max_tokens, system)
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON knows, for one that only data libraries make (numpy scalars, timestamps, arrays)."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 #: Integer request fields that pandas turns into floats when a cell is empty.
@@ -77,7 +109,12 @@ def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = F
     for number, row in enumerate(rows, start=1):
         obj = as_job_object(row)
         try:
-            source = dumps(obj).decode()
+            try:
+                source = dumps(obj).decode()
+            except (orjson.JSONEncodeError, TypeError):
+                # A numpy number or a timestamp: kept as the plain value the file line would hold.
+                source = dumps(obj, default=_plain).decode()
+                obj = orjson.loads(source)
         except (orjson.JSONEncodeError, TypeError) as exc:
             chunk.errors.append(LineError(number, f"cannot be stored as JSON: {exc}"))
         else:
@@ -123,13 +160,19 @@ class InvalidRows(ImportRejected):
         super().__init__(report)
         what = "row" if from_rows else "line"
         self.errors: list[tuple[int, str]] = [
-            (e.line - 1 if from_rows else e.line, e.message) for e in sorted(report.errors, key=lambda e: e.line)]
+            (e.line - 1, _as_rows(e.message)) if from_rows else (e.line, e.message)
+            for e in sorted(report.errors, key=lambda e: e.line)]
         shown = "; ".join(f"{what} {pos}: {reason}" for pos, reason in self.errors[:SHOWN_IN_MESSAGE])
         more = report.rejected - min(len(self.errors), SHOWN_IN_MESSAGE)
         if more > 0:
             shown += f"; ... and {more} more"
         where = "" if from_rows else f"{report.file}: "
         self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}",)
+
+
+def _as_rows(message: str) -> str:
+    """A line's message about another line, said of 0-based rows (``first on line 2`` is row 1)."""
+    return re.sub(r"\(first on line (\d+)\)", lambda m: f"(first in row {int(m[1]) - 1})", message)
 
 
 def rows_report(batch: str) -> ImportReport:

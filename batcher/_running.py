@@ -6,6 +6,7 @@ can do; this is how a run is configured and how its end is reported.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from typing import Any
@@ -55,14 +56,21 @@ def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, Run
     check_base_url(base_url)
     options.pop("progress")
     _check_numbers(options)
+    _check_choices(options)
     renamed = {"timeout": "timeout_s", "grace": "grace_s", "stream_limit": "stream_limit_s"}
     fields = {renamed.get(k, k): v for k, v in options.items()}
+    unknown = sorted(set(fields) - _GIVEN_FIELDS)
+    if unknown:
+        known = ", ".join(sorted({_SHOWN.get(k, k) for k in _GIVEN_FIELDS} | {"api_key", "base_url", "progress"}))
+        raise UsageError(f"unknown run option(s): {', '.join(unknown)} (the run options are {known})")
     if signals and threading.current_thread() is not threading.main_thread():
         signals = False  # signal handlers can only be installed by the main thread
-    try:
-        return key, RunConfig(base_url=base_url, handle_signals=signals, **fields)
-    except TypeError as exc:
-        raise UsageError(f"unknown run option: {exc}") from None
+    return key, RunConfig(base_url=base_url, handle_signals=signals, **fields)
+
+
+#: RunConfig's fields a caller may give (by these names; the rest are set here).
+_GIVEN_FIELDS = {f.name for f in dataclasses.fields(RunConfig)} - {"base_url", "handle_signals"}
+_SHOWN = {"timeout_s": "timeout", "grace_s": "grace", "stream_limit_s": "stream_limit"}
 
 
 def _check_numbers(options: dict[str, Any]) -> None:
@@ -70,14 +78,32 @@ def _check_numbers(options: dict[str, Any]) -> None:
     from . import options as opt
 
     types = {"rpm": opt.RPM, "timeout": opt.SECONDS, "grace": opt.SECONDS_OR_ZERO, "concurrency": opt.CONCURRENCY,
-             "max_attempts": opt.ATTEMPTS, "stream_limit": opt.SECONDS}
+             "max_attempts": opt.ATTEMPTS, "stream_limit": opt.SECONDS, "limit": opt.COUNT,
+             "max_input_tokens": opt.COUNT, "max_output_tokens": opt.COUNT}
+    optional = ("concurrency", "stream_limit", "limit", "max_input_tokens", "max_output_tokens")
     for name, kind in types.items():
         value = options.get(name)
-        if value is None and name in ("concurrency", "stream_limit"):
+        if value is None and name in optional:
             continue
-        if kind.check(value)[1] is not None:
-            whole = "a whole number" if kind.integer else "a number"
-            raise UsageError(f"{name} must be {whole} in {kind.describe()}, not {value!r}")
+        # "500" or numpy's int64 is taken as the number it stands for.
+        options[name] = opt.checked(name, kind, value)
+
+
+def _check_choices(options: dict[str, Any]) -> None:
+    """``auth`` is one of the two header styles, ``stream`` and ``reuse`` are yes or no."""
+    from .options import AUTH_STYLES
+
+    auth = options.get("auth", "x-api-key")
+    if not isinstance(auth, str) or auth.lower() not in AUTH_STYLES:
+        raise UsageError(f"auth must be one of {', '.join(AUTH_STYLES)}, not {auth!r}")
+    options["auth"] = auth.lower()
+    for name, optional in (("stream", True), ("reuse", False)):
+        if name not in options or (optional and options[name] is None):
+            continue
+        value = options[name]
+        if not (isinstance(value, bool) or type(value).__name__ == "bool_"):  # numpy's bool too
+            raise UsageError(f"{name} must be True or False{' (or None)' if optional else ''}, not {value!r}")
+        options[name] = bool(value)
 
 
 def checked(summary: RunSummary) -> RunSummary:
@@ -92,7 +118,7 @@ def checked(summary: RunSummary) -> RunSummary:
         return summary
     if summary.exit_code == EXIT_INTERRUPTED:
         done = summary.succeeded + summary.failed
-        error: BatcherError = Interrupted(
+        error: BatcherError | Interrupted = Interrupted(
             f"batch {summary.batch}: interrupted: {done} done, {summary.left} left; run the same call again to resume")
     elif summary.exit_code == EXIT_API_STOPPED:
         error = APIStopped(f"run stopped: {summary.message}")

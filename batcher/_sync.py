@@ -11,7 +11,10 @@ work to stop gracefully, the next ones to stop at once, and the call returns
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Any, Awaitable, Callable, TypeVar
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
@@ -25,8 +28,16 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
     ``stop`` and ``cancel`` run on the worker's loop. Whatever ``work``
     returns or raises is returned or raised here.
     """
-    with start_blocking_portal() as portal:
-        future = portal.start_task_soon(work)
+    async def carried() -> tuple[T | None, KeyboardInterrupt | None]:
+        # An interruption (batcher.Interrupted) is handed back as a value: raised
+        # through the portal, it would also be reported as the portal's own failure.
+        try:
+            return await work(), None
+        except KeyboardInterrupt as exc:
+            return None, exc
+
+    with start_blocking_portal() as portal, _ctrl_c_raises_here():
+        future = portal.start_task_soon(carried)
         interrupts = 0
         while not future.done():
             try:
@@ -37,4 +48,31 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
                 interrupts += 1
                 if not future.done():
                     portal.call(stop if interrupts == 1 else cancel)
-        return future.result()
+    result, interrupted = future.result()
+    if interrupted is not None:
+        raise interrupted
+    return result  # type: ignore[return-value]
+
+
+@contextmanager
+def _ctrl_c_raises_here() -> Iterator[None]:
+    """While the call waits, Ctrl-C raises KeyboardInterrupt in it, even under ``asyncio.run``.
+
+    ``asyncio.run`` answers the first Ctrl-C by cancelling its main task,
+    and only a second one raises. That task is the one waiting here, so
+    the cancellation would wait for the whole run. Its handler is put back
+    once the call returns.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    owner = getattr(getattr(previous, "func", previous), "__module__", "") or ""
+    if not owner.startswith("asyncio"):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -67,16 +67,24 @@ class APIStopped(BatcherError):
     exit_code = EXIT_API_STOPPED
 
 
-class Interrupted(BatcherError, KeyboardInterrupt):
+class Interrupted(KeyboardInterrupt):
     """The run was interrupted (Ctrl-C, SIGTERM, a notebook's stop button).
 
     Answers already received are stored; running the same call again resumes.
-    Also a :class:`KeyboardInterrupt`, so code that lets Ctrl-C through still does.
+    A :class:`KeyboardInterrupt` and not a :class:`BatcherError`: like any
+    Ctrl-C it passes through ``except Exception``, so a loop that logs and
+    goes on after an error still stops when asked to. It carries
+    ``exit_code`` and ``summary`` as the errors do.
+
+    >>> import batcher
+    >>> issubclass(batcher.Interrupted, KeyboardInterrupt), issubclass(batcher.Interrupted, Exception)
+    (True, False)
     """
 
     __module__ = "batcher"
 
     exit_code = EXIT_INTERRUPTED
+    summary: Any = None
 
 
 class OutputError(UsageError):

@@ -140,6 +140,11 @@ class Estimate:
         return sum(m.jobs for m in self.by_model.values())
 
     @property
+    def requests(self) -> int:
+        """Requests the jobs take at the least: one each (as ``to_dict()["requests"]``)."""
+        return self.jobs
+
+    @property
     def input_tokens_estimate(self) -> int:
         return sum(m.input_tokens_estimate for m in self.by_model.values())
 
@@ -156,7 +161,7 @@ class Estimate:
         return {
             "source": self.source,
             "jobs": self.jobs,
-            "requests": self.jobs,
+            "requests": self.requests,
             "input_tokens_estimate": self.input_tokens_estimate,
             "max_output_tokens": self.max_output_tokens,
             "rpm": self.rpm,

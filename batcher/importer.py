@@ -45,6 +45,8 @@ class ImportReport:
     warnings: list[str] = field(default_factory=list)
     #: How many bad lines to keep (the lowest); None keeps every one.
     keep: int | None = SHOWN_ERRORS
+    #: The import's id in the store: every job of the file (added or unchanged) carries it.
+    import_id: int | None = None
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -222,6 +224,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
             defaults=defaults_text(defaults))
         ).inserted_primary_key[0]
+        report.import_id = import_id
         importer = _Importer(conn, stored.id, import_id, report)
         for chunk in chunks:
             importer.take(chunk)

@@ -23,6 +23,8 @@ MAX_RPM = 1_000_000.0
 MAX_SECONDS = 86_400.0
 MAX_ATTEMPTS = 100
 MAX_PORT = 65_535
+#: How the key is sent: Anthropic's ``x-api-key`` header, or ``Authorization: Bearer``.
+AUTH_STYLES = ("x-api-key", "bearer")
 
 
 class _Checked(click.ParamType):
@@ -130,6 +132,7 @@ CONCURRENCY = Number(1, MAX_CONCURRENCY, integer=True)
 ATTEMPTS = Number(1, MAX_ATTEMPTS, integer=True)
 SECONDS = Number(0, MAX_SECONDS, low_open=True, unit="s")
 SECONDS_OR_ZERO = Number(0, MAX_SECONDS, unit="s")
+
 PROBABILITY = Number(0, 1)
 MAX_TOKENS = Number(1, 10_000_000, integer=True)
 HTTP_STATUS = Number(100, 599, integer=True)
@@ -137,3 +140,17 @@ HTTP_STATUS = Number(100, 599, integer=True)
 COUNT = Number(1, 10**15, integer=True)
 PORT = Port()
 URL = BaseURL()
+
+
+def checked(name: str, kind: Number, value: Any) -> Any:
+    """``value`` as the number it stands for (``"500"``, numpy's int64), or a UsageError naming ``name``.
+
+    For the Python API, which takes the same options as the command line.
+    """
+    from .errors import UsageError
+
+    number, problem = kind.check(value)
+    if problem is not None:
+        whole = "a whole number" if kind.integer else "a number"
+        raise UsageError(f"{name} must be {whole}: {problem}")
+    return number

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
@@ -116,3 +117,19 @@ def simulator_process() -> Iterator[SimulatorProcessFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+#: The key the Python API's tests run with (the simulator takes any).
+API_KEY = "poe-test-key"
+
+
+@pytest.fixture
+def api_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: SimulatorFactory) -> Iterator[Any]:
+    """For the Python API: a fresh folder as cwd, the key and a simulator's URL in the environment."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("POE_", "BATCHER_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("POE_API_KEY", API_KEY)
+    monkeypatch.setenv("POE_BASE_URL", simulator.base_url)
+    yield simulator

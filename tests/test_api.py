@@ -20,26 +20,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import batcher
 
-KEY = "poe-test-key"
 SECRET = "sk-poe-SECRET-5d1e0b-DO-NOT-LEAK"
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator: Any) -> Iterator[Any]:
+def env(api_env: Any) -> Any:
     """A fresh folder as cwd, the key and the simulator's URL in the environment."""
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("POE_", "BATCHER_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("POE_API_KEY", KEY)
-    monkeypatch.setenv("POE_BASE_URL", simulator.base_url)
-    yield simulator
+    return api_env
 
 
 def requests(sim: Any) -> int:

@@ -1,0 +1,182 @@
+"""The Python API with what data code really passes it: odd values, odd options, odd places to run.
+
+numpy numbers and timestamps, strings for numbers, a single dict for rows,
+a batch shared by several calls, a cap that stops a run, Ctrl-C under
+``asyncio.run``: each either works as the same value would from a job file,
+or is one clear ``batcher.UsageError`` before anything is stored or sent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import batcher
+
+
+
+@pytest.fixture
+def env(api_env: Any) -> Any:
+    """A fresh folder as cwd, the key and the simulator's URL in the environment."""
+    return api_env
+
+
+def requests(sim: Any) -> int:
+    return int(sim.stats()["requests"])
+
+
+FAST = dict(progress=False, rpm=6000, max_tokens=16)
+
+
+def test_a_named_batch_gives_one_result_per_row_of_this_call(env: Any) -> None:
+    batcher.run(["x-prompt", "y-prompt", "z-prompt"], batch="shared", **FAST)
+    results = batcher.run(["x-prompt"], batch="shared", **FAST)
+    assert [(r.custom_id, r.row, r.index) for r in results] == [("line-1", {"prompt": "x-prompt"}, 0)]
+    # Rows stored by an earlier call come back in this call's order, with new rows among them.
+    first = batcher.run([{"custom_id": c, "prompt": f"about {c}"} for c in "abc"], batch="ids", **FAST)
+    again = batcher.run([{"custom_id": c, "prompt": f"about {c}"} for c in "cda"], batch="ids", **FAST)
+    assert [(r.custom_id, r.index) for r in again] == [("c", 0), ("d", 1), ("a", 2)]
+    assert (again[0].text, again[2].text) == (first[2].text, first[0].text)
+    assert requests(env) == 3 + 3 + 1  # x, y, z, then a, b, c, then d alone
+
+
+def test_a_run_stopped_by_a_limit_or_a_cap_warns_and_leaves_pending_results(env: Any) -> None:
+    rows = [f"capped {i}" for i in range(5)]
+    with pytest.warns(UserWarning, match=r"stopped at --limit 2; 3 job\(s\) not sent"):
+        results = batcher.run(rows, limit=2, **FAST)
+    assert [r.status for r in results] == ["succeeded"] * 2 + ["pending"] * 3
+    with pytest.warns(UserWarning, match="max-output-tokens"):
+        results = batcher.run([f"over the cap {i}" for i in range(3)], max_output_tokens=8, **FAST)
+    assert [r.status for r in results] == ["pending"] * 3
+    assert requests(env) == 2
+
+
+def test_numpy_numbers_and_timestamps_are_taken_as_plain_values(env: Any) -> None:
+    pd = pytest.importorskip("pandas")
+    np = pytest.importorskip("numpy")
+    frame = pd.DataFrame({"prompt": ["one", "two"], "when": pd.to_datetime(["2026-01-02", "2026-03-04"]),
+                          "max_tokens": [12, 14]})
+    rows = [{"prompt": "three", "score": np.int64(3), "weight": np.float32(0.5), "flags": np.array([1, 2])}]
+    results = batcher.run(frame, **{**FAST, "max_tokens": np.int64(16), "rpm": np.int64(6000)})
+    assert [r.row["when"] for r in results] == ["2026-01-02T00:00:00", "2026-03-04T00:00:00"]
+    assert [r.status for r in results] == ["succeeded"] * 2
+    [result] = batcher.run(rows, **{**FAST, "limit": np.int64(1)})
+    assert result.ok and result.row == {"prompt": "three", "score": 3, "weight": 0.5, "flags": [1, 2]}
+    assert batcher.estimate(rows, max_tokens=np.int64(7)).max_output_tokens == 7
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(rpm="fast"), "rpm must be a number: 'fast' is not a number"),
+    (dict(limit=0), "limit must be a whole number: '0' is not at least 1"),
+    (dict(auth="Basic"), "auth must be one of x-api-key, bearer, not 'Basic'"),
+    (dict(stream="no"), "stream must be True or False (or None), not 'no'"),
+    (dict(reuse="yes"), "reuse must be True or False, not 'yes'"),
+    (dict(handle_signals=True), "unknown run option(s): handle_signals (the run options are "),
+])
+def test_a_bad_option_is_one_usage_error_before_anything_is_stored(
+        env: Any, tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    with pytest.raises(batcher.UsageError) as caught:
+        batcher.run(["never sent"], **{**FAST, **options})
+    assert str(caught.value).startswith(message)
+    assert not (tmp_path / "batcher.db").exists()
+    assert requests(env) == 0
+
+
+def test_options_given_as_text_work_like_numbers(env: Any) -> None:
+    results = batcher.run(["spelled out"], **{**FAST, "rpm": "6000", "max_attempts": "2", "auth": "Bearer"})
+    assert [r.status for r in results] == ["succeeded"]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (None, "rows must be prompts, dicts, a DataFrame or a job file's path, not NoneType"),
+    (5, "rows must be prompts, dicts, a DataFrame or a job file's path, not int"),
+    ({"prompt": "one row"}, "rows must be a collection of rows; for one row, pass [row]"),
+])
+def test_rows_that_are_no_collection_are_refused(env: Any, rows: Any, message: str) -> None:
+    with pytest.raises(batcher.UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        batcher.run(rows, **FAST)
+    with pytest.raises(batcher.UsageError):
+        batcher.estimate(rows)
+
+
+def test_handles_refuse_what_they_cannot_mean(env: Any) -> None:
+    with batcher.Store("handles.db") as store:
+        with pytest.raises(batcher.UsageError, match="a batch name must be a non-empty string"):
+            store.add("  ", ["a"])
+        b = store.add("h", ["a"], max_tokens=16)
+        with pytest.raises(batcher.UsageError, match="only="):
+            list(b.results(only=5))  # type: ignore[arg-type]
+        with pytest.raises(batcher.UsageError, match="status_code must be a whole number"):
+            b.retry(status_code="soon")
+        with pytest.raises(batcher.UsageError, match="rpm must be a number"):
+            b.estimate(rpm=0)
+        assert [x.name for x in store.batches()] == ["h"]
+    with pytest.raises(batcher.UsageError, match="rpm must be a number"):
+        batcher.estimate(["ok"], rpm=-5)
+    assert batcher.estimate(["ok", "fine"]).requests == 2
+
+
+def test_retry_takes_a_status_code_given_as_text(env: Any, simulator: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing = simulator(fail_status={"400": 1.0})
+    monkeypatch.setenv("POE_BASE_URL", failing.base_url)
+    with batcher.Store("retry.db") as store:
+        b = store.add("r", ["refused"], max_tokens=16)
+        b.run(progress=False, rpm=6000)
+        assert b.failure_kinds() and [r.status_code for r in b.results()] == [400]
+        assert b.retry(status_code="401") == 0
+        assert b.retry(status_code="400") == 1
+
+
+def test_duplicate_rows_are_named_by_row(env: Any) -> None:
+    with pytest.raises(batcher.InvalidRows, match=r"row 2: duplicate custom_id 'a' \(first in row 0\)"):
+        batcher.run([{"custom_id": "a", "prompt": "x"}, "other", {"custom_id": "a", "prompt": "y"}], **FAST)
+
+
+def test_merged_export_from_python_warns_about_replaced_columns(env: Any, tmp_path: Path) -> None:
+    with batcher.Store("m.db") as store:
+        b = store.add("m", [{"prompt": "has a response column", "response": "old"}], max_tokens=16)
+        b.run(progress=False, rpm=6000)
+        with pytest.warns(UserWarning, match="1 input line"):
+            assert b.export(str(tmp_path / "m.jsonl"), format="merged") == 1
+    line = orjson.loads((tmp_path / "m.jsonl").read_bytes())
+    assert line["response"] != "old"
+
+
+SIGINT_UNDER_ASYNCIO_RUN = """
+import asyncio, json, os, signal, sys, threading, time, urllib.request
+import batcher
+
+def interrupt():
+    while json.load(urllib.request.urlopen(os.environ["POE_BASE_URL"] + "/stats"))["requests"] < 3:
+        time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGINT)
+
+async def main():
+    threading.Thread(target=interrupt, daemon=True).start()
+    try:
+        batcher.run([f"row {i}" for i in range(200)], max_tokens=16, rpm=600, concurrency=2, progress=False)
+    except Exception as exc:
+        print("swallowed", type(exc).__name__)
+    except batcher.Interrupted as exc:
+        print("interrupted", exc.summary.left > 0)
+    print("handler is asyncio's again", signal.getsignal(signal.SIGINT) is not signal.default_int_handler)
+
+asyncio.run(main())
+"""
+
+
+def test_ctrl_c_under_asyncio_run_stops_a_plain_run(env: Any, tmp_path: Path) -> None:
+    # asyncio.run's own handler would only cancel its main task, the one waiting for the run:
+    # the 200 rows (20 s at 600 rpm) would all be sent first.
+    done = subprocess.run([sys.executable, "-c", SIGINT_UNDER_ASYNCIO_RUN], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["interrupted True", "handler is asyncio's again True"], done.stdout
+    assert requests(env) < 100
