@@ -63,7 +63,10 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Release the store's connections (handles made from it stop working)."""
+        """Release the store's connections now, rather than when the process ends.
+
+        A handle made from it that is used again opens a connection again.
+        """
         self._engine.dispose()
 
     def __repr__(self) -> str:

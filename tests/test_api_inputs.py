@@ -8,7 +8,6 @@ or is one clear ``batcher.UsageError`` before anything is stored or sent.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
