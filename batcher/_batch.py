@@ -194,10 +194,12 @@ class Batch:
         0
         """
         from . import options as opt
+        from .apibatches import refuse_reopen
         from .manage import retry
 
         types = _several(error_type, str)
         codes = tuple(opt.checked("status_code", opt.HTTP_STATUS, code) for code in _several(status_code, (str, int)))
+        refuse_reopen(self._engine, self._record)
         return retry(self._engine, self._record, types, codes, canceled)
 
     def failure_kinds(self) -> dict[str, int]:

@@ -7,8 +7,8 @@ API reports and the job rows do not: when it expires, when a cancel was
 asked for, when it ended. Requests are stored as given, unchecked: a request
 the API would refuse is sent and ends ``errored`` with the API's own error,
 as Anthropic does. Expired requests are ``canceled`` jobs whose
-``error_type`` is ``expired``, so ``batcher retry --canceled`` revives them
-like any other.
+``error_type`` is ``expired``. An ended API batch stays ended, as at
+Anthropic: :func:`refuse_reopen` refuses putting its jobs back to pending.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, delete, func, select, tuple_, update
 
 from . import tally
 from .db import store_errors, write
+from .errors import UsageError
+from .jobqueue import finish_run, start_run
 from .manage import cancel
 from .prepare import body_hash, request_body
-from .schema import api_batches, attempts, batches, imports, jobs, runs
+from .schema import api_batches, attempts, batches, imports, in_status, jobs, runs
 from .store import Batch, get_or_create_batch, status_counts
 
 ID_PREFIX = "msgbatch_"
@@ -191,6 +194,64 @@ def request_cancel(engine: Engine, batch: Batch) -> int:
 def expire(engine: Engine, batch: Batch) -> int:
     """Mark the pending jobs expired (canceled, error type ``expired``); returns how many."""
     return cancel(engine, batch, why=EXPIRED)
+
+
+@store_errors
+def cancel_unsent(engine: Engine, batch: Batch, run_id: int, after: tuple[int, int], why: str | None = None) -> int:
+    """Cancel (or expire) the jobs ``run_id`` claimed after ``(line, id)`` and has not sent; returns how many.
+
+    A run claims a few jobs ahead of its workers, in input order, and its
+    workers take them up in that order: once it stops taking any up, every
+    job it holds past the last one taken up was never sent. Cancelling them
+    now, not when the requests in flight end, is what the API promises, and
+    they can no longer go out after a crash either.
+    """
+    now = time.time()
+    values: dict[str, Any] = {"status": "canceled", "run_id": None, "finished_at": now, "updated_at": now}
+    if why is not None:
+        values["error_type"] = why
+    query = update(jobs).where(jobs.c.batch_id == batch.id, in_status("running"), jobs.c.run_id == run_id,
+                               tuple_(jobs.c.line, jobs.c.id) > tuple_(*after))
+    with write(engine) as conn:
+        n = conn.execute(query.values(**values)).rowcount
+        if n:
+            tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({"running": -n, "canceled": n}),
+                                                         last_finished_at=now))
+    return n
+
+
+def close(engine: Engine, batch: Batch, expired: bool, rpm: float, base_url: str) -> int:
+    """Cancel (or expire) every job left unanswered, those a dead run held included; returns how many.
+
+    For a batch whose cancel was asked for, or whose deadline passed: nothing
+    more of it may be sent, not even what a killed server had claimed. The
+    batch is taken over as a run would (``rpm`` and ``base_url`` go into
+    that run's row), which puts a dead run's jobs back to pending, and the
+    pending jobs end canceled (``expired``: as expired). Raises
+    :class:`batcher.jobqueue.BatchBusy` if a live run owns the batch.
+    """
+    run_id = start_run(engine, batch.id, batch.name, rpm, base_url)
+    outcome = "failed"
+    try:
+        n = cancel(engine, batch, why=EXPIRED if expired else None)
+        outcome = EXPIRED if expired else "canceled"
+    finally:
+        finish_run(engine, run_id, outcome)
+    return n
+
+
+@store_errors
+def refuse_reopen(engine: Engine, batch: Batch) -> None:
+    """Raise UsageError if ``batch`` is an ended Message Batches API batch.
+
+    An ended batch has its results and may be deleted; putting its jobs
+    back to pending would leave it ``ended`` with requests processing that
+    no server sends. At Anthropic, too, an ended batch stays ended.
+    """
+    with engine.connect() as conn:
+        ended = conn.execute(select(api_batches.c.ended_at).where(api_batches.c.batch_id == batch.id)).scalar()
+    if ended is not None:
+        raise UsageError("an ended Message Batches API batch cannot be re-opened; create a new batch")
 
 
 @store_errors

@@ -18,15 +18,16 @@ from typing import Callable
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup
+from anyio.abc import ObjectSendStream, TaskGroup
 from sqlalchemy import Engine
 
 from . import apibatches
 from .apibatches import ApiBatch
 from .client import Attempt, MessagesClient, rate_info
 from .errors import BatcherError
-from .lanes import Turns
-from .manage import cancel
+from .guard import LIMIT, ConfigGuard
+from .jobqueue import AttemptRow, ClaimedJob, Outcome
+from .lanes import Lane, Turns
 from .pacer import Pacer
 from .retry import backoff, server_delay
 from .runconfig import RunConfig
@@ -59,7 +60,8 @@ class Fleet:
                                      timeout_s=config.timeout_s, auth=config.auth)
         self._api_key = api_key
         self._on_event = on_event or (lambda batch_id, what: None)
-        self._runners: dict[int, Runner] = {}
+        self._runners: dict[int, _BatchRun] = {}
+        self._wakes: dict[int, anyio.Event] = {}
         self._drives: TaskGroup | None = None
         self._stopping = False
         self._stop = anyio.Event()
@@ -85,6 +87,8 @@ class Fleet:
         self._stopping = True
         for runner in list(self._runners.values()):
             runner.request_stop(grace_s)
+        for wake in list(self._wakes.values()):
+            wake.set()
         self._stop.set()
 
     # --- batches ---------------------------------------------------------------
@@ -94,12 +98,27 @@ class Fleet:
             self._drives.start_soon(self._drive, batch, "started")
 
     async def cancel(self, batch: Batch) -> None:
-        """Cancel what is not yet sent; requests in flight finish and count as they end."""
-        n = await anyio.to_thread.run_sync(apibatches.request_cancel, self.engine, batch)
-        self._on_event(batch.name, f"canceling: {n} request(s) canceled, requests in flight finish")
+        """Cancel what is not yet sent, at once; requests in flight finish and count as they end."""
         runner = self._runners.get(batch.id)
         if runner is not None:
             runner.request_stop(self.config.timeout_s)
+        n = await anyio.to_thread.run_sync(apibatches.request_cancel, self.engine, batch)
+        n += await self._drop_unsent(batch, runner, None)
+        self._on_event(batch.name, f"canceling: {n} request(s) canceled, requests in flight finish")
+        self._wake(batch)
+
+    async def _drop_unsent(self, batch: Batch, runner: _BatchRun | None, why: str | None) -> int:
+        """Cancel (or expire) the jobs a stopped run claimed ahead and never sent."""
+        if runner is None or not runner.run_id:
+            return 0
+        return await anyio.to_thread.run_sync(apibatches.cancel_unsent, self.engine, batch, runner.run_id,
+                                              runner.last_taken, why)
+
+    def _wake(self, batch: Batch) -> None:
+        """End a paused batch's wait: something (a cancel, its deadline) changed what is left to do."""
+        wake = self._wakes.get(batch.id)
+        if wake is not None:
+            wake.set()
 
     async def _drive(self, batch: Batch, how: str) -> None:
         while True:
@@ -117,10 +136,16 @@ class Fleet:
             timers.cancel_scope.cancel()
 
     async def _paused(self, batch: Batch, why: object) -> bool:
-        """Say why the batch waits, wait; False if the fleet stopped meanwhile."""
+        """Say why the batch waits, wait (less, if it is canceled or expires); False if the fleet stopped."""
+        if self._stopping:
+            return False
         self._on_event(batch.name, f"paused: {why}; trying again in {RETRY_RUN_AFTER_S:g} s")
-        with anyio.move_on_after(RETRY_RUN_AFTER_S):
-            await self._stop.wait()
+        wake = self._wakes[batch.id] = anyio.Event()
+        try:
+            with anyio.move_on_after(RETRY_RUN_AFTER_S):
+                await wake.wait()
+        finally:
+            self._wakes.pop(batch.id, None)
         return not self._stopping
 
     async def _send_all(self, batch: Batch, how: str) -> None:
@@ -137,7 +162,7 @@ class Fleet:
                                                f"{c.canceled} canceled, {c.expired} expired")
                 return
             lane = self.turns.lane(batch.id)
-            runner = Runner(self.engine, batch, self._api_key, self.config, pacer=lane)
+            runner = _BatchRun(self.engine, batch, self._api_key, self.config, pacer=lane)
             self._runners[batch.id] = runner
             self._on_event(batch.name, f"{how}: {state.counts.processing} request(s) to send")
             how = "running again"
@@ -156,25 +181,43 @@ class Fleet:
                 await self._paused(batch, summary.message)
 
     def _settle(self, batch: Batch) -> ApiBatch | None:
-        """Apply a cancel or the expiry to jobs a run handed back; end the batch if nothing is left."""
+        """Apply a cancel or the expiry to what is left; end the batch if nothing is; its state now.
+
+        Between runs, so a dead run's claimed jobs are left too: a batch
+        canceled or past its deadline sends none of them (only a request in
+        flight when a server was killed may have gone out twice).
+        """
         state = apibatches.get(self.engine, batch.name)
         if state is None or state.ended_at is not None:
             return state
+        why = self._closing(state)
+        if why is not None:
+            expired = why == apibatches.EXPIRED
+            n = apibatches.close(self.engine, batch, expired, self.config.rpm, self.config.base_url)
+            if n:
+                self._on_event(batch.name, f"{why}: {n} request(s) not sent")
+        apibatches.end(self.engine, batch)
+        return apibatches.get(self.engine, batch.name)
+
+    @staticmethod
+    def _closing(state: ApiBatch) -> str | None:
+        """Why nothing more of the batch may be sent (``canceled``, ``expired``); None if it may."""
         if state.cancel_requested_at is not None:
-            cancel(self.engine, batch)
+            return "canceled"
         if time.time() >= state.expires_at:
-            apibatches.expire(self.engine, batch)
-        if apibatches.end(self.engine, batch):
-            return apibatches.get(self.engine, batch.name)
-        return state
+            return apibatches.EXPIRED
+        return None
 
     async def _expire_at(self, batch: Batch, at: float) -> None:
-        await anyio.sleep(max(0.0, at - time.time()))
-        n = await anyio.to_thread.run_sync(apibatches.expire, self.engine, batch)
-        self._on_event(batch.name, f"expired: {n} request(s) not sent")
+        while (left := at - time.time()) > 0:  # by the wall clock, as _settle judges it
+            await anyio.sleep(left)
         runner = self._runners.get(batch.id)
         if runner is not None:
             runner.request_stop()
+        n = await anyio.to_thread.run_sync(apibatches.expire, self.engine, batch)
+        n += await self._drop_unsent(batch, runner, apibatches.EXPIRED)
+        self._on_event(batch.name, f"expired: {n} request(s) not sent")
+        self._wake(batch)
 
     # --- interactive requests ----------------------------------------------------
     async def forward(self, path: str, body: bytes, headers: dict[str, str], deadline: float) -> httpx.Response:
@@ -202,3 +245,23 @@ class Fleet:
                 return response
             await response.aclose()
             await anyio.sleep(delay)
+
+
+class _BatchRun(Runner):
+    """A batch's run: waits out an unreachable upstream, knows the last job it took up to send.
+
+    Its guard stops the run (the batch pauses) before any job could use up
+    its attempts on an upstream never reached, whatever the batch's size.
+    Workers take claimed jobs up one by one in claim order and take none up
+    once the run is stopping: after a stop, every job the run holds past
+    :attr:`last_taken` was never sent (:func:`batcher.apibatches.cancel_unsent`).
+    """
+
+    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig, pacer: Lane) -> None:
+        super().__init__(engine, batch, api_key, config, pacer=pacer)
+        self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_unreachable=True)
+        self.last_taken = (0, 0)
+
+    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+        self.last_taken = max(self.last_taken, (job.line, job.id))
+        await super()._see_through(job, records)

@@ -22,16 +22,27 @@ UNREACHABLE = frozenset({"connection_error", "timeout_error"})
 class ConfigGuard:
     """Watches attempts until the first answer; says when to stop."""
 
-    def __init__(self, base_url: str, limit: int = LIMIT) -> None:
+    def __init__(self, base_url: str, limit: int = LIMIT, hold_unreachable: bool = False) -> None:
+        """``hold_unreachable``: an unreachable upstream before any answer fails no job either.
+
+        A run someone watches may fail jobs that used up their attempts; a
+        server's batches have no one to run them again, and whether a job
+        fails must not depend on how many others share the count: they wait.
+        """
         self.base_url = base_url
         self.limit = limit
+        self.hold_unreachable = hold_unreachable
         self.answered = False
         self.unreachable = 0
         self.not_found = 0
 
     def holds(self, attempt: Attempt) -> bool:
-        """A 404 before any answer is not yet the job's fault: retry it."""
-        return not self.answered and attempt.status_code == 404
+        """A 404 (or, if held, an unreachable upstream) before any answer is not yet the job's fault: retry it."""
+        if self.answered:
+            return False
+        if attempt.status_code == 404:
+            return True
+        return self.hold_unreachable and attempt.status_code is None and attempt.error_type in UNREACHABLE
 
     @staticmethod
     def _redirected(attempt: Attempt) -> bool:

@@ -342,3 +342,194 @@ def test_refuses_an_open_bind_without_a_token_and_a_missing_key(tmp_path: Path,
     with pytest.raises(UsageError, match="POE_API_KEY"):
         serve(ServeOptions(port=0, db=str(tmp_path / "b.db")))
     assert not (tmp_path / "b.db").exists()
+
+
+# --- cancel, expiry and pauses -------------------------------------------------------------------
+
+
+def wait_for(check: Any, timeout: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
+        time.sleep(0.02)
+
+
+def slow_requests(prefix: str, n: int, seconds: float) -> list[dict[str, Any]]:
+    """Requests the simulator answers after ``seconds``."""
+    return [request(f"{prefix}{i}", f"take your time #sim:sleep={seconds:g}") for i in range(n)]
+
+
+def test_a_cancel_sends_nothing_more_not_even_after_a_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with SimulatorThread(latency=0, rpm=100_000) as sim:
+        # 3 requests in flight (3 s each) and, at this rpm, 3 more claimed ahead of the workers.
+        served = Served(db, sim.base_url, "--rpm", "6000", "--concurrency", "3").wait_ready()
+        try:
+            client = served.sdk()
+            batch_id = client.messages.batches.create(requests=slow_requests("c", 6, 3)).id
+            wait_for(lambda: sim.stats()["concurrency"] == 3, what="3 requests in flight")
+            counts = client.messages.batches.cancel(batch_id).request_counts
+        finally:
+            served.kill()
+        assert (counts.processing, counts.canceled) == (3, 3)  # the unsent ones at once, the rest in flight
+
+        again = Served(db, sim.base_url).wait_ready()
+        try:
+            ended = wait_ended(again.sdk(), batch_id, timeout=10)
+        finally:
+            again.stop()
+        assert sim.stats()["requests"] == 3  # nothing sent after the cancel, before the kill or after it
+    assert ended.request_counts.canceled == 6 and ended.request_counts.succeeded == 0
+    assert "resumed" not in again.stderr and "Traceback" not in again.stderr
+    assert_tally_agrees(db, batch_id)
+
+
+def test_an_expired_batch_sends_nothing_more_not_even_after_a_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with SimulatorThread(latency=0, rpm=100_000) as sim:
+        served = Served(db, sim.base_url, "--rpm", "6000", "--concurrency", "3", "--expire-after", "1s").wait_ready()
+        try:
+            client = served.sdk()
+            batch_id = client.messages.batches.create(requests=slow_requests("x", 6, 4)).id
+            wait_for(lambda: client.messages.batches.retrieve(batch_id).request_counts.expired > 0, what="expiry")
+            counts = client.messages.batches.retrieve(batch_id).request_counts
+        finally:
+            served.kill()
+        assert (counts.processing, counts.expired) == (3, 3)  # the 3 claimed ahead, expired at once
+        assert f"batch {batch_id} expired: 3 request(s) not sent" in served.stderr
+
+        again = Served(db, sim.base_url).wait_ready()
+        try:
+            ended = wait_ended(again.sdk(), batch_id, timeout=10)
+        finally:
+            again.stop()
+        assert sim.stats()["requests"] == 3
+    assert ended.request_counts.expired == 6 and ended.cancel_initiated_at is None
+    assert f"batch {batch_id} expired: 3 request(s) not sent" in again.stderr  # those in flight at the kill
+    assert "resumed" not in again.stderr and "Traceback" not in again.stderr
+    assert_tally_agrees(db, batch_id)
+
+
+def test_canceling_a_paused_batch_ends_it_at_once(tmp_path: Path) -> None:
+    with SimulatorThread(latency=0, key="not-the-server-key") as sim:  # refuses the server's key: the batch pauses
+        served = Served(tmp_path / "store.db", sim.base_url).wait_ready()
+        try:
+            client = served.sdk()
+            batch_id = client.messages.batches.create(requests=[request("p0"), request("p1")]).id
+            wait_for(lambda: f"batch {batch_id} paused: " in served.stderr, what="the pause")
+            client.messages.batches.cancel(batch_id)
+            ended = wait_ended(client, batch_id, timeout=5)  # not after the pause's 60 s
+            assert ended.request_counts.canceled == 2
+            assert client.messages.batches.delete(batch_id).type == "message_batch_deleted"
+        finally:
+            served.stop()
+
+
+def closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_unreachable_upstream_pauses_even_a_one_request_batch(tmp_path: Path) -> None:
+    served = Served(tmp_path / "store.db", closed_port_url()).wait_ready()
+    try:
+        client = served.sdk()
+        batch_id = client.messages.batches.create(requests=[request("only")]).id
+        wait_for(lambda: f"batch {batch_id} paused: " in served.stderr
+                 or client.messages.batches.retrieve(batch_id).processing_status == "ended", timeout=25)
+        batch = client.messages.batches.retrieve(batch_id)
+        assert batch.processing_status == "in_progress" and batch.request_counts.processing == 1
+        assert "cannot reach" in served.stderr
+    finally:
+        served.stop()
+
+
+def test_the_token_is_stripped_like_the_headers(tmp_path: Path, sim: SimulatorThread) -> None:
+    served = Served(tmp_path / "store.db", sim.base_url, token="spaced-token ").wait_ready()
+    try:
+        assert served.sdk(token="spaced-token").messages.batches.list().data == []
+    finally:
+        served.stop()
+
+
+def test_a_trailing_slash_is_an_anthropic_shaped_404(server: Served) -> None:
+    response = httpx.get(f"{server.base_url}/v1/messages/batches/", headers={"x-api-key": server.token})
+    assert response.status_code == 404 and "location" not in response.headers
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "not_found_error", body
+
+
+@pytest.mark.parametrize("upstream", [{"key": "not-the-server-key"}, {"fail_html": 1.0}], ids=["key", "html"])
+def test_upstream_refusals_reach_pass_through_clients_in_anthropic_shape(tmp_path: Path,
+                                                                         upstream: dict[str, Any]) -> None:
+    with SimulatorThread(latency=0, **upstream) as sim:
+        served = Served(tmp_path / "store.db", sim.base_url).wait_ready()
+        try:
+            with pytest.raises(anthropic.APIStatusError) as refused:
+                served.sdk().messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        finally:
+            served.stop()
+    error = refused.value
+    assert not isinstance(error, anthropic.AuthenticationError)  # the client's token was fine
+    assert error.status_code == 502 and error.response.headers["content-type"] == "application/json"
+    assert error.body["type"] == "error" and error.body["error"]["type"] == "api_error", error.body
+    if "key" in upstream:
+        assert "server's Poe key" in error.body["error"]["message"]
+    else:
+        assert "<html>" not in error.response.text and "502 Bad Gateway" in error.body["error"]["message"]
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak memory from /proc")
+def test_a_body_too_big_is_refused_as_it_streams_in(tmp_path: Path, sim: SimulatorThread) -> None:
+    def chunks() -> Iterator[bytes]:  # chunked: no content-length to refuse it by
+        yield b'{"model": "' + MODEL.encode() + b'", "max_tokens": 5, "messages": [{"role": "user", "content": "'
+        for _ in range(120):
+            yield b"a" * 2**20
+
+    served = Served(tmp_path / "store.db", sim.base_url).wait_ready()
+    try:
+        before = sim.stats()["requests"]
+        peak_before = peak_rss_mb(served.proc.pid)
+        response = httpx.post(f"{served.base_url}/v1/messages", content=chunks(), timeout=30,
+                              headers={"x-api-key": served.token, "content-type": "application/json"})
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["type"] == "request_too_large" and "32 MB" in error["message"]
+        assert peak_rss_mb(served.proc.pid) - peak_before < 80  # refused past 32 MB, not held to the end (120 MB)
+        assert sim.stats()["requests"] == before
+    finally:
+        served.stop()
+
+
+def test_an_ended_batch_cannot_be_reopened(server: Served, client: anthropic.Anthropic) -> None:
+    from batcher import apibatches
+
+    ended = wait_ended(client, client.messages.batches.create(requests=[request("r0")]).id)
+    db = server.proc.args[server.proc.args.index("--db") + 1]
+    engine = open_store(db, create=False)
+    try:
+        with pytest.raises(UsageError, match="an ended Message Batches API batch cannot be re-opened; create a new"):
+            apibatches.refuse_reopen(engine, find_batch(engine, ended.id))
+    finally:
+        engine.dispose()
+
+
+def test_retry_refuses_an_ended_api_batch_from_the_cli(server: Served, client: anthropic.Anthropic) -> None:
+    # Put back to pending, its jobs would leave it "ended" with requests processing that no server sends.
+    ended = wait_ended(client, client.messages.batches.create(requests=[request("r0")]).id)
+    db = server.proc.args[server.proc.args.index("--db") + 1]
+    done = subprocess.run([sys.executable, "-m", "batcher", "retry", ended.id, "--canceled", "--db", db],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("batcher: error: an ended Message Batches API batch cannot be re-opened; "
+                                   "create a new batch")
+    again = client.messages.batches.retrieve(ended.id)
+    assert again.processing_status == "ended" and again.request_counts.processing == 0

@@ -97,12 +97,7 @@ class BatchesApi:
         return found
 
     async def create(self, request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            raise ApiError(413, "request_too_large", f"a batch may hold at most {MAX_BODY // 2**20} MB")
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "request_too_large", f"a batch may hold at most {MAX_BODY // 2**20} MB")
+        raw = await _gateway.read_body(request, MAX_BODY, "a batch")
         requests = await anyio.to_thread.run_sync(parse_create, raw)
         batch = await anyio.to_thread.run_sync(apibatches.create, self.engine, requests, self.expire_after_s)
         self.log(batch.name, f"created: {len(requests)} request(s)")
@@ -208,4 +203,5 @@ def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, 
     handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, BatcherError: store_error,
                                 Exception: internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.router.redirect_slashes = False  # a wrong path is a 404 in Anthropic's shape, never a redirect
     return TokenGuard(app, token)

@@ -1,9 +1,12 @@
 """``POST /v1/messages`` and ``/v1/messages/count_tokens``, passed through upstream.
 
-The client's body goes upstream as it is, with the server's key (never the
-client's token) and the client's ``anthropic-version``/``anthropic-beta``;
-the answer comes back as it arrives, a stream event by event. Pacing and
-upstream 429s are the fleet's business (:meth:`batcher.fleet.Fleet.forward`).
+The client's body (at most :data:`MAX_MESSAGE_BODY`) goes upstream as it
+is, with the server's key (never the client's token) and the client's
+``anthropic-version``/``anthropic-beta``; the answer comes back as it
+arrives, a stream event by event. An error comes back in Anthropic's shape
+whatever the upstream said it in, and the upstream refusing the server's
+key is the server's fault (502), not the client's key. Pacing and upstream
+429s are the fleet's business (:meth:`batcher.fleet.Fleet.forward`).
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import AsyncIterator
 import httpx
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from batcher.apierror import parse_error
 from batcher.client import ANTHROPIC_VERSION
 from batcher.fleet import Fleet
 from batcher.pacer import Stopped
 
-from ._wire import ApiError, error_body
+from ._wire import MAX_MESSAGE_BODY, ApiError, error_body
 
 #: Client headers that go upstream; everything else (the token above all) stays here.
 FORWARDED = ("anthropic-version", "anthropic-beta", "content-type", "accept")
@@ -39,8 +43,31 @@ def client_deadline(request: Request) -> float:
     return time.monotonic() + max(0.0, timeout)
 
 
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The request's body, refused with 413 as soon as it is known to pass ``limit`` bytes.
+
+    Read as it streams in, so a body too big (chunked, or lying in its
+    content-length) never sits in memory whole.
+    """
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(limit, what)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit, what)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int, what: str) -> ApiError:
+    return ApiError(413, "request_too_large", f"{what} may hold at most {limit // 2**20} MB")
+
+
 async def forward(fleet: Fleet, request: Request, path: str) -> Response:
-    body = await request.body()
+    body = await read_body(request, MAX_MESSAGE_BODY, "a request")
     headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
     headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
     try:
@@ -61,7 +88,35 @@ async def forward(fleet: Fleet, request: Request, path: str) -> Response:
         raise ApiError(502, "api_error", "the upstream API broke off its answer") from None
     finally:
         await upstream.aclose()
+    if upstream.status_code == 401 or (upstream.status_code >= 400 and not _anthropic_error(content)):
+        return _refusal(upstream.status_code, content, relayed, request.state.request_id)
     return Response(content, status_code=upstream.status_code, headers=relayed)
+
+
+def _anthropic_error(content: bytes) -> bool:
+    """Whether an error body is in Anthropic's shape already, ready to relay as it is."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    return (data.get("type") == "error" and isinstance(error, dict) and isinstance(error.get("type"), str)
+            and isinstance(error.get("message"), str))
+
+
+def _refusal(status: int, content: bytes, relayed: dict[str, str], request_id: str) -> Response:
+    """An upstream error in Anthropic's shape, whatever shape (an HTML page, say) it came in.
+
+    A 401 means the upstream refused the server's own key: the client's
+    token was fine, so the client gets a 502 that says whose key it was.
+    """
+    headers = {k: v for k, v in relayed.items() if k != "content-type"}
+    body = parse_error(status, content, headers.get("request-id") or request_id)
+    if status == 401:
+        status, body = 502, error_body("api_error", "the upstream API refused the server's Poe key (HTTP 401); "
+                                                    "whoever runs the server must check its POE_API_KEY", request_id)
+        headers.pop("x-should-retry", None)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _relay(upstream: httpx.Response, request_id: str) -> AsyncIterator[bytes]:

@@ -54,7 +54,8 @@ def log_event(batch_id: str | None, what: str) -> None:
 
 def choose_token(options: ServeOptions) -> tuple[str, bool]:
     """The clients' token and whether it was made up here; refuses an open bind without one."""
-    token = options.token or os.environ.get("BATCHER_SERVE_TOKEN", "").strip() or None
+    # Stripped as the clients' headers are, wherever it comes from.
+    token = (options.token or "").strip() or os.environ.get("BATCHER_SERVE_TOKEN", "").strip() or None
     if token is not None:
         return token, False
     if not is_loopback(options.host):

@@ -20,6 +20,8 @@ from batcher.apibatches import ApiBatch
 
 MAX_REQUESTS = 100_000
 MAX_BODY = 256 * 1024 * 1024
+#: The Messages API's own limit on a request, for ``/v1/messages`` passed through.
+MAX_MESSAGE_BODY = 32 * 1024 * 1024
 DEFAULT_LIMIT, MAX_LIMIT = 20, 1000
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _ALPHABET = string.ascii_letters + string.digits
