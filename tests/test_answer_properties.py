@@ -25,8 +25,8 @@ from batcher.client import Attempt, _from_response
 from batcher import tally
 from batcher.db import write
 from batcher.export import export_batch
-from batcher.jobqueue import Outcome, claim, record, start_run
-from batcher.runner import _answer
+from batcher.jobqueue import claim, record, start_run
+from batcher._records import succeeded
 from batcher.schema import jobs
 from batcher.status import batch_status
 
@@ -111,7 +111,7 @@ class Store:
             conn.execute(update(jobs).where(jobs.c.batch_id == self.batch.id).values(status="pending", run_id=None))
             tally.rebuild(conn, self.batch.id)
         (job,) = claim(self.engine, self.batch.id, self.run_id, 1)
-        stored = record(self.engine, self.run_id, [], [Outcome(job.id, "succeeded", _answer(attempt))], False)
+        stored = record(self.engine, self.run_id, [], [succeeded(job.id, attempt, None)], False)
         assert stored == 1
         status = batch_status(self.engine, self.batch)
         assert status["succeeded"] == 1
