@@ -262,6 +262,7 @@ class _BatchRun(Runner):
         self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_unreachable=True)
         self.last_taken = (0, 0)
 
-    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome],
+                           admitted: bool = True) -> None:
         self.last_taken = max(self.last_taken, (job.line, job.id))
-        await super()._see_through(job, records)
+        await super()._see_through(job, records, admitted)

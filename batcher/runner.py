@@ -40,6 +40,11 @@ from .spend import CapReached, Spend, reused_outcome
 from .store import Batch
 from .writer import Tally, run_writer
 
+#: A worker that waited longer than this (or the pacer's interval) for its
+#: claimed job waits for the pacer again before sending.
+MIN_STALE_S = 0.05
+
+
 @dataclass
 class _State:
     stopping: bool = False
@@ -147,23 +152,30 @@ class Runner:
                         return  # no job left to claim
                 except Stopped:
                     return
+                asked = time.monotonic()
                 job = await claims.next()
                 if job is None or self.state.stopping:
                     return  # a job claimed now goes back to pending at finish_run
-                await self._see_through(job, records)
+                # Jobs are claimed ahead, so a job is ready at once, unless the store
+                # was busy (another process holding its lock): the admission is then
+                # stale, and every worker admitted meanwhile would send at the same moment.
+                fresh = time.monotonic() - asked <= max(MIN_STALE_S, 60.0 / self.config.rpm)
+                await self._see_through(job, records, fresh)
 
-    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
+    async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome],
+                           admitted: bool = True) -> None:
         """The job's outcome, from a twin in flight (``--reuse``) or its own attempts.
 
         The pacer has admitted the job's first attempt already (it was
-        claimed for it), unless it waited for a twin that brought no answer.
+        claimed for it), unless the admission went stale (``admitted``
+        False) or it waited for a twin that brought no answer.
         """
         payload = orjson.loads(job.body)
         key = request_key(payload)
         if self.twins is None:
-            await self._attempts(job, payload, key, records, admitted=True)
+            await self._attempts(job, payload, key, records, admitted)
             return
-        admitted = key not in self.twins  # else the admission is stale by the time it leads
+        admitted = admitted and key not in self.twins  # else the admission is stale by the time it leads
         twin = await self.twins.follow(key, job.id)
         if twin is not None:
             await records.send(reused_outcome(job.id, *twin, key))
@@ -217,14 +229,17 @@ class Runner:
             elif decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
                 decision = Decision(Verdict.RETRY, backoff(used), counts=False)
             used += decision.counts
-            await records.send(attempt_row(job.id, started, attempt, decision.counts))
-            if decision.verdict is Verdict.SUCCEEDED:
-                outcome = succeeded(job.id, attempt, key)
-                await records.send(outcome)
-                return outcome.values
-            if decision.verdict is Verdict.FAILED:
-                await records.send(failed(job.id, attempt))
-                return
+            outcome = (succeeded(job.id, attempt, key) if decision.verdict is Verdict.SUCCEEDED
+                       else failed(job.id, attempt) if decision.verdict is Verdict.FAILED else None)
+            with anyio.CancelScope(shield=True):
+                # The attempt and the job's outcome reach the writer together, even in a
+                # run being cancelled: an answer paid for is never left with its attempt
+                # recorded and its job pending, to be sent again.
+                await records.send(attempt_row(job.id, started, attempt, decision.counts))
+                if outcome is not None:
+                    await records.send(outcome)
+            if outcome is not None:
+                return outcome.values if outcome.status == "succeeded" else None
             if decision.verdict is Verdict.STOP_RUN:
                 if problem is not None:
                     self._stop("misconfigured", problem)
