@@ -240,6 +240,8 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
     if is_sqlite and not on_disk:
         _refuse_memory(url)
     if on_disk:
+        if os.path.isdir(parsed.database):
+            raise UsageError(f"{parsed.database}: is a folder, not a job store; check --db/BATCHER_DB")
         _create_private_file(parsed.database, create and not readonly)
     readonly = bool(readonly and on_disk)
     options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite else {}

@@ -198,6 +198,10 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
                      f"now, {run['in_flight']:,} in flight, ETA {eta}")
         if run["pace_reason"] and run["pace_rpm"] is not None and run["rpm_limit"]:
             lines.append(label("pace") + f"{run['pace_reason']}: {pace_against(run['pace_rpm'], run['rpm_limit'])}")
+    elif s["running"]:
+        # Jobs a killed run held: nobody is sending them, whatever the count says.
+        lines.append(label("running") + f"no live run: the {s['running']:,} running job(s) a stopped run left "
+                     "go back to pending when the next run starts")
     st = s["streaming"]
     if st:
         ttft = _ms(st["median_ttft_ms"]) if st["median_ttft_ms"] is not None else "-"

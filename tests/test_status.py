@@ -115,6 +115,8 @@ def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
         succeed(engine, batch, f"job-{i}", started_at=now - ago, latency_ms=500)
     set_status(engine, batch, "job-5", "running")
     assert batch_status(engine, batch)["run"] is None
+    assert ("  running   no live run: the 1 running job(s) a stopped run left go back to pending when the next "
+            "run starts") in status_lines(batch_status(engine, batch))
     add_run(engine, batch, heartbeat_ago=40)  # dead: heartbeat too old
     add_run(engine, batch, ended=True)  # over
     assert batch_status(engine, batch)["run"] is None
@@ -151,7 +153,8 @@ def test_no_streaming_line_without_streamed_answers(tmp_path: Path) -> None:
     s = batch_status(engine, batch)
     assert s["streaming"] is None
     labels = [line.split()[0] for line in status_lines(s)[1:] if line[2] != " "]
-    assert labels == ["jobs", "attempts", "tokens", "failures", "timing"]
+    # The batch's one running job has no live run: a line says so.
+    assert labels == ["jobs", "attempts", "tokens", "failures", "timing", "running"]
     text = "\n".join(status_lines(s))
     assert "failures" in text and "overloaded_error (HTTP 529), e.g. 'Overloaded'" in text
     assert "no HTTP status" in text
@@ -176,7 +179,7 @@ def test_cli_text_and_json(tmp_path: Path) -> None:
     done = cli("status", "--db", db)
     assert done.returncode == 0, done.stderr
     labels = [line.split()[0] for line in done.stdout.splitlines()[1:] if line[2] != " "]
-    assert labels == ["jobs", "attempts", "tokens", "failures", "timing"]
+    assert labels == ["jobs", "attempts", "tokens", "failures", "timing", "running"]
     assert "10: 1 pending, 1 running, 4 succeeded, 3 failed, 1 canceled" in done.stdout
     done = cli("status", "b", "--db", db, "--json")
     assert done.returncode == 0 and len(done.stdout.strip().splitlines()) == 1
