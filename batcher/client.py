@@ -3,12 +3,16 @@
 Knows HTTP and the API's shapes, nothing of jobs or SQL. Every outcome, a
 network failure included, comes back as an :class:`Attempt` value; only
 programming errors raise. The API key lives in the client's headers and
-nowhere else: never in an Attempt, an error message or a log line.
+nowhere else: never in an Attempt, an error message or a log line, even
+when the server's reply quotes it (each spelling of it then reads
+:data:`KEY_MASK`).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +42,8 @@ CONNECT_TIMEOUT_S = 10.0
 #: The longest a streamed answer may take in all, whatever its pace (an hour:
 #: a 64k-token answer at 30 tokens a second takes ~36 minutes).
 STREAM_LIMIT_S = 3600.0
+#: What stands in for the key wherever a text or a reply would have held it.
+KEY_MASK = "[key]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +230,12 @@ class MessagesClient:
 
         A non-streamed answer must be complete within ``timeout_s``, however
         slowly its bytes arrive; a stream may go quiet (pings aside) for at
-        most ``timeout_s`` and may last ``stream_limit_s`` in all.
+        most ``timeout_s`` and may last ``stream_limit_s`` in all. Whatever
+        the server said passes :func:`without_key` here, on its one way out.
         """
+        return without_key(await self._attempt(body, stream), self._key)
+
+    async def _attempt(self, body: bytes | dict[str, Any], stream: bool) -> Attempt:
         start = time.monotonic()
         if stream:
             payload = body if isinstance(body, dict) else orjson.loads(body)
@@ -292,20 +302,71 @@ def safe_error_text(exc: BaseException, secret: str = "") -> str:
 
     A request that could not even be written (``LocalProtocolError``) names
     the offending header in its text, so only its kind is kept; other texts
-    lose any copy of ``secret`` and are shortened.
+    lose any spelling of ``secret`` (:func:`mask_key`) and are shortened.
     """
     name = type(exc).__name__
     if isinstance(exc, httpx.LocalProtocolError):
         return f"{name}: the request could not be written (a header value is not allowed)"
-    text = str(exc)
-    if secret:
-        for form in (secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]):
-            if form:
-                text = text.replace(form, "[key]")
-    text = " ".join(text.split())
+    text = " ".join(mask_key(str(exc), secret).split())
     if len(text) > 300:
         text = text[:297] + "..."
     return f"{name}: {text}" if text else name
+
+
+@functools.lru_cache(maxsize=8)
+def _key_pattern(key: str) -> re.Pattern[str]:
+    """Every spelling of ``key`` a reply or an error text could carry.
+
+    Each character may come as it is, percent-encoded (hex in either case,
+    ``+`` for a space), or escaped as JSON or a Python repr escapes it (a
+    server quoting a header, a URL normalised on the way). Only a spelling
+    of exactly this key matches: a text without it is never touched.
+    """
+    def one(c: str) -> str:
+        forms = {c, repr(c)[1:-1], ascii(c)[1:-1], repr(c.encode())[2:-1], orjson.dumps(c).decode()[1:-1]}
+        if c in "\"'\\/":
+            forms.add("\\" + c)
+        if c == " ":
+            forms.add("+")
+        hexes = (f"{b:02X}" for b in c.encode())
+        percent = "".join("%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in h) for h in hexes)
+        return "(?:" + "|".join([percent, *(re.escape(f) for f in sorted(forms, key=len, reverse=True))]) + ")"
+    return re.compile("".join(one(c) for c in key))
+
+
+def mask_key(text: str, key: str) -> str:
+    """``text`` with every spelling of ``key`` in it (see :func:`_key_pattern`) as :data:`KEY_MASK`."""
+    return _key_pattern(key).sub(KEY_MASK, text) if key and text else text
+
+
+def _masked(value: Any, key: str) -> Any:
+    """``value`` (parsed JSON) with the key masked in every string, dict keys included.
+
+    Order and every other value stay as they were, so an answer without the
+    key serialises to the same bytes as before.
+    """
+    if isinstance(value, str):
+        return mask_key(value, key)
+    if isinstance(value, dict):
+        return {_masked(k, key): _masked(v, key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, key) for v in value]
+    return value
+
+
+def without_key(attempt: Attempt, key: str) -> Attempt:
+    """``attempt`` with the key masked in all that came from the server's reply.
+
+    The answer, the error object (its message, type and request id, a
+    redirect's location inside it) and the error type: whatever the runner
+    prints, stores or exports, a server that echoed the key (an error
+    message quoting the header, a redirect to ``?key=...``) cannot put it
+    there.
+    """
+    attempt.message = _masked(attempt.message, key)
+    attempt.error = _masked(attempt.error, key)
+    attempt.error_type = _masked(attempt.error_type, key)
+    return attempt
 
 
 def _is_json(response: httpx.Response) -> bool:

@@ -1,0 +1,160 @@
+"""A server that echoes the API key back never gets it printed, stored or exported.
+
+The real ``batcher`` command runs in a subprocess against a real HTTP server
+on 127.0.0.1 that quotes the key it was sent in everything it can: error
+messages (plain and as a stream's error event), the ``request-id`` header,
+a redirect's location (percent-encoded) and the text of an answer. Each
+test then reads stderr, ``batcher status``, every export format and the raw
+bytes of the store's files (the database and its write-ahead log).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+from urllib.parse import quote
+
+import orjson
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from batcher.client import KEY_MASK
+
+from misbehaving import Misbehaving, _event, answer
+from test_run_cli import assert_clean, cli, query, run_args, write_jobs
+
+#: A key with characters that change when percent-encoded, so that spelling is tested too.
+KEY = "sk-poe-ECHO/7d1f+9a=c2"
+NEEDLES = (KEY, quote(KEY, safe=""), "ECHO/7d1f", "ECHO%2F7d1f")
+FORMATS = ("results", "text", "merged")
+
+
+class Echoing(Misbehaving):
+    """Quotes the key it was sent; the first path segment says where.
+
+    ``status-N`` (an HTTP N error that quotes it, final: ``x-should-retry:
+    false``), ``redirect`` (307 to a URL carrying it), ``stream-error`` (an
+    SSE error event quoting it), ``answer`` (an answer whose text holds it,
+    split over two deltas when streamed), ``plain`` (an answer without it).
+    """
+
+    async def _messages(self, request: Request) -> Response:
+        mode = request.path_params["mode"]
+        self.hits[mode] += 1
+        body = orjson.loads(await request.body())
+        key = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        if mode.startswith("status-"):
+            error = {"type": "error", "error": {"type": "api_error", "message": f"Bad request for key {key}"}}
+            return Response(orjson.dumps(error), status_code=int(mode.split("-")[1]), media_type="application/json",
+                            headers={"request-id": f"req-{key}", "x-should-retry": "false"})
+        if mode == "redirect":
+            return Response(status_code=307, headers={
+                "location": f"{self.base_url}/plain/v1/messages?key={quote(key, safe='')}"})
+        if mode == "stream-error":
+            error = {"error": {"type": "invalid_request_error", "message": f"stream refused for {key}"}}
+            return StreamingResponse(_events(_event("error", error)), media_type="text/event-stream",
+                                     headers={"x-should-retry": "false"})
+        text = f"your key is {key}." if mode == "answer" else "fine, thanks"
+        if not body.get("stream"):
+            return Response(orjson.dumps(answer(text)), media_type="application/json")
+        start = {**answer(), "content": [], "stop_reason": None}
+        half = len(text) // 2
+        events = [_event("message_start", {"message": start}),
+                  _event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+                  *(_event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": part}})
+                    for part in (text[:half], text[half:])),
+                  _event("content_block_stop", {"index": 0}),
+                  _event("message_delta", {"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
+                  _event("message_stop", {})]
+        return StreamingResponse(_events(*events), media_type="text/event-stream")
+
+
+async def _events(*events: bytes) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[Echoing]:
+    with Echoing() as server:
+        yield server
+
+
+def assert_no_key(texts: list[str], store_dir: Path) -> None:
+    """No spelling of the key in any of ``texts`` nor in any file of ``store_dir``."""
+    for text in texts:
+        for needle in NEEDLES:
+            assert needle not in text, text
+    files = [p for p in store_dir.iterdir() if p.is_file()]
+    assert any(p.name == "store.db" for p in files), files
+    for path in files:
+        data = path.read_bytes()
+        for needle in NEEDLES:
+            assert needle.encode() not in data, path
+
+
+def run(tmp_path: Path, batch: str, url: str, *extra: str) -> tuple[Any, Path]:
+    jobs = tmp_path / f"{batch}.jsonl"
+    write_jobs(jobs, ["hello"])
+    db = tmp_path / "store" / "store.db"
+    db.parent.mkdir(exist_ok=True)
+    return cli(*run_args(jobs, db, url, "--max-attempts", "2", *extra), key=KEY), db
+
+
+def shown(db: Path, batch: str) -> list[str]:
+    """What ``status`` (as text and as JSON) and every export format show of ``batch``."""
+    texts = []
+    for args in (["status", batch], ["status", batch, "--json"],
+                 *(["export", batch, "--format", fmt, "-o", "-", "--include-pending"] for fmt in FORMATS)):
+        done = cli(*args, "--db", str(db), key=KEY)
+        assert done.returncode == 0, done.stderr
+        texts += [done.stdout, done.stderr]
+    return texts
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("mode", "extra"), [("status-400", ["--no-stream"]), ("status-422", ["--no-stream"]),
+                                             ("status-500", ["--auth", "bearer"]),
+                                             ("stream-error", ["--stream"])])
+def test_a_failure_that_quotes_the_key_is_stored_and_shown_masked(tmp_path: Path, echo: Echoing, mode: str,
+                                                                    extra: list[str]) -> None:
+    done, db = run(tmp_path, "b", echo.url(mode), *extra)
+    assert done.returncode == 1, done.stderr
+    assert_clean(done.stderr)
+    texts = [done.stdout, done.stderr, *shown(db, "b")]
+    (error,) = [json.loads(e)["error"] for (e,) in query(db, "SELECT error FROM jobs")]
+    assert KEY_MASK in error["message"], error
+    assert any(KEY_MASK in text for text in texts[2:4])  # status names the failure, masked
+    assert_no_key(texts, db.parent)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("mode", "code", "says"), [
+    ("status-401", 3, "refused the key"), ("status-403", 3, "refused the key"), ("status-402", 3, "out of points"),
+    ("redirect", 2, "redirects to"), ("status-404", 2, "HTTP 404"),
+])
+def test_a_stop_that_quotes_the_key_says_why_without_it(tmp_path: Path, echo: Echoing, mode: str, code: int,
+                                                        says: str) -> None:
+    done, db = run(tmp_path, "b", echo.url(mode), "--no-stream")
+    assert done.returncode == code, done.stderr
+    assert_clean(done.stderr)
+    assert says in done.stderr and KEY_MASK in done.stderr, done.stderr
+    assert_no_key([done.stdout, done.stderr, *shown(db, "b")], db.parent)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("stream", ["--stream", "--no-stream"])
+def test_an_answer_is_kept_as_sent_unless_it_quotes_the_key(tmp_path: Path, echo: Echoing, stream: str) -> None:
+    done, db = run(tmp_path, "quoting", echo.url("answer"), stream)
+    assert done.returncode == 0, done.stderr
+    done_plain, _ = run(tmp_path, "plain", echo.url("plain"), stream)
+    assert done_plain.returncode == 0, done_plain.stderr
+    stored = dict(query(db, "SELECT b.name, j.response FROM jobs j JOIN batches b ON b.id = j.batch_id"))
+    assert json.loads(stored["quoting"])["content"][0]["text"] == f"your key is {KEY_MASK}."
+    # An answer without the key is stored exactly as the server sent it.
+    assert stored["plain"] == orjson.dumps(answer("fine, thanks")).decode()
+    texts = [done.stdout, done.stderr, *shown(db, "quoting"), *shown(db, "plain")]
+    assert "fine, thanks" in texts[-2]  # the last export's stdout
+    assert_no_key(texts, db.parent)
