@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 
 from . import apibatches
 from .apibatches import ApiBatch
-from .client import Attempt, MessagesClient, rate_info
+from .client import Attempt, MessagesClient, mask_key, rate_info
 from .errors import BatcherError
 from .guard import LIMIT, ConfigGuard
 from .jobqueue import AttemptRow, ClaimedJob, Outcome
@@ -220,6 +220,16 @@ class Fleet:
         self._wake(batch)
 
     # --- interactive requests ----------------------------------------------------
+    def mask(self, data: bytes) -> bytes:
+        """``data`` with every spelling of the server's key masked; the same bytes if it holds none.
+
+        What the upstream says goes on to clients, who must never see the
+        key even when the upstream quotes it (:func:`batcher.client.mask_key`).
+        """
+        text = data.decode("utf-8", "surrogateescape")
+        masked = mask_key(text, self._api_key)
+        return data if masked == text else masked.encode("utf-8", "surrogateescape")
+
     async def forward(self, path: str, body: bytes, headers: dict[str, str], deadline: float) -> httpx.Response:
         """Send an interactive request upstream ahead of batch jobs; the answer unread.
 

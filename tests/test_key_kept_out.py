@@ -158,3 +158,38 @@ def test_an_answer_is_kept_as_sent_unless_it_quotes_the_key(tmp_path: Path, echo
     texts = [done.stdout, done.stderr, *shown(db, "quoting"), *shown(db, "plain")]
     assert "fine, thanks" in texts[-2]  # the last export's stdout
     assert_no_key(texts, db.parent)
+
+
+@pytest.mark.timeout(90)
+def test_serve_never_relays_the_key_to_its_clients(tmp_path: Path, echo: Echoing) -> None:
+    """``/v1/messages`` passed through: a quoted key reaches the client masked, in a body, a header or a stream."""
+    import anthropic
+
+    from servehelp import Served, clean_env
+
+    seen: list[str] = []
+    for mode, stream in (("status-400", False), ("stream-error", True), ("answer", False), ("plain", False)):
+        served = Served(tmp_path / f"{mode}.db", echo.url(mode), env=clean_env(key=KEY)).wait_ready()
+        try:
+            client = served.sdk()
+            ask = dict(model="claude-haiku-4.5", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+            if mode == "answer" or mode == "plain":
+                raw = client.messages.with_raw_response.create(**ask)
+                seen += [raw.text(), json.dumps(dict(raw.headers))]
+                expected = f"your key is {KEY_MASK}." if mode == "answer" else "fine, thanks"
+                assert raw.parse().content[0].text == expected
+            else:
+                with pytest.raises(anthropic.APIStatusError) as failed:
+                    if stream:
+                        with client.messages.stream(**ask) as events:
+                            "".join(events.text_stream)
+                    else:
+                        client.messages.create(**ask)
+                seen += [json.dumps(failed.value.body), json.dumps(dict(failed.value.response.headers))]
+                assert KEY_MASK in seen[-2], seen[-2]
+        finally:
+            served.stop()
+        seen += [*served.out, *served.err]
+    for text in seen:
+        for needle in NEEDLES:
+            assert needle not in text, text

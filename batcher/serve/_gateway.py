@@ -12,7 +12,7 @@ key is the server's fault (502), not the client's key. Pacing and upstream
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import httpx
 import orjson
@@ -78,12 +78,13 @@ async def forward(fleet: Fleet, request: Request, path: str) -> Response:
         raise ApiError(504, "timeout_error", "the upstream API did not answer in time") from None
     except httpx.HTTPError as exc:
         raise ApiError(502, "api_error", f"cannot reach the upstream API ({type(exc).__name__})") from None
-    relayed = {name: upstream.headers[name] for name in RELAYED if name in upstream.headers}
+    relayed = {name: fleet.mask(upstream.headers[name].encode()).decode()
+               for name in RELAYED if name in upstream.headers}
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-        return StreamingResponse(_relay(upstream, request.state.request_id), status_code=upstream.status_code,
-                                 headers=relayed)
+        return StreamingResponse(_relay(upstream, request.state.request_id, fleet.mask),
+                                 status_code=upstream.status_code, headers=relayed)
     try:
-        content = await upstream.aread()
+        content = fleet.mask(await upstream.aread())
     except httpx.HTTPError:
         raise ApiError(502, "api_error", "the upstream API broke off its answer") from None
     finally:
@@ -119,11 +120,23 @@ def _refusal(status: int, content: bytes, relayed: dict[str, str], request_id: s
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _relay(upstream: httpx.Response, request_id: str) -> AsyncIterator[bytes]:
-    """The upstream stream as it arrives; a cut upstream ends with an SSE error event."""
+async def _relay(upstream: httpx.Response, request_id: str, mask: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
+    """The upstream stream line by line as it arrives; a cut upstream ends with an SSE error event.
+
+    Whole lines only, each ``mask`` ed: a key quoted by the upstream cannot
+    slip through split across two chunks (it holds no line break), and an
+    SSE event's lines all end with one, so no event waits.
+    """
+    held = b""
     try:
         async for chunk in upstream.aiter_bytes():
-            yield chunk
+            held += chunk
+            cut = held.rfind(b"\n") + 1
+            if cut:
+                yield mask(held[:cut])
+                held = held[cut:]
+        if held:
+            yield mask(held)
     except httpx.HTTPError:
         error = error_body("api_error", "the upstream API broke off the stream", request_id)
         yield b"\n\nevent: error\ndata: " + orjson.dumps(error) + b"\n\n"
