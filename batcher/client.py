@@ -44,6 +44,8 @@ CONNECT_TIMEOUT_S = 10.0
 STREAM_LIMIT_S = 3600.0
 #: What stands in for the key wherever a text or a reply would have held it.
 KEY_MASK = "[key]"
+#: Keys shorter than this are not masked (see :func:`mask_key`); Poe's are far longer.
+MIN_SECRET_LEN = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,12 +337,17 @@ def _key_pattern(key: str) -> re.Pattern[str]:
 
 
 def mask_key(text: str, key: str) -> str:
-    """``text`` with every spelling of ``key`` in it (see :func:`_key_pattern`) as :data:`KEY_MASK`."""
-    return _key_pattern(key).sub(KEY_MASK, text) if key and text else text
+    """``text`` with every spelling of ``key`` in it (see :func:`_key_pattern`) as :data:`KEY_MASK`.
+
+    A key shorter than :data:`MIN_SECRET_LEN` (a local server's placeholder,
+    ``anything``) is no secret, and looking for it would rewrite ordinary
+    words of answers: it is left alone.
+    """
+    return _key_pattern(key).sub(KEY_MASK, text) if len(key) >= MIN_SECRET_LEN and text else text
 
 
 def _masked(value: Any, key: str) -> Any:
-    """``value`` (parsed JSON) with the key masked in every string, dict keys included.
+    """``value`` (parsed JSON) with the key masked in every string value.
 
     Order and every other value stay as they were, so an answer without the
     key serialises to the same bytes as before.
@@ -348,7 +355,7 @@ def _masked(value: Any, key: str) -> Any:
     if isinstance(value, str):
         return mask_key(value, key)
     if isinstance(value, dict):
-        return {_masked(k, key): _masked(v, key) for k, v in value.items()}
+        return {k: _masked(v, key) for k, v in value.items()}  # the names are the API's, not the server's echo
     if isinstance(value, list):
         return [_masked(v, key) for v in value]
     return value

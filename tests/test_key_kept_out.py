@@ -193,3 +193,16 @@ def test_serve_never_relays_the_key_to_its_clients(tmp_path: Path, echo: Echoing
     for text in seen:
         for needle in NEEDLES:
             assert needle not in text, text
+
+
+def test_a_placeholder_key_leaves_answers_as_they_are() -> None:
+    """A local server's key (``anything``, ``k``) is no secret: masking it would rewrite ordinary words."""
+    from batcher.client import Attempt, without_key
+
+    message = answer("I cannot do anything about it, ok?")
+    for key in ("anything", "k"):
+        attempt = without_key(Attempt(200, 0.1, message=json.loads(json.dumps(message))), key)
+        assert orjson.dumps(attempt.message) == orjson.dumps(message)
+    quoted = without_key(Attempt(200, 0.1, message=answer(f"the key {KEY} again")), KEY)
+    assert quoted.message["content"][0]["text"] == f"the key {KEY_MASK} again"
+    assert set(quoted.message) == set(message)  # the API's names stay, masked or not
