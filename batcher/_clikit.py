@@ -7,6 +7,9 @@ build on these, so a mistake reads the same whichever command made it.
 from __future__ import annotations
 
 import functools
+import os
+import re
+import signal
 import sys
 from typing import Any, Callable
 
@@ -20,12 +23,59 @@ EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not
               "4 database error, 5 stopped at --limit or a token cap (run again to go on), 130 interrupted.")
 
 
-def fail(message: str, code: int) -> None:
+def say(line: str) -> None:
+    """One line on stderr, if stderr is still there."""
     try:
-        click.echo(f"batcher: error: {message}", err=True)
+        click.echo(line, err=True)
     except OSError:
         pass  # stderr is gone too: the exit code is all that is left to say it
+
+
+def fail(message: str, code: int) -> None:
+    say(f"batcher: error: {message}")
     sys.exit(code)
+
+
+def usage_line(exc: click.ClickException) -> str:
+    """A mistake click found on the command line, as one line like every other.
+
+    ``no such option '--bogus' (see batcher import --help)``: click's own
+    report is a usage line, a hint and the error, over four lines.
+    """
+    if isinstance(exc, click.BadParameter):
+        return opt.one_line(exc)
+    text = " ".join(exc.format_message().split())
+    text = re.sub(r"\.\s+\(?Did you mean (.*?)\)?$", r"; did you mean \1", text).rstrip(".")
+    if text[:1].isupper() and text[1:2].islower():
+        text = text[0].lower() + text[1:]
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        text += f" (see {ctx.command_path} --help)"
+    return text
+
+
+def end_at_once_with(code: Any) -> None:
+    """From here on, Ctrl-C or SIGTERM ends the process at once with the exit status ``code`` says.
+
+    For the process's entry, once a command's outcome is settled and
+    reported: what is left is the interpreter's own cleanup, where a
+    KeyboardInterrupt is printed as an "Exception ignored" traceback and
+    would turn a finished command into "interrupted". A signal there asks
+    only to hurry. (``code`` is what ``sys.exit`` takes: None is 0, a text 1.)
+    """
+    status = code if isinstance(code, int) else 0 if code is None else 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def end(signum: int, frame: Any) -> None:
+        os._exit(status)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, end)
 
 
 def friendly(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -22,7 +22,6 @@ half-used SQLite connection; each opens its own, read-only.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import struct
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._forking import can_fork, freeze_inherited
+from ._forking import can_fork, fork_worker, freeze_inherited, widen
 from .db import open_store, read_failure
 from .errors import StoreError
 from .outfile import Chunk, Piped
@@ -117,17 +116,14 @@ class _Team:
         try:
             for k in range(count):
                 answer, reply = os.pipe()
-                _widen(reply)
-                pid = os.fork()
-                if pid == 0:  # the worker: it never returns from here
-                    code = 1
-                    try:
-                        for fd in (answer, go_write, *team.answers):
-                            os.close(fd)
-                        _work(reply, go_read, database, query, render, notes, bounds, k, count)
-                        code = 0
-                    finally:
-                        os._exit(code)
+                widen(reply)
+
+                def worker() -> None:  # runs in the child, at once
+                    for fd in (answer, go_write, *team.answers):
+                        os.close(fd)
+                    _work(reply, go_read, database, query, render, notes, bounds, k, count)
+
+                pid = fork_worker(worker)
                 os.close(reply)
                 team.pids.append(pid)
                 team.answers.append(answer)
@@ -202,14 +198,6 @@ _HEADER = struct.Struct("<qqq")
 _STOPPED = "cannot read the job store: an export worker process stopped before its part was done"
 
 
-def _widen(fd: int) -> None:
-    """A pipe that holds a whole answer (Linux): a worker rarely waits on this process."""
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass
-
-
 def _write(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -226,10 +214,9 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
           bounds: list[int], k: int, count: int) -> None:
     """A worker: read and render ranges ``k``, ``k + count``, ... and send each back.
 
-    Ctrl-C reaches the whole process group; the parent alone answers it,
-    and stops the workers.
+    Ctrl-C and SIGTERM reach the whole process group; the parent alone
+    answers them, and stops the workers (see :func:`~batcher._forking.fork_worker`).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     freeze_inherited()
 
     def answer(data: bytes, lines: int, replaced: int = 0) -> None:

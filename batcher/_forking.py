@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
+import os
+import signal
 import threading
+from typing import Callable
+
+#: Ctrl-C and SIGTERM: what a terminal, ``timeout`` or ``kill -- -PGID`` sends to a whole process group.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def can_fork() -> bool:
@@ -16,6 +23,43 @@ def can_fork() -> bool:
     import multiprocessing  # here, not at the top: only big imports and exports fork
 
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+def fork_worker(work: Callable[[], None]) -> int:
+    """Fork a child that runs ``work()`` and exits (0, or 1 if it raised); return its pid.
+
+    Ctrl-C and SIGTERM reach every process of the group. A worker that acted
+    on them would stop in the middle of a message, leaving its reader a
+    garbled one to wait on, and print a traceback of its own; so workers
+    ignore both, and the parent alone decides, then stops them. The two are
+    held while forking, so that none lands in the child before it ignores
+    them. The child ends with ``os._exit``: nothing inherited (buffered
+    output, atexit handlers, finalizers) runs twice.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for signum in STOP_SIGNALS:
+                    signal.signal(signum, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                work()
+                code = 0
+            finally:
+                os._exit(code)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return pid
+
+
+def widen(fd: int) -> None:
+    """A pipe that holds a whole answer (Linux): a worker rarely waits on its reader."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass
 
 
 def freeze_inherited() -> None:

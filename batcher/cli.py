@@ -13,18 +13,26 @@ from __future__ import annotations
 import atexit
 import gc
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from typing import Any
 
-import click
+from . import interrupts
+
+if os.path.basename(sys.argv[0]) == "batcher":  # the installed command is starting: see _Group.main
+    interrupts.hold_while_starting()
+
+import click  # noqa: E402  (after the line above: loading modules is most of a short command's start)
 
 from . import __version__
 from . import options as opt
 from ._cli_run import estimate_command, run_command
-from ._clikit import EXIT_CODES, db_option, defaults_options, fail, friendly, report_import_notes, reports_commit
+from ._clikit import (EXIT_CODES, db_option, defaults_options, end_at_once_with, fail, friendly, report_import_notes,
+                      reports_commit, say, usage_line)
+from .errors import EXIT_INTERRUPTED
 
 
 class _Group(click.Group):
@@ -35,6 +43,77 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except click.BadParameter as exc:
             fail(opt.one_line(exc), 2)
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """The ``batcher`` command: run it, then end the process with the README's exit code.
+
+        click's own ending is taken over (a caller passing
+        ``standalone_mode=False`` still gets click's): it turns a Ctrl-C or
+        SIGTERM landing outside a command's body, while modules load or
+        options parse, into "Aborted!" and exit 1, which means failed jobs
+        here; and it reports a usage mistake over four lines. Here both are
+        one line, an interruption exits 130 and a mistake 2. Called with no
+        ``args`` it is the process's entry (the installed script, ``python
+        -m batcher``), which owns the signals until the process ends.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        own_process = args is None
+        code: Any = EXIT_INTERRUPTED
+        try:
+            try:
+                if own_process and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, signal.default_int_handler)  # as in main(), but from the start
+                interrupts.answer_from_now()  # a signal held while modules loaded lands here
+                code = self._outcome(sys.argv[1:] if args is None else list(args), prog_name or _program_name(),
+                                     complete_var, extra)
+            except SystemExit as exc:
+                code = exc.code
+            except KeyboardInterrupt:
+                say("batcher: interrupted")
+            finally:
+                if own_process:
+                    end_at_once_with(code)
+        except KeyboardInterrupt:
+            # A second signal, while the first was reported or the outcome
+            # settled: the outcome stands.
+            if own_process:
+                end_at_once_with(code)
+        sys.exit(code)
+
+    def _outcome(self, args: list[str], prog_name: str, complete_var: str | None, extra: dict[str, Any]) -> Any:
+        """Parse and run the command; its exit code (a command's own failures exit from inside it)."""
+        self._main_shell_completion(extra, prog_name, complete_var)
+        try:
+            with self.make_context(prog_name, args, **extra) as ctx:
+                self.invoke(ctx)
+            return 0
+        except click.exceptions.Exit as exc:  # --help, --version
+            return exc.exit_code
+        except click.exceptions.NoArgsIsHelpError as exc:  # plain `batcher`: the help, as a usage error
+            exc.show()
+            return exc.exit_code
+        except click.Abort:  # what click makes of a Ctrl-C at a prompt
+            say("batcher: interrupted")
+            return EXIT_INTERRUPTED
+        except click.ClickException as exc:
+            say(f"batcher: error: {usage_line(exc)}")
+            return exc.exit_code
+        except BrokenPipeError:  # --help | head -1
+            from .outstream import end_on_closed_pipe
+
+            end_on_closed_pipe()
+
+
+def _program_name() -> str:
+    """How the command was run, as click names it in help (``batcher``, ``python -m batcher``)."""
+    try:
+        from click.core import _detect_program_name
+
+        return _detect_program_name()
+    except ImportError:  # click keeps it private: a future click may not have it
+        return "batcher"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)

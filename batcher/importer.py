@@ -25,7 +25,7 @@ from .interrupts import CommitPoint
 from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
 from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
 from .schema import imports, jobs
-from .store import Batch, get_or_create_batch
+from .store import Batch, check_batch_name, get_or_create_batch
 from .validate import Defaults
 
 SHOWN_ERRORS = 20
@@ -192,6 +192,12 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     Without ``batch``, a batch of the same name made from another file is
     refused (two ``u.jsonl`` in different folders do not merge silently).
     """
+    if batch is not None:
+        # Refused here, where every import of a file passes: a blank name
+        # would otherwise quietly become the file's.
+        check_batch_name(batch)
+        if not batch.strip():
+            raise UsageError(f"a batch name must be a non-empty string, not {batch!r}")
     if batch is None and needs_batch_name(path):
         raise UsageError(f"{describe(path)}: give the batch a name with --batch NAME when reading from it")
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"

@@ -70,3 +70,27 @@ def until_reported() -> Iterator[None]:
             blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
             if SIGNALS & blocked:
                 _release(blocked - SIGNALS, drop=True)
+
+
+_held_from_start: set[signal.Signals] | None = None
+
+
+def hold_while_starting() -> None:
+    """Hold Ctrl-C and SIGTERM while the command starts, until :func:`answer_from_now` lets them in.
+
+    Loading the modules takes a good part of a short command's time; a
+    signal landing then would end the process without a word (SIGTERM) or
+    with an import's traceback (Ctrl-C). Held, it is answered as soon as the
+    command's entry can say "interrupted".
+    """
+    global _held_from_start
+    if _held_from_start is None and _can_hold():
+        _held_from_start = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+
+
+def answer_from_now() -> None:
+    """Let in the signals :func:`hold_while_starting` held; one already sent is delivered now."""
+    global _held_from_start
+    if _held_from_start is not None:
+        previous, _held_from_start = _held_from_start, None
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from .validate import MAX_TOKENS_CAP
+
 #: Requests in flight at most: far above what 500 rpm with minute-long
 #: answers needs, and low enough that the workers fit in memory.
 MAX_CONCURRENCY = 1000
@@ -134,7 +136,7 @@ SECONDS = Number(0, MAX_SECONDS, low_open=True, unit="s")
 SECONDS_OR_ZERO = Number(0, MAX_SECONDS, unit="s")
 
 PROBABILITY = Number(0, 1)
-MAX_TOKENS = Number(1, 10_000_000, integer=True)
+MAX_TOKENS = Number(1, MAX_TOKENS_CAP, integer=True)
 HTTP_STATUS = Number(100, 599, integer=True)
 #: --limit (jobs) and the token caps: whole numbers, from one to far beyond any batch.
 COUNT = Number(1, 10**15, integer=True)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter, deque
+import pickle
+import signal
+import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 
-from ._forking import can_fork, freeze_inherited
+from ._forking import can_fork, fork_worker, freeze_inherited, widen
+from .errors import UsageError
 from .jobfile import Block, LineError, block_lines, blocks, parse_line
-from .validate import KNOWN_MODELS, Defaults, InvalidJob, to_job
+from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
 
 #: Bytes of the file per unit of work: ~4,000 typical lines.
 BLOCK_BYTES = 1 << 20
@@ -56,6 +60,8 @@ def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
         obj = parse_line(number, raw)
         if isinstance(obj, LineError):
             out.errors.append(obj)
+        elif not isinstance(obj, dict):
+            out.errors.append(LineError(number, not_an_object(obj)))
         else:
             prepare_object(out, number, obj, raw.decode(), defaults)
     return out
@@ -127,16 +133,6 @@ def _parallel_worthwhile(path: str) -> bool:
         return False
 
 
-def _worker_start() -> None:
-    """Yield the CPU to the inserting process; never rescan the inherited heap.
-
-    The inserting process is the one that cannot be parallelised, so the
-    workers run at a lower priority rather than share the CPU with it.
-    """
-    os.nice(WORKER_NICENESS)
-    freeze_inherited()
-
-
 T = TypeVar("T")
 
 
@@ -153,19 +149,155 @@ def prepared_chunks(path: str, defaults: Defaults,
         for block in chunks:
             yield work(block, defaults)
         return
-    import multiprocessing
-    from concurrent.futures import Future, ProcessPoolExecutor
+    team = _Team(path, defaults, work)
+    try:
+        yield from team.results(chunks)
+    finally:
+        team.stop()
 
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_worker_start) as pool:
-        pending: deque[Future[T]] = deque()
+
+#: A block to prepare, parent to worker: offset, length, first line's number.
+_TASK = struct.Struct("<qqq")
+#: A result, worker to parent: its pickled size and kind.
+_RESULT = struct.Struct("<qq")
+_DONE, _RAISED = 0, 1
+#: Blocks handed to each worker ahead of the one being read: enough to keep
+#: both cores busy, few enough that memory stays flat.
+AHEAD = 2
+
+
+class _Team:
+    """Worker processes preparing blocks, each over a pipe of tasks and a pipe of results.
+
+    Block ``i`` goes to worker ``i % WORKERS``, whose results come back in
+    the order it was given blocks: reading the workers in turn gives the
+    file's order. The parent runs no thread, and reads only pipes whose
+    other end a worker alone holds: a worker that dies ends its pipe, and
+    the parent says so rather than wait. The workers ignore Ctrl-C and
+    SIGTERM (see :func:`~batcher._forking.fork_worker`): the parent stops
+    them, however it ends.
+    """
+
+    def __init__(self, path: str, defaults: Defaults, work: Callable[[Block, Defaults], Any]) -> None:
+        self.path = path
+        self.pids: list[int] = []
+        self.tasks: list[int] = []
+        self.answers: list[int] = []
         try:
-            for block in chunks:
-                pending.append(pool.submit(work, block, defaults))
-                if len(pending) > 2 * WORKERS:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+            for _ in range(WORKERS):
+                task_read, task_write = os.pipe()
+                answer_read, answer_write = os.pipe()
+                widen(answer_write)
+                inherited = [task_write, answer_read, *self.tasks, *self.answers]
+                self.pids.append(fork_worker(
+                    lambda: _serve(task_read, answer_write, inherited, path, defaults, work)))
+                os.close(task_read)
+                os.close(answer_write)
+                self.tasks.append(task_write)
+                self.answers.append(answer_read)
+        except BaseException:
+            self.stop()
+            raise
+
+    def results(self, chunks: Iterator[Block]) -> Iterator[Any]:
+        """Each block's result, in file order."""
+        sent = received = 0
+        for block in chunks:
+            try:
+                os.write(self.tasks[sent % WORKERS], _TASK.pack(block.offset, block.length, block.first_line))
+            except BrokenPipeError:
+                break  # that worker has ended: its last result, read in turn below, says why
+            sent += 1
+            if sent - received > AHEAD * WORKERS:
+                yield self._receive(received % WORKERS)
+                received += 1
+        for fd in self.tasks:  # no more blocks: each worker ends after its last one
+            os.close(fd)
+        self.tasks = []
+        while received < sent:
+            yield self._receive(received % WORKERS)
+            received += 1
+
+    def _receive(self, worker: int) -> Any:
+        fd = self.answers[worker]
+        size, kind = _RESULT.unpack(self._read(fd, _RESULT.size))
+        value = pickle.loads(self._read(fd, size))
+        if kind == _RAISED:
+            raise value
+        return value
+
+    def _read(self, fd: int, size: int) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            n = os.readv(fd, [view[got:]])
+            if n == 0:
+                raise UsageError(f"{self.path}: cannot read: a worker process preparing its lines stopped "
+                                 "before its part was done")
+            got += n
+        return buffer
+
+    def stop(self) -> None:
+        """Close the pipes and end every worker.
+
+        A worker holds nothing but its view of the file: it is killed rather
+        than asked, so that ending never waits on one (it may be busy with a
+        block, or blocked on a full pipe).
+        """
+        for fd in (*self.tasks, *self.answers):
+            os.close(fd)
+        self.tasks, self.answers = [], []
+        for pid in self.pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+        self.pids = []
+
+
+def _serve(tasks: int, answers: int, inherited: list[int], path: str, defaults: Defaults,
+           work: Callable[[Block, Defaults], Any]) -> None:
+    """A worker: prepare each block it is given and send the result back, until the tasks end.
+
+    It runs at a lower priority than the inserting process, the one that
+    cannot be parallelised, rather than share the CPU with it; and never
+    rescans the inherited heap.
+    """
+    for fd in inherited:  # the parent's ends: a pipe ends when the parent closes its end
+        os.close(fd)
+    os.nice(WORKER_NICENESS)
+    freeze_inherited()
+    while task := _read_task(tasks):
+        offset, length, first_line = _TASK.unpack(task)
+        kind = _DONE
+        try:
+            value: Any = work(Block(path, offset, length, first_line), defaults)
+        except Exception as exc:
+            kind, value = _RAISED, exc
+        try:
+            data = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # an exception that does not pickle
+            kind = _RAISED
+            data = pickle.dumps(UsageError(f"{path}: cannot prepare its lines: {type(value).__name__}: {exc}"))
+        _write(answers, _RESULT.pack(len(data), kind) + data)
+        if kind == _RAISED:
+            return
+
+
+def _read_task(fd: int) -> bytes:
+    """The next task, or nothing once the parent has closed its end."""
+    data = b""
+    while len(data) < _TASK.size:
+        more = os.read(fd, _TASK.size - len(data))
+        if not more:
+            return b""
+        data += more
+    return data
+
+
+def _write(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

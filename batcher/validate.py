@@ -13,6 +13,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The most ``max_tokens`` a job (or ``--max-tokens``) may ask for: far above
+#: any model's output, and within what the store and the estimate count in
+#: (a 64-bit integer).
+MAX_TOKENS_CAP = 10_000_000
+
 #: Claude models Poe serves, by Poe name and Anthropic ID. Others only warn:
 #: new models appear over time.
 KNOWN_MODELS = frozenset(
@@ -111,6 +116,8 @@ def _check_body(body: dict[str, Any], defaults: Defaults, warnings: list[str]) -
         raise InvalidJob("`model` must be a non-empty string")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidJob("`max_tokens` must be a positive integer")
+    if max_tokens > MAX_TOKENS_CAP:
+        raise InvalidJob(f"`max_tokens` must be at most {MAX_TOKENS_CAP:,} (as for --max-tokens), not {max_tokens}")
     system = body.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise InvalidJob("`system` must be a string or a list of text blocks")
@@ -123,6 +130,26 @@ def _custom_id(obj: dict[str, Any], line: int) -> str:
     if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
         raise InvalidJob("`custom_id` must be 1-64 characters of A-Z, a-z, 0-9, _ and -")
     return custom_id
+
+
+def not_an_object(value: Any) -> str:
+    """Why a job line holding ``value`` is refused, in JSON's words (``null``, not ``NoneType``).
+
+    For lines; a row given in Python is refused by :func:`to_job` in Python's words.
+    """
+    if value is None:
+        kind = "null"
+    elif isinstance(value, bool):
+        kind = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        kind = "a number"
+    elif isinstance(value, str):
+        kind = "a string"
+    elif isinstance(value, list):
+        kind = "an array"
+    else:
+        kind = type(value).__name__
+    return f"expected a JSON object, found {kind}"
 
 
 def to_job(obj: Any, line: int, defaults: Defaults = Defaults()) -> Job:

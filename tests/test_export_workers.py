@@ -301,9 +301,10 @@ def test_cli_export_of_a_big_batch_is_the_same_as_in_process(big_store: tuple[Pa
     assert out.read_bytes() == alone and f"{written} line(s)" in done.stderr + done.stdout
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_stopped_export_leaves_no_worker_behind(big_store: tuple[Path, str], signum: int) -> None:
-    """Ctrl-C, or kill -9 of the command alone, while it and its workers wait on full pipes.
+    """Ctrl-C or SIGTERM to the process group, or kill -9 of the command alone, while it and its
+    workers wait on full pipes.
 
     The export writes into a FIFO that is read once, then no more.
     """
@@ -320,7 +321,7 @@ def test_a_stopped_export_leaves_no_worker_behind(big_store: tuple[Path, str], s
             assert time.monotonic() < deadline, "no workers started"
             time.sleep(0.05)
         time.sleep(0.3)
-        if signum == signal.SIGINT:
+        if signum != signal.SIGKILL:
             os.killpg(export.pid, signum)  # as Ctrl-C reaches the terminal's whole process group
         else:
             os.kill(export.pid, signum)  # the command alone: its workers must notice
@@ -328,7 +329,7 @@ def test_a_stopped_export_leaves_no_worker_behind(big_store: tuple[Path, str], s
     finally:
         os.close(reader)
     assert gone(db), "an export worker outlived the command"
-    if signum == signal.SIGINT:
+    if signum != signal.SIGKILL:
         assert export.returncode == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -338,4 +339,45 @@ def test_a_reader_that_goes_away_ends_the_export_and_its_workers_quietly(big_sto
                           "echo \"${PIPESTATUS[0]}\"", shell=True, executable="/bin/bash", capture_output=True,
                           text=True, timeout=120, cwd=folder)
     assert done.stdout.strip() == str(128 + signal.SIGPIPE) and done.stderr == ""
+    assert gone(db), "an export worker outlived the command"
+
+
+def test_export_workers_leave_stop_signals_to_the_command(big_store: tuple[Path, str]) -> None:
+    """Ctrl-C or SIGTERM to the process group reaches the workers too; the command alone answers it.
+
+    Sent to the workers alone, while they wait on full pipes, the signals
+    change nothing: the export goes on and is whole.
+    """
+    folder, db = big_store
+    fifo = folder / "fifo-workers"
+    os.mkfifo(fifo)
+    export = subprocess.Popen([sys.executable, "-m", "batcher", "export", "big", "--db", db, "-o", str(fifo),
+                               "--include-pending"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    reader = os.open(fifo, os.O_RDONLY)
+    try:
+        received = [os.read(reader, 1 << 16)]
+        deadline = time.monotonic() + 30
+        while len(batcher_processes(db)) < 3:  # the command and its workers
+            assert time.monotonic() < deadline, "no workers started"
+            time.sleep(0.05)
+        for worker in set(batcher_processes(db)) - {export.pid}:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    os.kill(worker, signum)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.3)
+        while data := os.read(reader, 1 << 20):
+            received.append(data)
+        _, err = export.communicate(timeout=60)
+    finally:
+        os.close(reader)
+        try:
+            os.killpg(export.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        export.wait()
+    assert export.returncode == 0, err
+    assert b"".join(received).count(b"\n") == workers.FORK_FROM_LINES + 5000
     assert gone(db), "an export worker outlived the command"

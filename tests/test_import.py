@@ -191,7 +191,7 @@ def bad_file(tmp_path: Path) -> Path:
 
 BAD_LINES = [
     "bad.jsonl:2: invalid UTF-8 at byte 34",  # the é in caf\xe9
-    "bad.jsonl:3: expected a JSON object, found list",
+    "bad.jsonl:3: expected a JSON object, found an array",
     "bad.jsonl:5: `max_tokens` must be a positive integer",
     "bad.jsonl:6: duplicate custom_id 'ok-1' (first on line 1)",
     "bad.jsonl:7: `custom_id` must be 1-64 characters of A-Z, a-z, 0-9, _ and -",

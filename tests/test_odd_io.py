@@ -459,3 +459,44 @@ def test_a_stream_export_written_then_interrupted_reports_its_lines(store: tuple
         engine = open_store(db)
         assert export_batch(engine, find_batch(engine, "b"), out) == 8
     assert len(out.getvalue().splitlines()) == 8
+
+
+#: How help names the command run as ``python -m batcher`` (the installed command is plain ``batcher``).
+PROGRAM = "python -m batcher"
+
+
+@pytest.mark.parametrize("args, says", [
+    (["import", "x.jsonl", "--bogus"], f"no such option '--bogus' (see {PROGRAM} import --help)"),
+    (["frobnicate"], f"no such command 'frobnicate' (see {PROGRAM} --help)"),
+    (["--bogus"], f"no such option '--bogus' (see {PROGRAM} --help)"),
+    (["status", "a", "b"], f"got unexpected extra argument (b) (see {PROGRAM} status --help)"),
+    (["import", "x.jsonl", "--max-tokens"], "option '--max-tokens' requires an argument"),
+    (["impor"], f"no such command 'impor'; did you mean 'import'? (see {PROGRAM} --help)"),
+])
+def test_command_line_mistakes_are_one_line_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    done = cli(*args, cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (2, "", f"batcher: error: {says}\n")
+
+
+def test_help_version_and_no_command_keep_their_exits(tmp_path: Path) -> None:
+    assert cli("--version", cwd=tmp_path).stdout.startswith("batcher, version ")
+    helped = cli("import", "--help", cwd=tmp_path)
+    assert helped.returncode == 0 and helped.stdout.startswith(f"Usage: {PROGRAM} import [OPTIONS] FILE")
+    bare = cli(cwd=tmp_path)  # the help, as a usage error
+    assert bare.returncode == 2 and "Commands:" in bare.stdout + bare.stderr
+    bad_value = cli("export", "--format", "bogus", cwd=tmp_path)
+    assert one_error_line(bad_value, 2, "'--format'", "'bogus'")
+
+
+@pytest.mark.parametrize("name", ["", "  "])
+def test_a_blank_batch_name_is_refused_on_every_path(tmp_path: Path, name: str) -> None:
+    (tmp_path / "one.jsonl").write_text(job_lines(1))
+    engine = open_store(str(tmp_path / "s.db"))
+    with pytest.raises(UsageError, match="a batch name must be a non-empty string"):
+        import_file(engine, str(tmp_path / "one.jsonl"), name, DEFAULTS)
+    done = cli("import", "one.jsonl", "--batch", name, "--db", "c.db", *MODEL_ARGS, cwd=tmp_path)
+    one_error_line(done, 2, "batch name")
+    assert done.stdout == ""
+    for db in ("s.db", "c.db"):
+        if (tmp_path / db).exists():
+            assert sqlite3.connect(tmp_path / db).execute("SELECT count(*) FROM jobs").fetchone() == (0,)

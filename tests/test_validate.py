@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from batcher.jobfile import LineError, parse_line
+from batcher.options import MAX_TOKENS
+from batcher.prepare import prepare_chunk
 from batcher.validate import Defaults, InvalidJob, Job, to_job
 
 MSG = [{"role": "user", "content": "Hi?"}]
@@ -277,3 +279,35 @@ def test_empty_message_content_is_refused_on_import(content: object) -> None:
     with pytest.raises(InvalidJob) as caught:
         to_job({"messages": [{"role": "user", "content": content}]}, 3, Defaults("claude-haiku-4.5", 10))
     assert str(caught.value) == "`messages[0].content` is empty (the API refuses empty messages)"
+
+
+def test_a_line_that_is_not_an_object_is_named_in_jsons_words() -> None:
+    lines = [b"null", b"[1, 2]", b'"text"', b"3", b"1.5", b"true", b"false", b'{"prompt": "x"}']
+    chunk = prepare_chunk(list(enumerate(lines, start=1)), FULL)
+    assert [(e.line, e.message) for e in chunk.errors] == [
+        (1, "expected a JSON object, found null"),
+        (2, "expected a JSON object, found an array"),
+        (3, "expected a JSON object, found a string"),
+        (4, "expected a JSON object, found a number"),
+        (5, "expected a JSON object, found a number"),
+        (6, "expected a JSON object, found true"),
+        (7, "expected a JSON object, found false"),
+    ]
+    assert len(chunk.rows) == 1
+
+
+@pytest.mark.parametrize("max_tokens", [MAX_TOKENS.high + 1, 2**63, 10**30])
+def test_max_tokens_above_the_option_cap_is_refused(max_tokens: int) -> None:
+    message = f"`max_tokens` must be at most 10,000,000 (as for --max-tokens), not {max_tokens}"
+    assert invalid({"prompt": "x", "max_tokens": max_tokens}) == message
+    assert invalid({"params": {"messages": MSG, "model": "claude-haiku-4.5", "max_tokens": max_tokens}}) == message
+    assert to_job({"prompt": "x", "max_tokens": MAX_TOKENS.high}, 1, FULL).body["max_tokens"] == MAX_TOKENS.high
+
+
+
+def test_a_line_with_max_tokens_of_2_to_the_63_is_refused_not_counted() -> None:
+    line = b'{"prompt": "x", "max_tokens": 9223372036854775808}'
+    chunk = prepare_chunk([(1, line)], FULL)
+    assert [e.message for e in chunk.errors] == [
+        "`max_tokens` must be at most 10,000,000 (as for --max-tokens), not 9223372036854775808"]
+    assert chunk.rows == []
