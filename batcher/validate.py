@@ -165,6 +165,11 @@ def to_job(obj: Any, line: int, defaults: Defaults = Defaults()) -> Job:
         params = obj["params"]
         if not isinstance(params, dict):
             raise InvalidJob("`params` must be an object")
+        misplaced = sorted(k for k in obj if k in API_PARAMS or k == "prompt")
+        if misplaced:
+            # Kept as metadata it would never be sent, and the job would ask something else.
+            raise InvalidJob(f"`{misplaced[0]}` beside `params` would not be sent: put it inside `params`, "
+                             "or give the job without `params`")
         body = dict(params)
         extra = {k: v for k, v in obj.items() if k not in ("custom_id", "params")} or None
     else:

@@ -311,3 +311,14 @@ def test_a_line_with_max_tokens_of_2_to_the_63_is_refused_not_counted() -> None:
     assert [e.message for e in chunk.errors] == [
         "`max_tokens` must be at most 10,000,000 (as for --max-tokens), not 9223372036854775808"]
     assert chunk.rows == []
+
+
+@pytest.mark.parametrize("beside", [{"prompt": "PROMPT-TEXT"}, {"temperature": 0.5}, {"system": "Be brief."}])
+def test_a_request_field_beside_params_is_refused_not_kept_as_metadata(beside: dict[str, Any]) -> None:
+    # It would never be sent: the job would quietly ask something else than the line says.
+    (field,) = beside
+    line = {"custom_id": "p4", **beside, "params": {"messages": [{"role": "user", "content": "hi"}]}}
+    with pytest.raises(InvalidJob, match=f"`{field}` beside `params` would not be sent: put it inside `params`"):
+        to_job(line, 1, FULL)
+    kept = to_job({"custom_id": "p5", "source_row": 7, "params": line["params"]}, 1, FULL)
+    assert kept.extra == {"source_row": 7}  # other keys are metadata, as documented
