@@ -65,6 +65,7 @@ class _Group(click.Group):
             try:
                 if own_process and threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, signal.default_int_handler)  # as in main(), but from the start
+                    interrupts.redeliver_lost_interrupts()
                 interrupts.answer_from_now()  # a signal held while modules loaded lands here
                 code = self._outcome(sys.argv[1:] if args is None else list(args), prog_name or _program_name(),
                                      complete_var, extra)

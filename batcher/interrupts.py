@@ -13,6 +13,7 @@ command ends as what it did, a success.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -94,3 +95,32 @@ def answer_from_now() -> None:
     if _held_from_start is not None:
         previous, _held_from_start = _held_from_start, None
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+REDELIVER_AFTER_S = 0.02
+
+
+def redeliver_lost_interrupts() -> None:
+    """A Ctrl-C or SIGTERM that lands in a finalizer or a weakref callback is raised again, outside it.
+
+    Python runs signal handlers between any two bytecodes, a garbage
+    collector's callbacks included; a KeyboardInterrupt raised there cannot
+    propagate, so Python prints "Exception ignored ... KeyboardInterrupt"
+    and the interruption is lost. The process's entry installs this once:
+    such an interruption is delivered again as a fresh Ctrl-C to the main
+    thread, which then meets it where it is (a wait included).
+    """
+    previous = sys.unraisablehook
+    main = threading.main_thread().ident  # a real signal to it: a wait there wakes up
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # A moment later, from another thread: raised now, it would land in this
+            # hook and be lost again. (Lost again in another callback, it comes back here.)
+            later = threading.Timer(REDELIVER_AFTER_S, signal.pthread_kill, (main, signal.SIGINT))
+            later.daemon = True
+            later.start()
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook

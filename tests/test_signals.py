@@ -231,3 +231,34 @@ def test_a_signal_while_the_command_starts_is_an_interruption(started: Any, tmp_
         else:  # the command was done first: its own answer, one line
             assert code == 2 and err.startswith("batcher: error: ") and err.count("\n") == 1, (code, err)
     assert 130 in outcomes
+
+
+LOST_IN_A_CALLBACK = """
+import time, weakref
+from batcher.interrupts import redeliver_lost_interrupts
+
+redeliver_lost_interrupts()
+
+class Thing:
+    pass
+
+def callback(ref):
+    raise KeyboardInterrupt  # what a Ctrl-C landing in a garbage collector's callback does
+
+thing = Thing()
+ref = weakref.ref(thing, callback)
+start = time.monotonic()
+try:
+    del thing
+    time.sleep(30)
+    print("lost")
+except KeyboardInterrupt:
+    # Within the wait, not after it: a real signal, to the main thread.
+    print("delivered again" if time.monotonic() - start < 20 else "delivered late")
+"""
+
+
+def test_an_interrupt_raised_in_a_callback_is_delivered_again_outside_it() -> None:
+    """Else Python prints "Exception ignored ... KeyboardInterrupt" and the command goes on."""
+    done = subprocess.run([sys.executable, "-c", LOST_IN_A_CALLBACK], capture_output=True, text=True, timeout=60)
+    assert (done.stdout, done.stderr) == ("delivered again\n", "")
