@@ -5,14 +5,12 @@ network failure included, comes back as an :class:`Attempt` value; only
 programming errors raise. The API key lives in the client's headers and
 nowhere else: never in an Attempt, an error message or a log line, even
 when the server's reply quotes it (each spelling of it then reads
-:data:`KEY_MASK`).
+:data:`~batcher._keymask.KEY_MASK`).
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ import httpx
 import orjson
 
 from . import __version__
+from ._keymask import mask_key, masked_json
 from .accumulate import StreamFailure
 from .answer import INVALID_RESPONSE, answer_problem
 from .apierror import make_error, parse_error
@@ -42,10 +41,6 @@ CONNECT_TIMEOUT_S = 10.0
 #: The longest a streamed answer may take in all, whatever its pace (an hour:
 #: a 64k-token answer at 30 tokens a second takes ~36 minutes).
 STREAM_LIMIT_S = 3600.0
-#: What stands in for the key wherever a text or a reply would have held it.
-KEY_MASK = "[key]"
-#: Keys shorter than this are not masked (see :func:`mask_key`); Poe's are far longer.
-MIN_SECRET_LEN = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,52 +310,6 @@ def safe_error_text(exc: BaseException, secret: str = "") -> str:
     return f"{name}: {text}" if text else name
 
 
-@functools.lru_cache(maxsize=8)
-def _key_pattern(key: str) -> re.Pattern[str]:
-    """Every spelling of ``key`` a reply or an error text could carry.
-
-    Each character may come as it is, percent-encoded (hex in either case,
-    ``+`` for a space), or escaped as JSON or a Python repr escapes it (a
-    server quoting a header, a URL normalised on the way). Only a spelling
-    of exactly this key matches: a text without it is never touched.
-    """
-    def one(c: str) -> str:
-        forms = {c, repr(c)[1:-1], ascii(c)[1:-1], repr(c.encode())[2:-1], orjson.dumps(c).decode()[1:-1]}
-        if c in "\"'\\/":
-            forms.add("\\" + c)
-        if c == " ":
-            forms.add("+")
-        hexes = (f"{b:02X}" for b in c.encode())
-        percent = "".join("%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in h) for h in hexes)
-        return "(?:" + "|".join([percent, *(re.escape(f) for f in sorted(forms, key=len, reverse=True))]) + ")"
-    return re.compile("".join(one(c) for c in key))
-
-
-def mask_key(text: str, key: str) -> str:
-    """``text`` with every spelling of ``key`` in it (see :func:`_key_pattern`) as :data:`KEY_MASK`.
-
-    A key shorter than :data:`MIN_SECRET_LEN` (a local server's placeholder,
-    ``anything``) is no secret, and looking for it would rewrite ordinary
-    words of answers: it is left alone.
-    """
-    return _key_pattern(key).sub(KEY_MASK, text) if len(key) >= MIN_SECRET_LEN and text else text
-
-
-def _masked(value: Any, key: str) -> Any:
-    """``value`` (parsed JSON) with the key masked in every string value.
-
-    Order and every other value stay as they were, so an answer without the
-    key serialises to the same bytes as before.
-    """
-    if isinstance(value, str):
-        return mask_key(value, key)
-    if isinstance(value, dict):
-        return {k: _masked(v, key) for k, v in value.items()}  # the names are the API's, not the server's echo
-    if isinstance(value, list):
-        return [_masked(v, key) for v in value]
-    return value
-
-
 def without_key(attempt: Attempt, key: str) -> Attempt:
     """``attempt`` with the key masked in all that came from the server's reply.
 
@@ -370,9 +319,9 @@ def without_key(attempt: Attempt, key: str) -> Attempt:
     message quoting the header, a redirect to ``?key=...``) cannot put it
     there.
     """
-    attempt.message = _masked(attempt.message, key)
-    attempt.error = _masked(attempt.error, key)
-    attempt.error_type = _masked(attempt.error_type, key)
+    attempt.message = masked_json(attempt.message, key)
+    attempt.error = masked_json(attempt.error, key)
+    attempt.error_type = masked_json(attempt.error_type, key)
     return attempt
 
 

@@ -23,7 +23,8 @@ from sqlalchemy import Engine
 
 from . import apibatches
 from .apibatches import ApiBatch
-from .client import Attempt, MessagesClient, mask_key, rate_info
+from ._keymask import mask_key
+from .client import Attempt, MessagesClient, rate_info
 from .errors import BatcherError
 from .guard import LIMIT, ConfigGuard
 from .jobqueue import AttemptRow, ClaimedJob, Outcome
@@ -224,7 +225,7 @@ class Fleet:
         """``data`` with every spelling of the server's key masked; the same bytes if it holds none.
 
         What the upstream says goes on to clients, who must never see the
-        key even when the upstream quotes it (:func:`batcher.client.mask_key`).
+        key even when the upstream quotes it (:func:`batcher._keymask.mask_key`).
         """
         text = data.decode("utf-8", "surrogateescape")
         masked = mask_key(text, self._api_key)

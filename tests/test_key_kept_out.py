@@ -20,7 +20,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from batcher.client import KEY_MASK
+from batcher._keymask import KEY_MASK
 
 from misbehaving import Misbehaving, _event, answer
 from test_run_cli import assert_clean, cli, query, run_args, write_jobs
