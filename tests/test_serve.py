@@ -462,7 +462,8 @@ def test_a_trailing_slash_is_an_anthropic_shaped_404(server: Served) -> None:
     assert body["type"] == "error" and body["error"]["type"] == "not_found_error", body
 
 
-@pytest.mark.parametrize("upstream", [{"key": "not-the-server-key"}, {"fail_html": 1.0}], ids=["key", "html"])
+@pytest.mark.parametrize("upstream", [{"key": "not-the-server-key"}, {"points": 0}, {"fail_html": 1.0}],
+                         ids=["key", "points", "html"])
 def test_upstream_refusals_reach_pass_through_clients_in_anthropic_shape(tmp_path: Path,
                                                                          upstream: dict[str, Any]) -> None:
     with SimulatorThread(latency=0, **upstream) as sim:
@@ -473,11 +474,14 @@ def test_upstream_refusals_reach_pass_through_clients_in_anthropic_shape(tmp_pat
         finally:
             served.stop()
     error = refused.value
-    assert not isinstance(error, anthropic.AuthenticationError)  # the client's token was fine
+    # The client's token and account were fine.
+    assert not isinstance(error, (anthropic.AuthenticationError, anthropic.PermissionDeniedError))
     assert error.status_code == 502 and error.response.headers["content-type"] == "application/json"
     assert error.body["type"] == "error" and error.body["error"]["type"] == "api_error", error.body
     if "key" in upstream:
-        assert "server's Poe key" in error.body["error"]["message"]
+        assert "refused the server's Poe key" in error.body["error"]["message"]
+    elif "points" in upstream:
+        assert "the server's Poe key is out of points" in error.body["error"]["message"]
     else:
         assert "<html>" not in error.response.text and "502 Bad Gateway" in error.body["error"]["message"]
 

@@ -89,7 +89,7 @@ async def forward(fleet: Fleet, request: Request, path: str) -> Response:
         raise ApiError(502, "api_error", "the upstream API broke off its answer") from None
     finally:
         await upstream.aclose()
-    if upstream.status_code == 401 or (upstream.status_code >= 400 and not _anthropic_error(content)):
+    if upstream.status_code in _SERVER_KEY or (upstream.status_code >= 400 and not _anthropic_error(content)):
         return _refusal(upstream.status_code, content, relayed, request.state.request_id)
     return Response(content, status_code=upstream.status_code, headers=relayed)
 
@@ -105,17 +105,23 @@ def _anthropic_error(content: bytes) -> bool:
             and isinstance(error.get("message"), str))
 
 
+#: Upstream answers about the server's own key, not the client's request: what they say to whoever runs it.
+_SERVER_KEY = {401: "refused the server's Poe key (HTTP 401); whoever runs the server must check its POE_API_KEY",
+               402: "says the server's Poe key is out of points (HTTP 402); whoever runs the server must add "
+                    "points to its account"}
+
+
 def _refusal(status: int, content: bytes, relayed: dict[str, str], request_id: str) -> Response:
     """An upstream error in Anthropic's shape, whatever shape (an HTML page, say) it came in.
 
-    A 401 means the upstream refused the server's own key: the client's
-    token was fine, so the client gets a 502 that says whose key it was.
+    A 401 or a 402 is about the server's own key (refused, out of points):
+    the client's token and account are fine, so the client gets a 502
+    that says whose key it was, not an error it would take for its own.
     """
     headers = {k: v for k, v in relayed.items() if k != "content-type"}
     body = parse_error(status, content, headers.get("request-id") or request_id)
-    if status == 401:
-        status, body = 502, error_body("api_error", "the upstream API refused the server's Poe key (HTTP 401); "
-                                                    "whoever runs the server must check its POE_API_KEY", request_id)
+    if status in _SERVER_KEY:
+        status, body = 502, error_body("api_error", f"the upstream API {_SERVER_KEY[status]}", request_id)
         headers.pop("x-should-retry", None)
     return JSONResponse(body, status_code=status, headers=headers)
 
