@@ -59,6 +59,8 @@ class ApiBatch:
     cancel_requested_at: float | None
     ended_at: float | None
     counts: Counts
+    #: The ``anthropic-beta`` header it was created with, sent with each of its requests.
+    betas: str | None = None
 
     @property
     def id(self) -> str:
@@ -71,12 +73,15 @@ def new_id() -> str:
 
 
 @store_errors
-def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expires_in_s: float) -> Batch:
+def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expires_in_s: float,
+           betas: str | None = None) -> Batch:
     """Store a new batch of ``(custom_id, params)`` requests in one transaction.
 
     The caller has checked the structure (ids unique and well formed, params
     objects); the params themselves are stored as given, once, and sent
     without ``stream``, since the runner decides how each request is sent.
+    ``betas`` (the ``anthropic-beta`` header of the create) is kept and sent
+    with each request, as Anthropic applies it to the whole batch.
     """
     now = time.time()
     with write(engine) as conn:
@@ -89,7 +94,8 @@ def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expir
                                          for line, (custom_id, params) in
                                          enumerate(requests[start:start + _CHUNK], start + 1)])
         tally.add_statuses(conn, batch_id, {"pending": len(requests)})
-        conn.execute(api_batches.insert().values(batch_id=batch_id, expires_at=batch.created_at + expires_in_s))
+        conn.execute(api_batches.insert().values(batch_id=batch_id, expires_at=batch.created_at + expires_in_s,
+                                                 betas=betas))
     return batch
 
 
@@ -125,13 +131,14 @@ def _counts(conn: Connection, batch_id: int) -> Counts:
                   errored=by_status["failed"], canceled=by_status["canceled"] - expired, expired=expired)
 
 
-_SELECT = (select(batches, api_batches.c.expires_at, api_batches.c.cancel_requested_at, api_batches.c.ended_at)
+_SELECT = (select(batches, api_batches.c.expires_at, api_batches.c.cancel_requested_at, api_batches.c.ended_at,
+                  api_batches.c.betas)
            .join(api_batches, api_batches.c.batch_id == batches.c.id))
 
 
 def _api_batch(conn: Connection, row: Any) -> ApiBatch:
     return ApiBatch(Batch(row.id, row.name, row.source, row.created_at), row.expires_at, row.cancel_requested_at,
-                    row.ended_at, _counts(conn, row.id))
+                    row.ended_at, _counts(conn, row.id), row.betas)
 
 
 @store_errors

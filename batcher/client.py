@@ -190,7 +190,9 @@ class MessagesClient:
     """A pooled HTTP client for ``POST /v1/messages``, sized to the concurrency."""
 
     def __init__(self, api_key: str, base_url: str = DEFAULT_BASE_URL, *, concurrency: int = 100,
-                 timeout_s: float = 600.0, stream_limit_s: float = STREAM_LIMIT_S, auth: str = "x-api-key") -> None:
+                 timeout_s: float = 600.0, stream_limit_s: float = STREAM_LIMIT_S, auth: str = "x-api-key",
+                 betas: str | None = None) -> None:
+        """``betas``: an ``anthropic-beta`` header sent with every request (a Message Batches API batch's)."""
         self._key = api_key = check_api_key(api_key)
         self.timeout_s, self.stream_limit_s = timeout_s, stream_limit_s
         headers = {
@@ -198,6 +200,8 @@ class MessagesClient:
             "content-type": "application/json",
             "user-agent": f"batcher/{__version__} (+httpx {httpx.__version__})",
         }
+        if betas:
+            headers["anthropic-beta"] = betas
         if auth == "bearer":
             headers["authorization"] = f"Bearer {api_key}"
         else:

@@ -163,7 +163,7 @@ class Fleet:
                                                f"{c.canceled} canceled, {c.expired} expired")
                 return
             lane = self.turns.lane(batch.id)
-            runner = _BatchRun(self.engine, batch, self._api_key, self.config, pacer=lane)
+            runner = _BatchRun(self.engine, batch, self._api_key, self.config, pacer=lane, betas=state.betas)
             self._runners[batch.id] = runner
             self._on_event(batch.name, f"{how}: {state.counts.processing} request(s) to send")
             how = "running again"
@@ -268,8 +268,9 @@ class _BatchRun(Runner):
     :attr:`last_taken` was never sent (:func:`batcher.apibatches.cancel_unsent`).
     """
 
-    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig, pacer: Lane) -> None:
-        super().__init__(engine, batch, api_key, config, pacer=pacer)
+    def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig, pacer: Lane,
+                 betas: str | None = None) -> None:
+        super().__init__(engine, batch, api_key, config, pacer=pacer, betas=betas)
         self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_unreachable=True)
         self.last_taken = (0, 0)
 

@@ -57,12 +57,15 @@ class Runner:
     """One run of one batch; use :func:`run_batch` unless embedding."""
 
     def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig,
-                 pacer: Pacer | None = None) -> None:
-        """``pacer``: one shared with other runs (a :class:`batcher.lanes.Lane`), else a new one."""
+                 pacer: Pacer | None = None, betas: str | None = None) -> None:
+        """``pacer``: one shared with other runs (a :class:`batcher.lanes.Lane`), else a new one.
+
+        ``betas``: an ``anthropic-beta`` header for every request (a Message Batches API batch's).
+        """
         self.engine, self.batch, self.config = engine, batch, config
         self.client = MessagesClient(api_key, config.base_url, concurrency=config.workers,
                                      timeout_s=config.timeout_s, stream_limit_s=config.stream_limit_s,
-                                     auth=config.auth)
+                                     auth=config.auth, betas=betas)
         self.pacer = pacer if pacer is not None else Pacer(config.rpm)
         self.guard = ConfigGuard(config.base_url)
         self.tally = Tally()

@@ -208,6 +208,8 @@ api_batches = Table(
     Column("expires_at", Float, nullable=False),
     Column("cancel_requested_at", Float),
     Column("ended_at", Float),
+    # The anthropic-beta header given at creation: sent with each of its requests.
+    Column("betas", Text),
 )
 
 #: Answered requests by canonical request key (:mod:`batcher.reuse`), written

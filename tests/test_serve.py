@@ -22,7 +22,10 @@ from batcher.serve import ServeOptions, serve
 from batcher.sim import SimulatorThread
 from batcher.status import verify
 from batcher.store import find_batch
+from misbehaving import Misbehaving
 from servehelp import KEY, Served, clean_env
+from starlette.requests import Request
+from starlette.responses import Response
 
 MODEL = "claude-haiku-4.5"
 
@@ -537,3 +540,36 @@ def test_retry_refuses_an_ended_api_batch_from_the_cli(server: Served, client: a
                                    "create a new batch")
     again = client.messages.batches.retrieve(ended.id)
     assert again.processing_status == "ended" and again.request_counts.processing == 0
+
+
+class BetaRecorder(Misbehaving):
+    """Answers every request, noting the ``anthropic-beta`` header each one came with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.betas: list[str | None] = []
+
+    async def _messages(self, request: Request) -> Response:
+        self.betas.append(request.headers.get("anthropic-beta"))
+        return await super()._messages(request)
+
+
+def test_a_beta_batch_sends_its_betas_with_every_request(tmp_path: Path) -> None:
+    # client.beta.messages.batches.create(betas=[...]): Anthropic applies them to each request of the
+    # batch. They are kept with the batch in the store, so a restarted server sends them too.
+    with BetaRecorder() as upstream:
+        served = Served(tmp_path / "s.db", upstream.url("ok")).wait_ready()
+        try:
+            client = served.sdk()
+            betas = ["context-1m-2025-08-07", "token-efficient-tools-2025-02-19"]
+            made = client.beta.messages.batches.create(betas=betas, requests=[request(f"b{i}") for i in range(3)])
+            ended = wait_ended(client, made.id)
+            assert ended.request_counts.succeeded == 3
+            plain = wait_ended(client, client.messages.batches.create(requests=[request("p0")]).id)
+            assert plain.request_counts.succeeded == 1
+        finally:
+            served.stop()
+    assert upstream.betas.count(",".join(betas)) == 3 and upstream.betas.count(None) == 1
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        assert conn.execute("SELECT betas FROM api_batches ORDER BY batch_id").fetchall() == [(",".join(betas),),
+                                                                                              (None,)]

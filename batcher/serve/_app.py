@@ -99,7 +99,10 @@ class BatchesApi:
     async def create(self, request: Request) -> Response:
         raw = await _gateway.read_body(request, MAX_BODY, "a batch")
         requests = await anyio.to_thread.run_sync(parse_create, raw)
-        batch = await anyio.to_thread.run_sync(apibatches.create, self.engine, requests, self.expire_after_s)
+        # The SDK's beta batches (``client.beta.messages.batches``) name their betas in this
+        # header; Anthropic applies them to every request of the batch, and so does this server.
+        betas = request.headers.get("anthropic-beta", "").strip() or None
+        batch = await anyio.to_thread.run_sync(apibatches.create, self.engine, requests, self.expire_after_s, betas)
         self.log(batch.name, f"created: {len(requests)} request(s)")
         self.fleet.submit(batch)
         return JSONResponse(message_batch(await self._get(batch.name), _base(request)))
