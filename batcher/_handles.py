@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ._batch import Batch
 from .db import display_name, open_store
-from .errors import UsageError
-from .store import find_batch, list_batches
+from .store import check_batch_name, find_batch, list_batches
 
 # The importer loads on first use, so that the reading commands (status,
 # batches) start quickly.
@@ -101,8 +100,8 @@ class Store:
         from ._rows import ROWS_SOURCE, InvalidRows, defaults_of, derived_name, prepared_rows, records, rows_report
         from .importer import ImportRejected, import_chunks
 
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
+        if name is not None:
+            check_batch_name(name)
         defaults = defaults_of(model, max_tokens, system)
         if isinstance(rows, (str, os.PathLike)):
             return self._add_file(name, os.fspath(rows), defaults, skip_invalid)

@@ -193,11 +193,7 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     refused (two ``u.jsonl`` in different folders do not merge silently).
     """
     if batch is not None:
-        # Refused here, where every import of a file passes: a blank name
-        # would otherwise quietly become the file's.
-        check_batch_name(batch)
-        if not batch.strip():
-            raise UsageError(f"a batch name must be a non-empty string, not {batch!r}")
+        check_batch_name(batch)  # here, before a blank name becomes the file's
     if batch is None and needs_batch_name(path):
         raise UsageError(f"{describe(path)}: give the batch a name with --batch NAME when reading from it")
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"

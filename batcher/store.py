@@ -29,10 +29,18 @@ def _batch(row: Any) -> Batch:
     return Batch(row.id, row.name, row.source, row.created_at)
 
 
-def check_batch_name(name: str) -> None:
-    """Refuse a name that would garble a terminal or a file name: control characters."""
+def check_batch_name(name: Any) -> None:
+    """Refuse a name that would garble a terminal or a file name (control characters), or a blank one.
+
+    Every path that names a batch passes here: a blank name would otherwise
+    quietly become a file's stem, or a batch nobody can name.
+    """
+    if not isinstance(name, str):
+        raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
         raise UsageError(f"batch name {name!r} has control characters; choose another with --batch NAME")
+    if not name.strip():
+        raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
 
 
 def get_or_create_batch(conn: Connection, name: str, source: str) -> tuple[Batch, bool]:
