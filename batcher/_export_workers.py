@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ._forking import can_fork, fork_worker, freeze_inherited, widen
+from ._forking import can_fork, fork_worker, freeze_inherited, widen, write_all
 from .db import open_store, read_failure
 from .errors import StoreError
 from .outfile import Chunk, Piped
@@ -198,12 +198,6 @@ _HEADER = struct.Struct("<qqq")
 _STOPPED = "cannot read the job store: an export worker process stopped before its part was done"
 
 
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def _data_version(conn: Any) -> int:
     """SQLite's count of commits other connections made, as this connection last saw it."""
     with conn.begin():
@@ -220,8 +214,8 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
     freeze_inherited()
 
     def answer(data: bytes, lines: int, replaced: int = 0) -> None:
-        _write(reply, _HEADER.pack(len(data), lines, replaced))
-        _write(reply, data)
+        write_all(reply, _HEADER.pack(len(data), lines, replaced))
+        write_all(reply, data)
 
     try:
         reported = notes.replaced_keys if notes is not None else 0

@@ -62,6 +62,26 @@ def widen(fd: int) -> None:
         pass
 
 
+def read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from a pipe, or None if its writer closed it first (a worker that stopped)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    got = 0
+    while got < size:
+        n = os.readv(fd, [view[got:]])
+        if n == 0:
+            return None
+        got += n
+    return bytes(buffer)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` into a pipe, however many writes it takes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def freeze_inherited() -> None:
     """Never rescan, nor free, the heap a forked worker inherits.
 

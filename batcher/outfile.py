@@ -19,6 +19,7 @@ import tempfile
 import threading
 from typing import IO, Callable, Iterator
 
+from ._forking import read_exactly
 from .errors import OutputError, StoreError
 from .interrupts import CommitPoint
 
@@ -39,16 +40,11 @@ class Piped:
 
     def read(self) -> bytes:
         """The bytes, read into this process."""
-        buffer = bytearray(self.size)
-        view = memoryview(buffer)
-        got = 0
-        while got < self.size:
-            n = os.readv(self.fd, [view[got:]])
-            if n == 0:
-                raise StoreError(self.broken)
-            got += n
+        data = read_exactly(self.fd, self.size)
+        if data is None:
+            raise StoreError(self.broken)
         self.done = True
-        return bytes(buffer)
+        return data
 
     def move_into(self, out: IO[bytes]) -> bool:
         """Move the bytes into ``out``'s file; False (nothing moved) where the system cannot."""

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import orjson
 
-from ._forking import can_fork, fork_worker, freeze_inherited, widen
+from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, widen, write_all
 from .errors import UsageError
 from .jobfile import Block, LineError, block_lines, blocks, parse_line
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
@@ -226,17 +226,12 @@ class _Team:
             raise value
         return value
 
-    def _read(self, fd: int, size: int) -> bytearray:
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        got = 0
-        while got < size:
-            n = os.readv(fd, [view[got:]])
-            if n == 0:
-                raise UsageError(f"{self.path}: cannot read: a worker process preparing its lines stopped "
-                                 "before its part was done")
-            got += n
-        return buffer
+    def _read(self, fd: int, size: int) -> bytes:
+        data = read_exactly(fd, size)
+        if data is None:
+            raise UsageError(f"{self.path}: cannot read: a worker process preparing its lines stopped "
+                             "before its part was done")
+        return data
 
     def stop(self) -> None:
         """Close the pipes and end every worker.
@@ -269,7 +264,7 @@ def _serve(tasks: int, answers: int, inherited: list[int], path: str, defaults: 
         os.close(fd)
     os.nice(WORKER_NICENESS)
     freeze_inherited()
-    while task := _read_task(tasks):
+    while (task := read_exactly(tasks, _TASK.size)) is not None:  # None: the parent closed its end
         offset, length, first_line = _TASK.unpack(task)
         kind = _DONE
         try:
@@ -281,23 +276,6 @@ def _serve(tasks: int, answers: int, inherited: list[int], path: str, defaults: 
         except Exception as exc:  # an exception that does not pickle
             kind = _RAISED
             data = pickle.dumps(UsageError(f"{path}: cannot prepare its lines: {type(value).__name__}: {exc}"))
-        _write(answers, _RESULT.pack(len(data), kind) + data)
+        write_all(answers, _RESULT.pack(len(data), kind) + data)
         if kind == _RAISED:
             return
-
-
-def _read_task(fd: int) -> bytes:
-    """The next task, or nothing once the parent has closed its end."""
-    data = b""
-    while len(data) < _TASK.size:
-        more = os.read(fd, _TASK.size - len(data))
-        if not more:
-            return b""
-        data += more
-    return data
-
-
-def _write(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import text
 
 import batcher._export_workers as workers
+from batcher._forking import write_all
 from batcher.db import open_store, write
 from batcher.errors import StoreError
 from batcher.export import ExportNotes, export_batch
@@ -191,8 +192,8 @@ def test_a_worker_that_dies_fails_the_export(tmp_path: Path, forking: list[int],
 def stops_mid_range(reply: int, go: int, *rest: Any) -> None:
     """A worker that begins, then sends half a range's bytes and ends."""
     if os.read(go, 1) == b"g":
-        workers._write(reply, workers._HEADER.pack(0, 0, 0))
-        workers._write(reply, workers._HEADER.pack(1000, 5, 0) + b'{"custom_id"')
+        write_all(reply, workers._HEADER.pack(0, 0, 0))
+        write_all(reply, workers._HEADER.pack(1000, 5, 0) + b'{"custom_id"')
 
 
 def test_a_worker_that_stops_mid_range_fails_a_file_export_and_leaves_no_file(
