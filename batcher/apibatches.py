@@ -16,7 +16,6 @@ from __future__ import annotations
 import secrets
 import string
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -27,9 +26,9 @@ from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .jobqueue import finish_run, start_run
-from .manage import cancel
+from .manage import cancel, cancel_jobs
 from .prepare import body_hash, request_body
-from .schema import api_batches, attempts, batches, imports, in_status, jobs, runs
+from .schema import api_batches, attempts, batches, imports, jobs, runs
 from .store import Batch, get_or_create_batch, status_counts
 
 ID_PREFIX = "msgbatch_"
@@ -213,18 +212,8 @@ def cancel_unsent(engine: Engine, batch: Batch, run_id: int, after: tuple[int, i
     now, not when the requests in flight end, is what the API promises, and
     they can no longer go out after a crash either.
     """
-    now = time.time()
-    values: dict[str, Any] = {"status": "canceled", "run_id": None, "finished_at": now, "updated_at": now}
-    if why is not None:
-        values["error_type"] = why
-    query = update(jobs).where(jobs.c.batch_id == batch.id, in_status("running"), jobs.c.run_id == run_id,
-                               tuple_(jobs.c.line, jobs.c.id) > tuple_(*after))
-    with write(engine) as conn:
-        n = conn.execute(query.values(**values)).rowcount
-        if n:
-            tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({"running": -n, "canceled": n}),
-                                                         last_finished_at=now))
-    return n
+    return cancel_jobs(engine, batch, "running", jobs.c.run_id == run_id,
+                       tuple_(jobs.c.line, jobs.c.id) > tuple_(*after), why=why, run_id=None)
 
 
 def close(engine: Engine, batch: Batch, expired: bool, rpm: float, base_url: str) -> int:

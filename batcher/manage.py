@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Iterable
+from typing import Any, Iterable
 
 from sqlalchemy import Engine, and_, func, select
 
@@ -77,12 +77,22 @@ def cancel(engine: Engine, batch: Batch, why: str | None = None) -> int:
     brings them back. ``why``, if given, is kept as their ``error_type``
     (``expired``: a Message Batches API batch whose deadline passed).
     """
+    return cancel_jobs(engine, batch, "pending", why=why)
+
+
+def cancel_jobs(engine: Engine, batch: Batch, status: str, *where: Any, why: str | None = None,
+                **values: Any) -> int:
+    """Mark the batch's jobs in ``status`` (and matching ``where``) canceled, the tally with them.
+
+    What :func:`cancel` does to pending jobs; ``values`` are further
+    columns to set (a claimed job's ``run_id``, say).
+    """
     now = time.time()
-    query = (jobs.update().where(jobs.c.batch_id == batch.id, in_status("pending"))
-             .values(status="canceled", finished_at=now, updated_at=now,
+    query = (jobs.update().where(jobs.c.batch_id == batch.id, in_status(status), *where)
+             .values(status="canceled", finished_at=now, updated_at=now, **values,
                      **({"error_type": why} if why is not None else {})))
     with write(engine) as conn:
         n = conn.execute(query).rowcount
-        tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({"pending": -n, "canceled": n}),
+        tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({status: -n, "canceled": n}),
                                                      last_finished_at=now if n else None))
         return n
