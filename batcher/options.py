@@ -134,7 +134,6 @@ CONCURRENCY = Number(1, MAX_CONCURRENCY, integer=True)
 ATTEMPTS = Number(1, MAX_ATTEMPTS, integer=True)
 SECONDS = Number(0, MAX_SECONDS, low_open=True, unit="s")
 SECONDS_OR_ZERO = Number(0, MAX_SECONDS, unit="s")
-
 PROBABILITY = Number(0, 1)
 MAX_TOKENS = Number(1, MAX_TOKENS_CAP, integer=True)
 HTTP_STATUS = Number(100, 599, integer=True)

@@ -119,11 +119,12 @@ def _refusal(status: int, content: bytes, relayed: dict[str, str], request_id: s
     that says whose key it was, not an error it would take for its own.
     """
     headers = {k: v for k, v in relayed.items() if k != "content-type"}
-    body = parse_error(status, content, headers.get("request-id") or request_id)
     if status in _SERVER_KEY:
-        status, body = 502, error_body("api_error", f"the upstream API {_SERVER_KEY[status]}", request_id)
         headers.pop("x-should-retry", None)
-    return JSONResponse(body, status_code=status, headers=headers)
+        body = error_body("api_error", f"the upstream API {_SERVER_KEY[status]}", request_id)
+        return JSONResponse(body, status_code=502, headers=headers)
+    return JSONResponse(parse_error(status, content, headers.get("request-id") or request_id), status_code=status,
+                        headers=headers)
 
 
 async def _relay(upstream: httpx.Response, request_id: str, mask: Callable[[bytes], bytes]) -> AsyncIterator[bytes]:
