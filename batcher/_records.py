@@ -1,13 +1,12 @@
 """What an attempt leaves for the writer: its attempt row, and the job's outcome.
 
 The runner decides what an attempt means (success, failure, retry); this
-module only says what each of those stores, column by column, so the
-runner reads as the flow it is and the stored shape is written down once.
+module only says what each of those stores, column by column (and what a
+refused key tells the user), so the runner reads as the flow it is and the
+stored shape is written down once.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import orjson
 
@@ -52,3 +51,10 @@ def failed(job_id: int, attempt: Attempt) -> Outcome:
         "error_type": attempt.error_type,
         "status_code": attempt.status_code,
     })
+
+
+def refusal(attempt: Attempt) -> str:
+    """What to tell the user when the API will not take the key."""
+    error = (attempt.error or {}).get("error", {})
+    why = "is out of points" if attempt.status_code == 402 else "refused the key"
+    return f"the API {why} (HTTP {attempt.status_code}, {error.get('type')}): {error.get('message')}"

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .errors import StoreError, UsageError
+from .errors import StoreError, StoreFull, UsageError
 
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
@@ -294,9 +294,21 @@ def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenat
             return fn(engine, *args, **kwargs)
         except DBAPIError as exc:
             where = display_name(engine.url.render_as_string(hide_password=False))
-            raise StoreError(f"{where}: cannot use the job store: {exc.orig}") from None
+            kind = StoreFull if is_full(exc) else StoreError
+            raise kind(f"{where}: cannot use the job store: {exc.orig}") from None
 
     return wrapper
+
+
+#: SQLite's "database or disk is full" (a full disk, or max_page_count reached), PostgreSQL's disk_full.
+_SQLITE_FULL, _PG_DISK_FULL = 13, "53100"
+
+
+def is_full(exc: DBAPIError) -> bool:
+    """Whether a database failure is a lack of room, which freeing space mends."""
+    orig = exc.orig
+    return (getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL
+            or getattr(orig, "pgcode", None) == _PG_DISK_FULL)
 
 
 @contextmanager

@@ -59,6 +59,15 @@ class StoreError(BatcherError):
     exit_code = EXIT_STORE
 
 
+class StoreFull(StoreError):
+    """The store's disk (or its size cap) is full: nothing more fits until room is made.
+
+    Unlike a locked or read-only store it mends itself once space is freed,
+    so a run holds its answers and waits rather than end (see
+    :func:`batcher.writer.run_writer`). Catch :class:`StoreError` for both.
+    """
+
+
 class APIStopped(BatcherError):
     """The API refused to go on (key refused, no points left): nothing was marked failed."""
 
@@ -89,3 +98,12 @@ class Interrupted(KeyboardInterrupt):
 
 class OutputError(UsageError):
     """The user's output (stdout, an ``-o`` file) cannot be written: not the store's fault."""
+
+
+def first_user_error(group: BaseExceptionGroup) -> BaseException:
+    """The error worth one line (a store failure, say) out of a task group's, else the group."""
+    for exc in group.exceptions:
+        found = first_user_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if isinstance(found, BatcherError):
+            return found
+    return group

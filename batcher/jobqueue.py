@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_
 
 from . import tally
 from .db import store_errors, write
-from .errors import StoreError, UsageError
+from .errors import StoreError, StoreFull, UsageError
 from .prepare import body_hash, request_body
 from .schema import answers, attempts, imports, in_status, jobs, runs
 from .store import status_counts
@@ -32,6 +32,8 @@ CLAIM_CHUNK = 100
 #: A run whose heartbeat is older than this is taken for dead.
 STALE_AFTER_S = 30.0
 HEARTBEAT_S = 5.0
+#: While the store is full, how often a write (a claim, the writer's records) is tried again.
+FULL_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +148,11 @@ class Claims:
     more than that many jobs are claimed in all.
     """
 
-    def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2, limit: int | None = None) -> None:
+    def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2, limit: int | None = None,
+                 on_full: Callable[[StoreFull], object] | None = None) -> None:
+        """``on_full`` hears of a claim that found the store full: it is tried again until it goes through."""
         self.engine, self.batch_id, self.run_id, self.ahead, self.limit = engine, batch_id, run_id, ahead, limit
+        self.on_full = on_full
         self.taken = 0  # jobs claimed in all, against the limit
         self.after = (0, 0)
         self.ready: deque[ClaimedJob] = deque()
@@ -186,8 +191,15 @@ class Claims:
             size = min(need, CLAIM_CHUNK)
             if self.limit is not None:
                 size = min(size, self.limit - self.taken)
-            chunk = await anyio.to_thread.run_sync(
-                claim, self.engine, self.batch_id, self.run_id, size, self.after) if size > 0 else []
+            try:
+                chunk = await anyio.to_thread.run_sync(
+                    claim, self.engine, self.batch_id, self.run_id, size, self.after) if size > 0 else []
+            except StoreFull as exc:
+                if self.on_full is None:
+                    raise
+                self.on_full(exc)
+                await anyio.sleep(FULL_RETRY_S)
+                continue
             if chunk:
                 self.after = (chunk[-1].line, chunk[-1].id)
                 self.taken += len(chunk)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .budget import Caps
 from .client import DEFAULT_BASE_URL, STREAM_LIMIT_S
+from .errors import EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_OK, EXIT_USAGE
 from .spend import check_limits
 
 #: Jobs whose max_tokens exceed this are streamed by default: a long
@@ -113,3 +114,16 @@ class Snapshot:
     #: --rpm, and why the pace (target_rpm) is lower when it is.
     max_rpm: float | None = None
     pace_reason: str | None = None
+    #: While the store is full: jobs whose outcome waits in memory for room (sending is paused).
+    held: int | None = None
+
+
+def exit_code_for(outcome: str, failed_in_batch: int, left: int) -> int:
+    """The documented exit code of a run that ended with ``outcome``."""
+    if outcome in ("limit", "budget"):
+        return EXIT_LIMIT
+    codes = {"stopped": EXIT_API_STOPPED, "misconfigured": EXIT_USAGE, "interrupted": EXIT_INTERRUPTED}
+    if outcome in codes:
+        return codes[outcome]
+    # Not every job succeeded if any failed, in this run or before it.
+    return EXIT_FAILED_JOBS if failed_in_batch or left else EXIT_OK

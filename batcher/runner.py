@@ -25,17 +25,16 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
-from ._records import attempt_row, failed, succeeded
+from ._records import attempt_row, failed, refusal, succeeded
 from .client import Attempt, MessagesClient
-from .errors import (EXIT_API_STOPPED, EXIT_FAILED_JOBS, EXIT_INTERRUPTED, EXIT_LIMIT, EXIT_OK, EXIT_USAGE,
-                     BatcherError, StoreError)
+from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error
 from .estimator import request_cost
 from .guard import ConfigGuard
-from .jobqueue import AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, finish_run, start_run
+from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key
-from .runconfig import STREAM_ABOVE_MAX_TOKENS, RunConfig, RunSummary, Snapshot, claim_ahead
+from .runconfig import STREAM_ABOVE_MAX_TOKENS, RunConfig, RunSummary, Snapshot, claim_ahead, exit_code_for
 from .spend import CapReached, Spend, reused_outcome
 from .store import Batch
 from .writer import Tally, run_writer
@@ -51,6 +50,8 @@ class _State:
     fatal: tuple[str, str] | None = None  # (outcome, message) of a run that cannot go on
     retrying: int = 0
     in_flight: int = 0
+    full: str | None = None  # why the store takes no write, while it does not
+    held: int = 0  # jobs whose outcome waits in memory for room in the store
 
 
 class Runner:
@@ -97,7 +98,7 @@ class Runner:
                 async with self.client:
                     outcome = await self._pipeline(on_progress)
         except BaseExceptionGroup as group:
-            raise _first_user_error(group) from None
+            raise first_user_error(group) from None
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -109,7 +110,7 @@ class Runner:
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
         claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers),
-                        limit=self.config.limit)
+                        limit=self.config.limit, on_full=lambda exc: self._store_full(exc, self.state.held))
         try:
             return await self._flow(claims, on_progress)
         finally:
@@ -118,7 +119,8 @@ class Runner:
     async def _flow(self, claims: Claims, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace)
+            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace,
+                             self._store_full)
             async with anyio.create_task_group() as watchers:
                 if self.config.handle_signals:
                     watchers.start_soon(self._watch_signals)
@@ -247,7 +249,7 @@ class Runner:
                 if problem is not None:
                     self._stop("misconfigured", problem)
                 else:
-                    self._stop("stopped", _refusal(attempt))
+                    self._stop("stopped", refusal(attempt))
                 return
             self.state.retrying += 1
             try:
@@ -268,6 +270,24 @@ class Runner:
 
     def _tell_pacer(self, attempt: Attempt, sent_at: float) -> None:
         tell_pacer(self.pacer, attempt, sent_at)
+
+    def _store_full(self, error: StoreFull | None, held: int) -> bool:
+        """The store has no room (``error``), or has room again (None).
+
+        No request starts meanwhile, and the outcomes of those in flight wait
+        in memory: freeing space lets the run store them and go on, with
+        nothing paid for twice. Once the run is stopping, they are given up
+        when the last arrives (the next run sends those jobs again): True
+        while they are worth holding.
+        """
+        was, self.state.full, self.state.held = self.state.full, (str(error) if error else None), held
+        if error is not None:
+            self.pacer.pause(2 * FULL_RETRY_S)
+        if (was is None) != (error is None):
+            print(f"{self._newline()}batcher: the store has room again; sending resumes" if error is None else
+                  f"{self._newline()}batcher: {error}: no request starts until there is room; the answers "
+                  "of those in flight wait in memory (Ctrl-C gives them up)", file=sys.stderr, flush=True)
+        return not self.state.stopping
 
     # --- stopping ------------------------------------------------------------
     def _stop(self, outcome: str, message: str) -> None:
@@ -297,8 +317,9 @@ class Runner:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 if self.state.stopping:
-                    done = self.tally.done
-                    print(f"{self._newline()}batcher: stopped at once; {done} done are safely stored, "
+                    done, held = self.tally.done, self.state.held if self.state.full else 0
+                    lost = f"; {held} held for a full store are not, and are sent again" if held else ""
+                    print(f"{self._newline()}batcher: stopped at once; {done} done are safely stored{lost}, "
                           "the rest resumes on the next run", file=sys.stderr, flush=True)
                     os._exit(EXIT_INTERRUPTED)
                 print(f"{self._newline()}batcher: stopping: waiting up to {self.config.grace_s:g} s for "
@@ -327,7 +348,7 @@ class Runner:
             in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.shown_rpm, eta_s=eta,
             input_tokens=self.tally.input_tokens, output_tokens=self.tally.output_tokens,
             paused_s=self.pacer.paused_for, stopping=self.state.stopping, max_rpm=self.pacer.max_rpm,
-            pace_reason=self.pacer.reason)
+            pace_reason=self.pacer.reason, held=self.state.held if self.state.full else None)
 
     def _request_rate(self, now: float) -> float:
         """Requests per minute sent over the last minute (or since the first, if sooner)."""
@@ -350,18 +371,7 @@ class Runner:
         message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "finished" and self.spend.limit_reached(self.taken, left):
             outcome, message = "limit", f"stopped at --limit {self.config.limit:,}"
-        if outcome in ("limit", "budget"):
-            code = EXIT_LIMIT
-        elif outcome == "stopped":
-            code = EXIT_API_STOPPED
-        elif outcome == "misconfigured":
-            code = EXIT_USAGE
-        elif outcome == "interrupted":
-            code = EXIT_INTERRUPTED
-        else:
-            # Not every job succeeded if any failed, in this run or before it.
-            code = EXIT_FAILED_JOBS if counts["failed"] or left else EXIT_OK
-        return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
+        return RunSummary(self.batch.name, outcome, exit_code_for(outcome, counts["failed"], left), self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message, failed_in_batch=counts["failed"],
                           reused=self.tally.reused)
@@ -374,22 +384,6 @@ def tell_pacer(pacer: Pacer, attempt: Attempt, sent_at: float) -> None:
         pacer.refused(sent_at, rate.remaining, rate.reset_s, rate.limit, server_delay(attempt))
     elif attempt.status_code is not None:
         pacer.answered(sent_at, rate.remaining, rate.reset_s, rate.limit)
-
-
-def _first_user_error(group: BaseExceptionGroup) -> BaseException:
-    """The error worth one line (a store failure, say) out of a task group's."""
-    for exc in group.exceptions:
-        found = _first_user_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
-        if isinstance(found, BatcherError):
-            return found
-    return group
-
-
-def _refusal(attempt: Attempt) -> str:
-    """What to tell the user when the API will not take the key."""
-    error = (attempt.error or {}).get("error", {})
-    why = "is out of points" if attempt.status_code == 402 else "refused the key"
-    return f"the API {why} (HTTP {attempt.status_code}, {error.get('type')}): {error.get('message')}"
 
 
 async def run_batch(engine: Engine, batch: Batch, api_key: str, config: RunConfig,

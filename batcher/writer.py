@@ -3,7 +3,8 @@
 Workers hand it records through a memory stream; it commits whatever arrived
 within ~100 ms in one transaction (run in a thread so the event loop keeps
 sending), and only then counts a job as done. Grouping keeps SQLite's commit
-cost per second constant however fast answers arrive.
+cost per second constant however fast answers arrive. A full store makes it
+hold what it has until there is room, rather than drop answers paid for.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from sqlalchemy import Engine
 
-from .jobqueue import HEARTBEAT_S, AttemptRow, Outcome, record
+from .errors import StoreFull
+from .jobqueue import FULL_RETRY_S, HEARTBEAT_S, AttemptRow, Outcome, record
 
 FLUSH_EVERY_S = 0.1
 MAX_GROUP = 2000
@@ -41,51 +43,89 @@ class Tally:
 
 async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[AttemptRow | Outcome],
                      tally: Tally, on_commit: Callable[[], None] | None = None,
-                     on_beat: Callable[[], dict[str, Any]] | None = None) -> None:
+                     on_beat: Callable[[], dict[str, Any]] | None = None,
+                     on_full: Callable[[StoreFull | None, int], bool] | None = None) -> None:
     """Commit records from ``inbox`` until it is closed and drained.
 
     ``on_beat`` gives values for the run's row, written with each heartbeat.
+
+    A store with no room (:class:`~batcher.errors.StoreFull`) does not cost
+    the answers taken: they are held, later ones gathered with them, and the
+    write tried again every ``FULL_RETRY_S``, telling ``on_full(error, jobs
+    held)`` each time and ``on_full(None, 0)`` once a write goes through.
+    After the inbox is closed, holding goes on while ``on_full`` returns
+    True; without ``on_full`` or once it says False, the error ends the
+    writer, naming the outcomes it could not store.
     """
     last_beat = 0.0
+    attempt_rows: list[AttemptRow] = []
+    outcomes: list[Outcome] = []
+    holding = False
     async with inbox:
         closed = False
-        while not closed:
-            attempt_rows: list[AttemptRow] = []
-            outcomes: list[Outcome] = []
-            # Wait for the first record (or a heartbeat due), then gather
-            # everything arriving in the next FLUSH_EVERY_S.
-            with anyio.move_on_after(HEARTBEAT_S):
-                try:
-                    first = await inbox.receive()
-                except anyio.EndOfStream:
-                    closed = True
-                else:
-                    (outcomes if isinstance(first, Outcome) else attempt_rows).append(first)
-            deadline = anyio.current_time() + FLUSH_EVERY_S
-            while not closed and len(attempt_rows) + len(outcomes) < MAX_GROUP and (attempt_rows or outcomes):
-                with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
-                    try:
-                        item = await inbox.receive()
-                    except anyio.EndOfStream:
-                        closed = True
-                        break
-                    (outcomes if isinstance(item, Outcome) else attempt_rows).append(item)
-                if scope.cancelled_caught:
-                    break
+        while not closed or attempt_rows or outcomes:
+            if holding:  # records wait in the inbox meanwhile
+                await anyio.sleep(FULL_RETRY_S)
+            if not closed:
+                closed = await _gather(inbox, attempt_rows, outcomes, FLUSH_EVERY_S if holding else HEARTBEAT_S)
             now = time.monotonic()
             beat = now - last_beat >= HEARTBEAT_S
             if not (attempt_rows or outcomes or beat):
                 continue
             if beat:
                 last_beat = now
-            # Shielded: once records are taken from the inbox they are written
-            # even if the run is being cancelled.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(record, engine, run_id, attempt_rows, outcomes, beat,
-                                               on_beat() if beat and on_beat else None)
+            try:
+                # Shielded: once records are taken from the inbox they are written
+                # even if the run is being cancelled.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(record, engine, run_id, attempt_rows, outcomes, beat,
+                                                   on_beat() if beat and on_beat else None)
+            except StoreFull as exc:
+                keep = on_full is not None and on_full(exc, len(outcomes))
+                if on_full is None or (closed and not keep):
+                    raise _lost(exc, outcomes) from None
+                holding = True
+                continue
+            if holding:
+                holding = False
+                if on_full is not None:
+                    on_full(None, 0)
             _count(tally, attempt_rows, outcomes)
+            attempt_rows, outcomes = [], []
             if on_commit is not None:
                 on_commit()
+
+
+async def _gather(inbox: ObjectReceiveStream[AttemptRow | Outcome], attempt_rows: list[AttemptRow],
+                  outcomes: list[Outcome], wait_s: float) -> bool:
+    """Wait up to ``wait_s`` for a first record, then take what arrives within
+    ``FLUSH_EVERY_S``; True once the inbox is closed and drained."""
+    def take(item: AttemptRow | Outcome) -> None:
+        (outcomes if isinstance(item, Outcome) else attempt_rows).append(item)
+
+    with anyio.move_on_after(wait_s):
+        try:
+            take(await inbox.receive())
+        except anyio.EndOfStream:
+            return True
+    deadline = anyio.current_time() + FLUSH_EVERY_S
+    while len(attempt_rows) + len(outcomes) < MAX_GROUP and (attempt_rows or outcomes):
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())) as scope:
+            try:
+                take(await inbox.receive())
+            except anyio.EndOfStream:
+                return True
+        if scope.cancelled_caught:
+            break
+    return False
+
+
+def _lost(exc: StoreFull, outcomes: list[Outcome]) -> StoreFull:
+    """The store-full error, saying what it cost when outcomes could not be stored."""
+    if not outcomes:
+        return exc
+    return StoreFull(f"{exc}; the outcome of {len(outcomes)} job(s) could not be stored: "
+                     "the next run sends them again")
 
 
 def _count(tally: Tally, attempt_rows: list[AttemptRow], outcomes: list[Outcome]) -> None:

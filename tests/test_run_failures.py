@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,8 @@ import pytest
 from sqlalchemy import event
 
 from batcher.db import open_store
-from batcher.errors import StoreError
-from batcher.runner import RunConfig, run_batch
+from batcher.errors import StoreFull
+from batcher.runner import RunConfig, Runner, run_batch
 from batcher.store import find_batch
 from test_runner import PROMPTS, run, stored, write_jobs
 from batcher.importer import import_file
@@ -53,32 +54,79 @@ def test_a_404_after_answers_fails_only_its_job(tmp_path: Path, simulator: Any) 
     assert stored(engine)["j12"].status_code == 404
 
 
-def test_full_disk_is_one_line_and_the_next_run_finishes(tmp_path: Path, simulator: Any) -> None:
+class CappedStore:
+    """A real store whose connections may grow the file only up to ``cap`` pages:
+    SQLite's own "database or disk is full", which raising the cap mends, as
+    freeing disk space would."""
+
+    def __init__(self, tmp_path: Path, jobs: int) -> None:
+        self.db = str(tmp_path / "full.db")
+        engine = open_store(self.db)
+        prompts = [f"a longer question number {i} " * 8 for i in range(jobs)]
+        import_file(engine, str(write_jobs(tmp_path / "jobs.jsonl", prompts)), defaults=Defaults("claude-haiku-4.5", 64))
+        with engine.connect() as conn:
+            self.cap = conn.exec_driver_sql("PRAGMA page_count").scalar()  # no room for the answers
+        engine.dispose()
+        self.engine = open_store(self.db)
+        event.listen(self.engine, "checkout", self._apply)
+        self.engine.dispose()
+
+    def _apply(self, dbapi_conn: Any, *_: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA max_page_count = {self.cap}")
+
+    def make_room(self) -> None:
+        self.cap = 1 << 30
+
+    def runner(self, sim: Any) -> Runner:
+        return Runner(self.engine, find_batch(self.engine, "jobs"), "key",
+                      RunConfig(rpm=6000, base_url=sim.base_url, handle_signals=False, concurrency=8))
+
+
+def test_a_full_store_holds_the_answers_and_the_run_goes_on_once_there_is_room(
+        tmp_path: Path, simulator: Any, capfd: Any) -> None:
     sim = simulator()
-    db = str(tmp_path / "full.db")
-    engine = open_store(db)
-    prompts = [f"a longer question number {i} " * 8 for i in range(150)]
-    import_file(engine, str(write_jobs(tmp_path / "jobs.jsonl", prompts)), defaults=Defaults("claude-haiku-4.5", 64))
-    with engine.connect() as conn:
-        pages = conn.exec_driver_sql("PRAGMA page_count").scalar()
-    engine.dispose()
+    store = CappedStore(tmp_path, 150)
+    seen: list[tuple[float, int | None, int]] = []
 
-    full = open_store(db)
+    def watch(snapshot: Any) -> None:
+        seen.append((time.monotonic(), snapshot.held, sim.stats()["requests"]))
+        held_since = next((at for at, held, _ in seen if held is not None), None)
+        if held_since is not None and time.monotonic() - held_since > 2.0:
+            store.make_room()
 
-    @event.listens_for(full, "connect")
-    def _cap(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")  # no room for the answers
+    summary = anyio.run(store.runner(sim).run, watch)
+    assert summary.exit_code == 0
+    assert {r.status for r in stored(store.engine).values()} == {"succeeded"}
+    assert sim.stats()["requests"] == 150  # no answer lost, none paid for twice
+    full = [(held, requests) for _, held, requests in seen if held is not None]
+    assert full and max(held for held, _ in full) > 0
+    # Nothing starts while the store is full, but the few admitted just before it filled.
+    assert full[-1][1] - full[0][1] <= 8
+    err = capfd.readouterr().err
+    assert "full.db: cannot use the job store: database or disk is full: no request starts until there is room" in err
+    assert "the store has room again; sending resumes" in err
 
-    full.dispose()  # connections made from here on have the cap
 
-    config = RunConfig(rpm=6000, base_url=sim.base_url, handle_signals=False)
-    with pytest.raises(StoreError) as caught:
-        anyio.run(run_batch, full, find_batch(full, "jobs"), "key", config)
-    assert "full.db: cannot use the job store: database or disk is full" in str(caught.value)
-    assert "\n" not in str(caught.value)
-    full.dispose()
+def test_a_run_stopped_while_the_store_is_full_says_in_one_line_what_it_could_not_store(
+        tmp_path: Path, simulator: Any) -> None:
+    sim = simulator()
+    store = CappedStore(tmp_path, 150)
+    runner = store.runner(sim)
 
-    engine = open_store(db)
-    summary = anyio.run(run_batch, engine, find_batch(engine, "jobs"), "key", config)
+    def watch(snapshot: Any) -> None:
+        if snapshot.held:
+            runner.request_stop()
+
+    with pytest.raises(StoreFull) as caught:
+        anyio.run(runner.run, watch)
+    message = str(caught.value)
+    assert message.startswith(f"{store.db}: cannot use the job store: database or disk is full; the outcome of ")
+    assert message.endswith(" job(s) could not be stored: the next run sends them again")
+    assert "\n" not in message
+    store.engine.dispose()
+
+    engine = open_store(store.db)
+    summary = anyio.run(run_batch, engine, find_batch(engine, "jobs"), "key",
+                        RunConfig(rpm=6000, base_url=sim.base_url, handle_signals=False))
     assert summary.exit_code == 0
     assert {r.status for r in stored(engine).values()} == {"succeeded"}
