@@ -149,10 +149,12 @@ class Claims:
     """
 
     def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2, limit: int | None = None,
-                 on_full: Callable[[StoreFull], object] | None = None) -> None:
-        """``on_full`` hears of a claim that found the store full: it is tried again until it goes through."""
+                 on_full: Callable[[StoreFull | None], object] | None = None) -> None:
+        """``on_full`` hears of a claim that found the store full (tried again until it goes
+        through), and with None of the first that went through after it."""
         self.engine, self.batch_id, self.run_id, self.ahead, self.limit = engine, batch_id, run_id, ahead, limit
         self.on_full = on_full
+        self._full = False
         self.taken = 0  # jobs claimed in all, against the limit
         self.after = (0, 0)
         self.ready: deque[ClaimedJob] = deque()
@@ -197,9 +199,13 @@ class Claims:
             except StoreFull as exc:
                 if self.on_full is None:
                     raise
+                self._full = True
                 self.on_full(exc)
                 await anyio.sleep(FULL_RETRY_S)
                 continue
+            if self._full and self.on_full is not None:
+                self._full = False
+                self.on_full(None)
             if chunk:
                 self.after = (chunk[-1].line, chunk[-1].id)
                 self.taken += len(chunk)
