@@ -72,14 +72,13 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     The key is read from POE_API_KEY.
     """
     import functools
-    import os
 
     import anyio
 
     from ._batch import check_run
     from ._handles import Store
     from .importer import ImportRejected
-    from .jobfile import is_job_input
+    from .jobfile import is_job_input, refuse_file_like
     from .progress import summary_lines
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
@@ -87,8 +86,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
                    limit=limit, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens, reuse=reuse)
     check_run(**options)  # no key, malformed key, unsafe URL: refused before the store is touched
     is_file = is_job_input(file_or_batch)
-    if not is_file and (os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json"))):
-        fail(f"{file_or_batch}: not a readable job file", 2)
+    if not is_file:
+        refuse_file_like(file_or_batch)
     with Store(db, create=is_file) as store:
         if is_file:
             try:
@@ -97,7 +96,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
             except ImportRejected as exc:
                 for line in exc.report.error_lines():
                     click.echo(line, err=True)
-                fail("nothing imported, nothing sent; fix the lines above (or pass --skip-invalid)", 2)
+                fix = "no line is a valid job" if exc.report.none_valid else "fix the lines above (or pass --skip-invalid)"
+                fail(f"nothing imported, nothing sent; {fix}", 2)
             report = handle.report
             assert report is not None
             report_import_notes(report)
@@ -105,6 +105,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
                 click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
         else:
             handle = store.batch(file_or_batch)
+            _warn_file_only(handle.name, {"--batch": batch, "--model": model, "--max-tokens": max_tokens,
+                                          "--system": system, "--skip-invalid": skip_invalid})
         try:
             summary = anyio.run(functools.partial(handle.arun, signals=True, **options))
         except (BatcherError, Interrupted) as exc:
@@ -114,6 +116,15 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     for line in summary_lines(summary):
         click.echo(line, err=summary.exit_code not in (0,))
     sys.exit(summary.exit_code)
+
+
+def _warn_file_only(batch: str, given: dict[str, object]) -> None:
+    """Options that fill in a job file's lines do nothing to a stored batch: say so rather than ignore them."""
+    named = [option for option, value in given.items() if value not in (None, False)]
+    if named:
+        verb = "applies" if len(named) == 1 else "apply"
+        click.echo(f"batcher: warning: {', '.join(named)} {verb} only to a job file being imported; the jobs of "
+                   f"batch {batch} keep what they were imported with", err=True)
 
 
 ESTIMATE_EPILOG = """\b
@@ -144,8 +155,11 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     """
     from .estimator import estimate, estimate_lines
     from .importer import ImportRejected
+    from .jobfile import is_job_input
     from .validate import Defaults
 
+    if not is_job_input(file_or_batch):
+        _warn_file_only(file_or_batch, {"--model": model, "--max-tokens": max_tokens, "--system": system})
     try:
         found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm)
     except ImportRejected as exc:

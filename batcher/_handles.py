@@ -85,7 +85,8 @@ class Store:
         Like ``batcher import``: idempotent (unchanged rows are left alone,
         new ones added), and all or nothing: one invalid row raises
         :class:`batcher.InvalidRows` naming every bad row, and nothing is
-        stored, unless ``skip_invalid``. Rows are streamed, so memory stays
+        stored, unless ``skip_invalid`` (which still raises when no row is
+        valid: an empty batch is no one's intent). Rows are streamed, so memory stays
         flat. With ``name=None`` a file's batch is named after the file, and
         rows' batch after a hash of the rows and these options (the rows are
         then read twice, so an iterator is first turned into a list).

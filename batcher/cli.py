@@ -172,7 +172,8 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
         except ImportRejected as exc:
             for line in exc.report.error_lines():
                 click.echo(line, err=True)
-            click.echo("batcher: nothing imported; fix the lines above or pass --skip-invalid", err=True)
+            fix = "no line is a valid job" if exc.report.none_valid else "fix the lines above or pass --skip-invalid"
+            click.echo(f"batcher: nothing imported; {fix}", err=True)
             sys.exit(exc.exit_code)
     assert report is not None
     report_import_notes(report)
@@ -220,11 +221,14 @@ def status_command(batch: str | None, db: str | None, as_json: bool, verify: boo
         found = store.batch(batch)
         if verify:
             problems = found.verify()
+            if as_json:
+                click.echo(json.dumps({"batch": found.name, "agrees": not problems, "problems": problems}))
             for problem in problems:
-                click.echo(f"batcher: tally differs from the rows: {problem}", err=True)
+                click.echo(f"batcher: batch {found.name}: tally differs from the rows: {problem}", err=True)
             if problems:
                 sys.exit(4)
-            click.echo(f"batch {found.name}: the kept totals agree with a recount of the rows")
+            if not as_json:
+                click.echo(f"batch {found.name}: the kept totals agree with a recount of the rows")
             return
         status = found.status()
     if as_json:

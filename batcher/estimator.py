@@ -22,7 +22,6 @@ framing the estimate does not count).
 from __future__ import annotations
 
 import heapq
-import os
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -35,7 +34,8 @@ from .budget import Caps, Cost
 from .db import open_store
 from .errors import UsageError
 from .importer import ImportRejected, ImportReport, file_warnings
-from .jobfile import Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy
+from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy,
+                      refuse_file_like)
 from .jobqueue import unfinished_bodies
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks
@@ -321,10 +321,12 @@ def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None =
         side = caps.exceeded_alone(cost)
         if side == "output":
             return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
-                    f"--max-output-tokens {caps.max_output_tokens:,} allows")
+                    f"--max-output-tokens {caps.max_output_tokens:,} allows; raise the cap (or lower that job's "
+                    "max_tokens)")
         if side == "input":
             return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
-                    f"more than --max-input-tokens {caps.max_input_tokens:,} allows")
+                    f"more than --max-input-tokens {caps.max_input_tokens:,} allows; raise the cap (or shorten "
+                    "that job's input)")
     return None
 
 
@@ -344,10 +346,12 @@ def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Def
         ensure_readable(file_or_batch)
         with readable_copy(file_or_batch) as path:
             return estimate_file(path, defaults, rpm, describe(file_or_batch))
-    if os.path.exists(file_or_batch) or file_or_batch.endswith((".jsonl", ".json")):
-        raise UsageError(f"{file_or_batch}: not a readable job file")
-    engine = open_store(db, create=False)
-    return estimate_batch(engine, find_batch(engine, file_or_batch), rpm)
+    refuse_file_like(file_or_batch)
+    engine = open_store(db, create=False, readonly=True)  # stores nothing: works where the store is read-only
+    try:
+        return estimate_batch(engine, find_batch(engine, file_or_batch), rpm)
+    finally:
+        engine.dispose()
 
 
 def estimate_lines(e: Estimate) -> list[str]:

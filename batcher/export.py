@@ -31,7 +31,7 @@ from .db import read_failure
 from .errors import OutputError, UsageError
 from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
-from .schema import imports, jobs
+from .schema import batches, imports, jobs
 from .store import Batch
 
 FORMATS = ("results", "text", "merged")
@@ -126,21 +126,26 @@ def _stream(engine: Engine, query: Any, render: Callable[[Any], T], chunk: int) 
 # -- writing ---------------------------------------------------------------------
 
 
-def _check_destination(engine: Engine, batch: Batch, path: str, shown: str, force: bool) -> None:
+def _check_destination(engine: Engine, path: str, shown: str, force: bool) -> None:
     folder = os.path.dirname(path)
     if not os.path.isdir(folder):
         raise UsageError(f"{shown}: folder {os.path.dirname(shown) or folder} does not exist")
     if os.path.isdir(path):
         raise UsageError(f"{shown}: is a folder; give a file name")
+    if shown.endswith(("/", os.sep)):  # a folder meant, and none there
+        raise UsageError(f"{shown}: folder {shown} does not exist")
     database = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
     if database and os.path.realpath(database) == path:
         raise UsageError(f"{shown}: that is the job store itself")
     if not force and os.path.exists(path):
+        # Any batch's job file, not only the exported one's: it may be the only copy of those prompts.
         with engine.connect() as conn:
-            sources = set(conn.scalars(select(imports.c.source).where(imports.c.batch_id == batch.id)))
-        if any(os.path.realpath(source) == path for source in sources | {batch.source}):
-            raise UsageError(f"{shown}: that is the job file batch {batch.name!r} was imported from; "
-                             "choose another name (or --force to overwrite it)")
+            sources = conn.execute(select(imports.c.source, batches.c.name).join(
+                batches, imports.c.batch_id == batches.c.id).union(select(batches.c.source, batches.c.name))).all()
+        for source, name in sources:
+            if source and os.path.realpath(source) == path:
+                raise UsageError(f"{shown}: that is the job file batch {name!r} was imported from; "
+                                 "choose another name (or --force to overwrite it)")
 
 
 def is_stream_destination(out: str) -> bool:
@@ -155,8 +160,8 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
 
     Returns the number of lines written. A regular file is written
     all-or-nothing (see the module's notes); a stream, a FIFO or a device
-    keeps whatever was written before a failure. Writing over one of the
-    batch's own job files needs ``force``. Failures to write are
+    keeps whatever was written before a failure. Writing over the job file
+    of any batch in the store needs ``force``. Failures to write are
     :class:`~batcher.errors.OutputError` (a closed pipe stays BrokenPipeError).
     """
     chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
@@ -168,6 +173,6 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
         if stream_destination(out):
             return write_into(out, chunks)
         path = os.path.realpath(out)
-        _check_destination(engine, batch, path, out, force)
+        _check_destination(engine, path, out, force)
         return write_atomically(path, chunks, shown=out)
     return write_stream(chunks, out, getattr(out, "name", "the output"))

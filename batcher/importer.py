@@ -62,6 +62,11 @@ class ImportReport:
             self.errors.pop()
         bisect.insort(self.errors, error, key=lambda e: e.line)
 
+    @property
+    def none_valid(self) -> bool:
+        """Every line was bad: even ``skip_invalid`` imports nothing (and says so)."""
+        return self.rejected > 0 and self.added + self.unchanged == 0
+
     def error_lines(self, prefix: str = "") -> list[str]:
         """``FILE:LINE: message`` for the first bad lines, then a count."""
         shown = [f"{prefix}{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
@@ -71,7 +76,7 @@ class ImportReport:
 
 
 class ImportRejected(UsageError):
-    """The file has bad lines and nothing was imported."""
+    """The file has bad lines (with ``skip_invalid``: only bad lines) and nothing was imported."""
 
     def __init__(self, report: ImportReport) -> None:
         super().__init__(f"{report.file}: {report.rejected} bad line(s), nothing imported")
@@ -231,8 +236,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         for chunk in chunks:
             importer.take(chunk)
         importer.finish()
-        if report.rejected and not skip_invalid:
-            raise ImportRejected(report)
+        if report.rejected and (not skip_invalid or report.none_valid):
+            raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             added=report.added, unchanged=report.unchanged, rejected=report.rejected))
         tally.add_statuses(conn, stored.id, {"pending": report.added})

@@ -66,6 +66,14 @@ def is_job_input(arg: str) -> bool:
     return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg))
 
 
+def refuse_file_like(arg: str) -> None:
+    """``run``/``estimate ARG`` that is not job input but reads as a file's name (a
+    folder, a missing ``x.jsonl``) gets the error the file would, not "no such batch"."""
+    if os.path.exists(arg) or arg.endswith((".jsonl", ".json")):
+        ensure_readable(arg)
+        raise UsageError(f"{arg}: not a readable job file")
+
+
 def needs_batch_name(path: str) -> bool:
     """Input whose name says nothing of its content: ``-``, ``/dev/stdin``, ``<(cmd)``."""
     return path == STDIN or os.path.abspath(path).startswith(("/dev/", "/proc/"))
@@ -92,10 +100,28 @@ def ensure_readable(path: str) -> None:
 
 
 def _refuse_compressed(shown: str, head: bytes) -> None:
+    """Refuse input that is not UTF-8 text at all, naming what it is, rather than list every line as bad."""
     for magic, kind in COMPRESSED.items():
         if head.startswith(magic):
             raise UsageError(f"{shown}: looks {kind}-compressed, not JSONL text; decompress it first "
                              f"(e.g. {'gzip -dc' if kind == 'gzip' else kind + ' -dc'} FILE | batcher import - --batch NAME)")
+    encoding = _wide_encoding(head)
+    if encoding is not None:
+        raise UsageError(f"{shown}: looks {encoding}-encoded; job files are UTF-8: convert it first "
+                         f"(e.g. iconv -f {encoding} -t UTF-8 FILE > FILE.utf8.jsonl)")
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """UTF-16 or UTF-32, by a byte-order mark or by the NUL bytes beside a first ``{``."""
+    for mark, name in ((b"\xff\xfe\x00\x00", "UTF-32LE"), (b"\x00\x00\xfe\xff", "UTF-32BE"),
+                       (b"\xff\xfe", "UTF-16LE"), (b"\xfe\xff", "UTF-16BE")):
+        if head.startswith(mark):
+            return name
+    for wide, name in ((b"{\x00\x00\x00", "UTF-32LE"), (b"\x00\x00\x00{", "UTF-32BE"), (b"{\x00", "UTF-16LE"),
+                       (b"\x00{", "UTF-16BE")):
+        if head.startswith(wide):
+            return name
+    return None
 
 
 @contextmanager

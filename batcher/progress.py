@@ -92,7 +92,8 @@ class ProgressDisplay:
 def summary_lines(summary: RunSummary) -> list[str]:
     """The final lines, whatever the display."""
     minutes = summary.elapsed_s / 60
-    rate = summary.attempts / minutes if minutes > 0 else 0.0
+    # n requests span n - 1 intervals of the pace: n over the time would read above --rpm in a short run.
+    rate = (summary.attempts - 1) / minutes if minutes > 0 and summary.attempts > 1 else 0.0
     reused = f" ({summary.reused} reused)" if summary.reused else ""
     lines = [
         f"batch {summary.batch}: {summary.succeeded} succeeded{reused}, {summary.failed} failed this run, "
@@ -106,14 +107,19 @@ def summary_lines(summary: RunSummary) -> list[str]:
     elif summary.outcome in ("limit", "budget"):
         spent = (f"this run spent {summary.input_tokens:,} input and {summary.output_tokens:,} output tokens "
                  f"in {summary.attempts:,} request(s); " if summary.attempts else "")
+        larger = "limit" if summary.outcome == "limit" else "cap"
         lines.append(f"batcher: {summary.message}; {spent}nothing was marked failed; {summary.left:,} job(s) "
-                     "left: run the same command again (with a larger limit, or none) to go on")
+                     f"left: run the same command again (with a larger {larger}, or none) to go on")
     elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
         lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")
-    elif summary.failed_in_batch:
-        earlier = summary.failed_in_batch - summary.failed
-        if earlier > 0:
-            lines.append(f"{summary.failed_in_batch} job(s) of the batch have failed ({earlier} in earlier runs)")
-        lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
+    else:
+        if summary.failed_in_batch:
+            earlier = summary.failed_in_batch - summary.failed
+            if earlier > 0:
+                lines.append(f"{summary.failed_in_batch} job(s) of the batch have failed ({earlier} in earlier runs)")
+            lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
+        if summary.canceled_in_batch:
+            lines.append(f"{summary.canceled_in_batch} job(s) of the batch are canceled, not answered; "
+                         f"send them with: batcher retry {summary.batch} --canceled")
     return lines

@@ -91,6 +91,8 @@ class RunSummary:
     output_tokens: int
     message: str | None = None
     failed_in_batch: int = 0
+    #: Jobs of the batch canceled (by ``batcher cancel``, say): not answered, so not a clean finish.
+    canceled_in_batch: int = 0
     reused: int = 0
 
 
@@ -118,12 +120,12 @@ class Snapshot:
     held: int | None = None
 
 
-def exit_code_for(outcome: str, failed_in_batch: int, left: int) -> int:
+def exit_code_for(outcome: str, failed_in_batch: int, left: int, canceled_in_batch: int = 0) -> int:
     """The documented exit code of a run that ended with ``outcome``."""
     if outcome in ("limit", "budget"):
         return EXIT_LIMIT
     codes = {"stopped": EXIT_API_STOPPED, "misconfigured": EXIT_USAGE, "interrupted": EXIT_INTERRUPTED}
     if outcome in codes:
         return codes[outcome]
-    # Not every job succeeded if any failed, in this run or before it.
-    return EXIT_FAILED_JOBS if failed_in_batch or left else EXIT_OK
+    # Not every job succeeded if any failed (in this run or before it) or was canceled.
+    return EXIT_FAILED_JOBS if failed_in_batch or canceled_in_batch or left else EXIT_OK

@@ -90,7 +90,8 @@ class Runner:
         self.left_at_start, self.total = counts["pending"] + counts["running"], sum(counts.values())
         outcome = "failed"
         try:
-            too_big = await self.spend.cap_below_one_job()
+            # With --reuse, a job over a cap may never be sent: reserve() judges jobs as they come.
+            too_big = None if self.config.reuse else await self.spend.cap_below_one_job()
             if too_big is not None:
                 outcome = "budget"
                 self.state.fatal = (outcome, too_big)
@@ -371,9 +372,10 @@ class Runner:
         message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "finished" and self.spend.limit_reached(self.taken, left):
             outcome, message = "limit", f"stopped at --limit {self.config.limit:,}"
-        return RunSummary(self.batch.name, outcome, exit_code_for(outcome, counts["failed"], left), self.tally.succeeded, self.tally.failed, left,
+        return RunSummary(self.batch.name, outcome, exit_code_for(outcome, counts["failed"], left, counts["canceled"]), self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message, failed_in_batch=counts["failed"],
+                          canceled_in_batch=counts["canceled"],
                           reused=self.tally.reused)
 
 

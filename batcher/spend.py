@@ -63,7 +63,7 @@ class Spend:
         if not self.caps.any:
             return None
         why = await anyio.to_thread.run_sync(first_over_cap, self.engine, self.batch, self.caps, self.limit)
-        return None if why is None else f"nothing sent: {why}; raise the cap (or lower that job's max_tokens)"
+        return None if why is None else f"nothing sent: {why}"
 
     async def reserve(self, custom_id: str, cost: Cost, stopping: Callable[[], bool]) -> bool:
         """Wait until ``cost`` fits the caps and reserve it; False if the run stops meanwhile.
@@ -88,6 +88,13 @@ class Spend:
 
     def _reached(self, custom_id: str, cost: Cost) -> str:
         budget, caps = self.budget, self.caps
+        alone = caps.exceeded_alone(cost)
+        if alone is not None:  # with --reuse, found only once the jobs answered from the store are past
+            figure = (f"may use {cost.output_tokens:,} output tokens, more than --max-output-tokens "
+                      f"{caps.max_output_tokens:,}" if alone == "output" else
+                      f"is estimated at {cost.input_tokens:,} input tokens, more than --max-input-tokens "
+                      f"{caps.max_input_tokens:,}")
+            return f"stopped: the next job ({custom_id!r}) {figure} allows on its own; raise the cap"
         if budget.exhausted_side(cost) == "output" and caps.max_output_tokens is not None:
             return (f"stopped at --max-output-tokens {caps.max_output_tokens:,}: the next job ({custom_id!r}) "
                     f"may use {cost.output_tokens:,} and {caps.max_output_tokens - budget.used_output:,} are left")

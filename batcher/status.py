@@ -139,9 +139,12 @@ def pace_against(pace_rpm: float, max_rpm: float) -> str:
 
 
 def _per_minute(n: int, start: float | None, end: float | None) -> float | None:
-    if start is None or end is None or n == 0:
+    """Requests per minute from the first start to the last end: n requests span
+    n - 1 intervals of the pace (and the last one's answer), so n - 1 of them are
+    counted, and a short run does not read above its --rpm."""
+    if start is None or end is None or n < 2 or end <= start:
         return None
-    return round(n * 60.0 / max(end - start, 1.0), 1)
+    return round((n - 1) * 60.0 / (end - start), 1)
 
 
 # -- text ---------------------------------------------------------------------

@@ -563,9 +563,17 @@ def test_import_command_lists_twenty_then_counts(tmp_path: Path) -> None:
     lines = done.stderr.splitlines()
     assert lines[0] == "many.jsonl:1: no `model` (give one in the line or with --model)"
     assert lines[19] == "many.jsonl:20: no `model` (give one in the line or with --model)"
-    assert lines[20:] == ["... and 10 more bad line(s)",
-                          "batcher: nothing imported; fix the lines above or pass --skip-invalid"]
+    assert lines[20:] == ["... and 10 more bad line(s)", "batcher: nothing imported; no line is a valid job"]
     assert path.exists()
+    # Skipping every line would leave an empty batch and exit 0, which no script could tell from success.
+    for command in ("import", "run"):
+        skipped = cli(command, "many.jsonl", "--db", "s.db", "--skip-invalid", cwd=tmp_path,
+                      env={"POE_API_KEY": "local-test-key-123456"})
+        assert skipped.returncode == 2, skipped.stderr
+        assert skipped.stderr.splitlines()[-1].endswith(
+            "nothing imported; no line is a valid job" if command == "import" else
+            "nothing imported, nothing sent; no line is a valid job")
+    assert count(open_store(str(tmp_path / "s.db")), jobs) == 0
 
 
 def test_changed_request_through_the_command(tmp_path: Path) -> None:

@@ -149,3 +149,18 @@ def test_retry_then_run_completes_the_failures_against_the_simulator(mixed: Any,
     assert lines[0]["text"] == "Answer to job-1."
     assert lines[2]["text"] != "Answer to job-3." and "Question 3?" in lines[2]["text"]
     assert job(engine, "job-6").attempts >= 1 and job(engine, "job-6").error is None
+
+
+def test_a_run_leaving_canceled_jobs_exits_1_and_says_how_to_send_them(mixed: Any, simulator: Any) -> None:
+    """Exit 0 means every job succeeded: a script must not take a canceled batch for a done one."""
+    engine, batch, db = mixed
+    env = {**os.environ, "POE_API_KEY": "test"}
+    assert cli("retry", "b", "--db", db).returncode == 0  # the failures go back: only canceled ones stay unanswered
+    done = cli("run", "b", "--db", db, "--base-url", simulator.base_url, "--quiet", env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 job(s) of the batch are canceled, not answered; send them with: batcher retry b --canceled" in (
+        done.stdout + done.stderr)
+    assert cli("retry", "b", "--db", db, "--canceled").returncode == 0
+    done = cli("run", "b", "--db", db, "--base-url", simulator.base_url, "--quiet", env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert set(statuses(engine, batch).values()) == {"succeeded"}

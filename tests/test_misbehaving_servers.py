@@ -202,7 +202,7 @@ def test_cancel_during_a_run_stops_every_job_not_yet_sent(tmp_path: Path, simula
     assert canceled.returncode == 0, canceled.stderr
     n_canceled = int(canceled.stdout.split(": ")[1].split()[0])
     sent_by_then = server.stats()["requests"]
-    assert run.wait(40) == 0, run.stderr
+    assert run.wait(40) == 1, run.stderr  # not every job answered: the canceled ones
     sent = server.stats()["requests"]
     final = counts(db)
     assert final["canceled"] == n_canceled and final["succeeded"] + n_canceled == n, final

@@ -151,6 +151,15 @@ def test_export_refuses_to_overwrite_the_batchs_own_job_file(tmp_path: Path) -> 
     assert (tmp_path / "jobs.jsonl").read_text() == job_lines(3)
     assert export_batch(engine, batch, str(tmp_path / "jobs.jsonl"), include_pending=True, force=True) == 3
     assert '"pending"' in (tmp_path / "jobs.jsonl").read_text()
+    # Another batch's job file in the same store is as precious.
+    (tmp_path / "other.jsonl").write_text(job_lines(2, start=10))
+    import_file(engine, str(tmp_path / "other.jsonl"), defaults=DEFAULTS)
+    with pytest.raises(UsageError, match="other.jsonl: that is the job file batch 'other' was imported from"):
+        export_batch(engine, batch, str(tmp_path / "other.jsonl"), include_pending=True)
+    assert (tmp_path / "other.jsonl").read_text() == job_lines(2, start=10)
+    # A folder meant, and none there: named as such, not "Not a directory".
+    with pytest.raises(UsageError, match="newdir/: folder .*/newdir/ does not exist"):
+        export_batch(engine, batch, str(tmp_path / "newdir") + "/", include_pending=True)
 
 
 def test_merged_export_warns_about_replaced_keys(tmp_path: Path) -> None:
@@ -226,6 +235,18 @@ def test_import_messages_for_compressed_files_and_huge_numbers(tmp_path: Path) -
     with pytest.raises(ImportRejected) as caught:
         import_file(engine, str(tmp_path / "n.jsonl"), defaults=DEFAULTS)
     assert caught.value.report.error_lines()[0].startswith(f"{tmp_path / 'n.jsonl'}:1: number too large at column 24")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be"])
+def test_a_utf16_or_utf32_file_is_named_as_such_in_one_line(tmp_path: Path, encoding: str) -> None:
+    """Not a screenful of "invalid UTF-8" lines, one per line of the file and more."""
+    (tmp_path / "w.jsonl").write_bytes(job_lines(3).encode(encoding))
+    engine = open_store(str(tmp_path / "s.db"))
+    name = encoding.upper().replace("-", "").replace("UTF", "UTF-")
+    name = name if name[-2:] in ("LE", "BE") else name + "LE"  # Python writes its own byte order, with a mark
+    with pytest.raises(UsageError, match=f"w.jsonl: looks {name}-encoded; job files are UTF-8: convert it first"):
+        import_file(engine, str(tmp_path / "w.jsonl"), defaults=DEFAULTS)
+    engine.dispose()
 
 
 def test_same_stem_in_two_folders_does_not_merge_silently(tmp_path: Path) -> None:
@@ -369,7 +390,8 @@ def test_reading_commands_work_on_a_read_only_store(readonly_folder: tuple[Path,
         return subprocess.run([*base, *args, "--db", "s.db"], capture_output=True, text=True, cwd=folder,
                               env=env(), timeout=60)
 
-    for args in (["batches"], ["status", "j", "--json"], ["export", "j", "--include-pending", "-o", "-"]):
+    for args in (["batches"], ["status", "j", "--json"], ["export", "j", "--include-pending", "-o", "-"],
+                 ["estimate", "j"]):
         done = run(*args)
         assert done.returncode == 0, (args, done.stderr)
         assert done.stdout

@@ -48,3 +48,16 @@ def test_interrupted_summary_says_how_to_resume() -> None:
     lines = progress.summary_lines(summary)
     assert lines[-1] == "8 done, 42 left: run the same command again to resume"
     assert lines[0].startswith("batch b: 7 succeeded, 1 failed this run, 42 left; 9 requests in 1m01s")
+
+
+def test_the_summary_rate_of_a_short_run_does_not_read_above_its_pace() -> None:
+    """Three requests at 500/min start 0.24 s apart: three over 0.33 s would read 545/min."""
+    summary = RunSummary("b", "finished", 0, succeeded=3, failed=0, left=0, attempts=3, rate_limited=0,
+                         elapsed_s=0.33, input_tokens=1, output_tokens=2)
+    assert "3 requests in 0s (364/min, 0 rate-limited)" in progress.summary_lines(summary)[0]
+
+
+def test_a_full_store_is_named_on_the_line_instead_of_a_rate_limit_pause() -> None:
+    line = progress.describe(snapshot(paused_s=1.5, held=7))
+    assert line.endswith(" | store full: paused, 7 outcome(s) held until there is room")
+    assert "by the rate limit" not in line

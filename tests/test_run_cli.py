@@ -269,12 +269,18 @@ def test_unsafe_base_url_exits_2_without_connecting(tmp_path: Path, url: str, sa
     assert not db.exists()
 
 
-@pytest.mark.timeout(30)
-def test_unknown_batch_or_missing_file_exits_2(tmp_path: Path, sim: Any) -> None:
-    server = sim()
+def store_with_known(tmp_path: Path) -> Path:
+    """A store holding the one-job batch ``known``."""
     db = tmp_path / "store.db"
     write_jobs(tmp_path / "known.jsonl", ["hello"])
     assert cli("import", str(tmp_path / "known.jsonl"), "--db", str(db), *RUN_DEFAULTS).returncode == 0
+    return db
+
+
+@pytest.mark.timeout(30)
+def test_unknown_batch_or_missing_file_exits_2(tmp_path: Path, sim: Any) -> None:
+    server = sim()
+    db = store_with_known(tmp_path)
 
     done = cli(*run_args("nope", db, server.base_url))
     assert done.returncode == 2
@@ -285,10 +291,23 @@ def test_unknown_batch_or_missing_file_exits_2(tmp_path: Path, sim: Any) -> None
     assert done.returncode == 2
     assert_clean(done.stderr)
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and "missing.jsonl: not a readable job file" in lines[0], lines
+    assert len(lines) == 1 and "missing.jsonl: no such file" in lines[0], lines
 
     assert statuses(db) == {"job-1": "pending"}
     assert server.stats()["requests"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_options_for_a_file_given_with_a_batch_are_named_as_doing_nothing(tmp_path: Path, sim: Any) -> None:
+    server = sim()
+    db = store_with_known(tmp_path)
+    done = cli("estimate", "known", "--db", str(db), "--max-tokens", "7")
+    assert done.returncode == 0 and "at most 64 out" in done.stdout, done.stdout
+    assert "batcher: warning: --max-tokens applies only to a job file being imported" in done.stderr
+    done = cli(*run_args("known", db, server.base_url, "--max-tokens", "7", "--system", "terse"))
+    assert done.returncode == 0, done.stderr
+    assert ("batcher: warning: --model, --max-tokens, --system apply only to a job file being imported; "
+            "the jobs of batch known keep what they were imported with") in done.stderr.splitlines()
 
 
 @pytest.mark.timeout(30)

@@ -187,7 +187,37 @@ def test_a_cap_below_one_job_stops_before_sending_anything(tmp_path: Path, simul
     assert query(tmp_path / "s.db", "SELECT status, count(*) FROM jobs GROUP BY status") == [("pending", 5)]
 
 
+def test_the_input_cap_below_one_job_names_the_input_as_the_fix(tmp_path: Path, simulator: Any) -> None:
+    sim = simulator(rpm=100_000)
+    path = write_jobs(tmp_path / "in.jsonl", prompts(range(3)))
+    done = cli("run", str(path), "--db", str(tmp_path / "s.db"), "--base-url", sim.base_url, "--model", MODEL,
+               "--max-tokens", "64", "--max-input-tokens", "1")
+    assert done.returncode == 5, done.stderr
+    line = [x for x in done.stderr.splitlines() if "nothing sent" in x]
+    assert len(line) == 1 and "raise the cap (or shorten that job's input)" in line[0], done.stderr
+    assert "max_tokens" not in line[0]
+    assert "with a larger cap, or none" in done.stderr
+
+
 # -- --reuse -----------------------------------------------------------------------------
+
+
+def test_reuse_answers_jobs_a_cap_could_not_have_sent(tmp_path: Path, simulator: Any) -> None:
+    """A reused answer costs nothing: a cap below a job's worst case stops only a job that must be sent."""
+    sim = simulator(rpm=100_000, latency=(0, 0.02))
+    db = tmp_path / "s.db"
+    assert run(db, sim, "first", prompts(range(10))).exit_code == 0
+    again = [dict(r, custom_id="b" + r["custom_id"]) for r in prompts(range(10))]
+    second = run(db, sim, "second", again, reuse=True, max_output_tokens=10)
+    assert (second.exit_code, second.reused, second.attempts) == (0, 10, 0)
+    # One new job that needs sending, over the cap on its own: the run stops at it, having answered the rest.
+    third = run(db, sim, "third", [dict(r, custom_id="c" + r["custom_id"]) for r in prompts(range(11))],
+                reuse=True, max_output_tokens=10)
+    assert (third.outcome, third.exit_code, third.reused, third.attempts, third.left) == ("budget", EXIT_LIMIT, 10, 0, 1)
+    assert "the next job ('cj10') may use 64 output tokens, more than --max-output-tokens 10 allows on its own" in (
+        third.message or "")
+    assert sim.stats()["requests"] == 10
+
 
 
 def test_reuse_across_batches_sends_only_new_requests(tmp_path: Path, simulator: Any) -> None:

@@ -103,8 +103,19 @@ def test_start_end_and_achieved_rate(tmp_path: Path) -> None:
     succeed(engine, batch, "job-3", started_at=1059.0, latency_ms=1000)
     s = batch_status(engine, batch)
     assert s["ended_at"] == 1060.0
-    assert s["achieved_rpm"] == 3.0  # 3 requests between 1000 and 1060
+    # 3 requests between 1000 and 1060: the 2 intervals between starts, and the last answer, took a minute.
+    assert s["achieved_rpm"] == 2.0
     assert s["run"] is None
+
+
+def test_the_achieved_rate_of_a_short_run_does_not_read_above_its_pace(tmp_path: Path) -> None:
+    """Three starts 0.12 s apart (500/min) answered in 20 ms: three over 0.26 s would read 692/min."""
+    engine, batch, _ = make_batch(tmp_path, 3)
+    succeed(engine, batch, "job-1", started_at=1000.0, latency_ms=20)
+    assert batch_status(engine, batch)["achieved_rpm"] is None  # one request is no rate
+    succeed(engine, batch, "job-2", started_at=1000.12, latency_ms=20)
+    succeed(engine, batch, "job-3", started_at=1000.24, latency_ms=20)
+    assert 400 < batch_status(engine, batch)["achieved_rpm"] <= 500
 
 
 def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:

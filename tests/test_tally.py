@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -106,12 +107,20 @@ def test_batches_and_status_read_the_tally_not_the_rows(tmp_path: Path) -> None:
     assert len(problems) == 1 and problems[0].startswith("counts: ")
     done = subprocess.run([sys.executable, "-m", "batcher", "status", "--verify", "--db", str(tmp_path / "s.db")],
                           capture_output=True, text=True, timeout=60)
-    assert done.returncode == 4 and done.stderr.startswith("batcher: tally differs from the rows: counts: ")
+    assert done.returncode == 4 and done.stderr.startswith("batcher: batch s: tally differs from the rows: counts: ")
+    done = subprocess.run([sys.executable, "-m", "batcher", "status", "--verify", "--json", "--db",
+                           str(tmp_path / "s.db")], capture_output=True, text=True, timeout=60)
+    found = json.loads(done.stdout)  # a script gets its answer on stdout, whatever it is
+    assert done.returncode == 4 and (found["batch"], found["agrees"]) == ("s", False)
+    assert found["problems"] == problems
     with write(engine) as conn:
         tally.rebuild(conn, batch.id)
     done = subprocess.run([sys.executable, "-m", "batcher", "status", "--verify", "--db", str(tmp_path / "s.db")],
                           capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "batch s: the kept totals agree with a recount of the rows\n")
+    done = subprocess.run([sys.executable, "-m", "batcher", "status", "--verify", "--json", "--db",
+                           str(tmp_path / "s.db")], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, json.loads(done.stdout)) == (0, {"batch": "s", "agrees": True, "problems": []})
 
 
 def test_unknown_status_is_refused(tmp_path: Path) -> None:
