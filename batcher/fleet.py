@@ -271,7 +271,7 @@ class _BatchRun(Runner):
     def __init__(self, engine: Engine, batch: Batch, api_key: str, config: RunConfig, pacer: Lane,
                  betas: str | None = None) -> None:
         super().__init__(engine, batch, api_key, config, pacer=pacer, betas=betas)
-        self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_unreachable=True)
+        self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_timeouts=True)
         self.last_taken = (0, 0)
 
     async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome],

@@ -22,27 +22,29 @@ UNREACHABLE = frozenset({"connection_error", "timeout_error"})
 class ConfigGuard:
     """Watches attempts until the first answer; says when to stop."""
 
-    def __init__(self, base_url: str, limit: int = LIMIT, hold_unreachable: bool = False) -> None:
-        """``hold_unreachable``: an unreachable upstream before any answer fails no job either.
+    def __init__(self, base_url: str, limit: int = LIMIT, hold_timeouts: bool = False) -> None:
+        """Before any answer, a refused connection or a 404 fails no job: its attempt is not counted.
 
-        A run someone watches may fail jobs that used up their attempts; a
-        server's batches have no one to run them again, and whether a job
-        fails must not depend on how many others share the count: they wait.
+        Whether a job fails must not depend on how many others share the
+        count: a three-job trial against a mistyped URL stops like a big
+        batch does, with every job still pending for the corrected run. A
+        timeout may be a server that is there but slow: a run lets it count
+        (the job fails in the end, saying so); ``hold_timeouts`` holds it
+        too, for a server's batches, which no one would run again.
         """
         self.base_url = base_url
         self.limit = limit
-        self.hold_unreachable = hold_unreachable
+        self.hold_timeouts = hold_timeouts
         self.answered = False
         self.unreachable = 0
         self.not_found = 0
 
     def holds(self, attempt: Attempt) -> bool:
-        """A 404 (or, if held, an unreachable upstream) before any answer is not yet the job's fault: retry it."""
-        if self.answered:
+        """A 404 or an unreachable upstream before any answer is not yet the job's fault: retry it."""
+        if self.answered or attempt.status_code not in (None, 404):
             return False
-        if attempt.status_code == 404:
-            return True
-        return self.hold_unreachable and attempt.status_code is None and attempt.error_type in UNREACHABLE
+        return (attempt.status_code == 404 or attempt.error_type == "connection_error"
+                or (self.hold_timeouts and attempt.error_type in UNREACHABLE))
 
     @staticmethod
     def _redirected(attempt: Attempt) -> bool:

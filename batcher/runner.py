@@ -232,7 +232,8 @@ class Runner:
             decision = decide(attempt, used + counts, self.config.max_attempts)
             if problem is not None:
                 decision = Decision(Verdict.STOP_RUN, counts=False)
-            elif decision.verdict is Verdict.FAILED and self.guard.holds(attempt):
+            elif decision.verdict in (Verdict.FAILED, Verdict.RETRY) and self.guard.holds(attempt):
+                # Not yet the job's fault: it keeps its attempts and its first back-off.
                 decision = Decision(Verdict.RETRY, backoff(used), counts=False)
             used += decision.counts
             outcome = (succeeded(job.id, attempt, key) if decision.verdict is Verdict.SUCCEEDED

@@ -37,6 +37,21 @@ def test_unreachable_base_url_stops_the_run_with_nothing_failed(tmp_path: Path) 
     assert {r.status for r in stored(engine).values()} == {"pending"}
 
 
+@pytest.mark.parametrize("jobs, max_attempts", [(1, 6), (3, 2)])
+def test_a_trial_of_a_few_jobs_against_an_unreachable_url_fails_none_of_them(
+        tmp_path: Path, jobs: int, max_attempts: int) -> None:
+    """Fewer jobs than the guard's count must not use up their attempts and fail for good: the
+    corrected run would then send nothing."""
+    class Nowhere:
+        base_url = closed_port_url()
+
+    started = time.monotonic()
+    summary, engine = run(tmp_path, Nowhere, PROMPTS[:jobs], concurrency=1, max_attempts=max_attempts)
+    assert (summary.outcome, summary.exit_code, summary.failed) == ("misconfigured", 2, 0)
+    assert {r.status for r in stored(engine).values()} == {"pending"}
+    assert time.monotonic() - started < 15  # held attempts keep the first back-off: the guard stops it at once
+
+
 def test_404_on_everything_stops_the_run_with_nothing_failed(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(fail_status={404: 1.0})
     summary, engine = run(tmp_path, sim, PROMPTS, concurrency=4)
