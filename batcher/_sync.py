@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from anyio.from_thread import start_blocking_portal
@@ -36,11 +36,19 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
         except KeyboardInterrupt as exc:
             return None, exc
 
-    with start_blocking_portal() as portal, _ctrl_c_raises_here():
+    # Ctrl-C is held while the portal starts: raised inside its start, it left the
+    # portal's thread running and this one waiting for it forever. Once the work is
+    # under way, a Ctrl-C held meanwhile lands in the wait below, as a stop.
+    with ExitStack() as stack:
+        release = _hold_ctrl_c()
+        stack.callback(release)
+        portal = stack.enter_context(start_blocking_portal())
+        stack.enter_context(_ctrl_c_raises_here())
         future = portal.start_task_soon(carried)
         interrupts = 0
         while not future.done():
             try:
+                release()
                 # A timed wait: an interrupt that is no real signal (a
                 # notebook's, interrupt_main) is noticed at the next wake-up.
                 concurrent.futures.wait([future], timeout=POLL_S)
@@ -52,6 +60,22 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
     if interrupted is not None:
         raise interrupted
     return result  # type: ignore[return-value]
+
+
+def _hold_ctrl_c() -> Callable[[], None]:
+    """Block SIGINT in this (main) thread, and in the threads it starts; the returned call lets it in, once."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return release
 
 
 @contextmanager

@@ -179,3 +179,30 @@ def test_ctrl_c_under_asyncio_run_stops_a_plain_run(env: Any, tmp_path: Path) ->
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["interrupted True", "handler is asyncio's again True"], done.stdout
     assert requests(env) < 100
+
+
+def test_ctrl_c_while_the_run_starts_its_loop_is_a_stop_not_a_hang(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C landing inside the start of the run's event-loop thread stopped nothing and
+    left the call waiting for that thread forever; it is now held until the run is under way."""
+    import signal
+    import threading
+    from contextlib import contextmanager
+
+    import batcher._sync as sync
+
+    real = sync.start_blocking_portal
+
+    @contextmanager
+    def interrupted_while_starting() -> Any:
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+        for _ in range(100):  # where a Ctrl-C not held is raised
+            pass
+        with real() as portal:
+            yield portal
+
+    monkeypatch.setattr(sync, "start_blocking_portal", interrupted_while_starting)
+    with batcher.Store("s.db") as store:
+        b = store.add("s", [f"row {i}" for i in range(50)], max_tokens=16)
+        with pytest.raises(batcher.Interrupted) as caught:
+            b.run(progress=False, rpm=600, concurrency=2)
+        assert caught.value.summary.left > 0  # a graceful stop: not every row was sent
