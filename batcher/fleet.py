@@ -196,7 +196,8 @@ class Fleet:
             expired = why == apibatches.EXPIRED
             n = apibatches.close(self.engine, batch, expired, self.config.rpm, self.config.base_url)
             if n:
-                self._on_event(batch.name, f"{why}: {n} request(s) not sent")
+                # Some may have been in flight when a server was killed: unanswered, not unsent.
+                self._on_event(batch.name, f"{why}: {n} request(s) ended unanswered")
         apibatches.end(self.engine, batch)
         return apibatches.get(self.engine, batch.name)
 

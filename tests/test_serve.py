@@ -262,6 +262,31 @@ def test_an_unreachable_upstream_is_an_anthropic_shaped_502(tmp_path: Path) -> N
 # --- the process ----------------------------------------------------------------------------------
 
 
+def test_a_second_signal_stops_the_server_at_once_as_it_does_a_run(tmp_path: Path) -> None:
+    """The first says how long requests in flight get; the second does not wait them out."""
+    with SimulatorThread(fail_stall=1.0, stall_seconds=120, rpm=100_000) as sim:
+        served = Served(tmp_path / "store.db", sim.base_url, "--rpm", "6000", "--grace", "60").wait_ready()
+        try:
+            served.sdk().messages.batches.create(requests=[request(f"s{i}") for i in range(10)])
+            deadline = time.monotonic() + 30
+            while sim.stats()["requests"] < 10:  # every request stalls upstream
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            served.proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while "stopping: requests in flight get up to 60 s (Ctrl-C again to stop at once)" not in served.stderr:
+                assert time.monotonic() < deadline, served.stderr
+                time.sleep(0.05)
+            stopped_at = time.monotonic()
+            served.proc.send_signal(signal.SIGINT)
+            assert served.wait(30) == 0
+            assert time.monotonic() - stopped_at < 15  # not the 60 s grace, nor the upstream's 120 s
+        finally:
+            served.kill()
+    assert "stopping at once; requests in flight are sent again at the next start" in served.stderr
+    assert "Traceback" not in served.stderr and "Exception" not in served.stderr, served.stderr
+
+
 def test_kill_9_mid_batch_then_restart_answers_every_request_once(tmp_path: Path) -> None:
     n = 60
     with SimulatorThread(latency=0.05, rpm=100_000) as sim:
@@ -408,7 +433,7 @@ def test_an_expired_batch_sends_nothing_more_not_even_after_a_kill_9(tmp_path: P
             again.stop()
         assert sim.stats()["requests"] == 3
     assert ended.request_counts.expired == 6 and ended.cancel_initiated_at is None
-    assert f"batch {batch_id} expired: 3 request(s) not sent" in again.stderr  # those in flight at the kill
+    assert f"batch {batch_id} expired: 3 request(s) ended unanswered" in again.stderr  # those in flight at the kill
     assert "resumed" not in again.stderr and "Traceback" not in again.stderr
     assert_tally_agrees(db, batch_id)
 

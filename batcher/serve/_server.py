@@ -2,11 +2,13 @@
 
 Ctrl-C or SIGTERM stops taking connections, stops every batch (requests in
 flight get the grace period, unsent jobs go back to pending) and exits 0;
-the batches resume when the server starts again.
+the batches resume when the server starts again. A second one stops at once:
+requests in flight are given up, and sent again at the next start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -14,6 +16,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, Callable
 
 import uvicorn
@@ -82,14 +85,41 @@ def _listen(host: str, port: int) -> socket.socket:
 class _Server(uvicorn.Server):
     """uvicorn, announcing itself once listening and stopping the batches first on a signal."""
 
-    def __init__(self, config: uvicorn.Config, fleet: Fleet, on_ready: Callable[[], None]) -> None:
+    def __init__(self, config: uvicorn.Config, fleet: Fleet, on_ready: Callable[[], None], grace_s: float) -> None:
         super().__init__(config)
-        self._fleet, self._on_ready = fleet, on_ready
+        self._fleet, self._on_ready, self._grace_s = fleet, on_ready, grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Future[None]] = set()  # kept referenced until they run
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started:
             self._on_ready()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """The first signal stops gracefully, saying for how long; the next one at once, as ``run``'s does."""
+        first = not self.should_exit
+        super().handle_exit(sig, frame)
+        if first:
+            print(f"batcher serve: stopping: requests in flight get up to {self._grace_s:g} s "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        # Not uvicorn's forced exit: it skips the app's shutdown, which ends the batches' runs
+        # (and is quick once they stop at once); cut short, it leaves a traceback.
+        self.force_exit = False
+        print("batcher serve: stopping at once; requests in flight are sent again at the next start",
+              file=sys.stderr, flush=True)
+        if self._loop is not None:  # from a signal handler: hand the stop to a task of the loop
+            self._loop.call_soon_threadsafe(self._start_stopping_now)
+
+    def _start_stopping_now(self) -> None:
+        task = asyncio.ensure_future(self._stop_now())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop_now(self) -> None:
+        self._fleet.stop(0.0)  # in a task: the runners' deadlines need the loop's clock
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Batches stop claiming now, while open connections drain.
@@ -130,7 +160,7 @@ def serve(options: ServeOptions, out: Any = None) -> None:
     for sig in previous:
         signal.signal(sig, signal.default_int_handler)
     try:
-        _Server(uv_config, fleet, announce).run(sockets=[sock])
+        _Server(uv_config, fleet, announce, options.grace_s).run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
