@@ -26,11 +26,12 @@ from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
 from ._records import attempt_row, failed, refusal, succeeded
+from .claims import Claims
 from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error
 from .estimator import request_cost
 from .guard import ConfigGuard
-from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Claims, Outcome, batch_counts, finish_run, start_run
+from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key

@@ -4,7 +4,7 @@ The runner's claims feed and workers consult one :class:`Spend` per run:
 whether a job's worst case fits the caps before it is sent (waiting while
 answers in flight may free room), which claimed jobs already have a stored
 answer, and whether the run ended at ``--limit`` (the limit itself bounds
-what :class:`batcher.jobqueue.Claims` takes). The accounting
+what :class:`batcher.claims.Claims` takes). The accounting
 itself is :class:`batcher.budget.Budget`; the SQL is in
 :mod:`batcher.jobqueue`; nothing here speaks HTTP.
 """
@@ -44,7 +44,7 @@ def check_limits(limit: int | None, max_input_tokens: int | None, max_output_tok
 class Spend:
     """One run's limit, budget and stored-answer lookups.
 
-    The limit itself is applied where jobs are claimed (:class:`batcher.jobqueue.Claims`).
+    The limit itself is applied where jobs are claimed (:class:`batcher.claims.Claims`).
     """
 
     def __init__(self, engine: Engine, batch: Batch, limit: int | None, caps: Caps) -> None:

@@ -260,3 +260,29 @@ def test_a_rerun_with_earlier_failures_still_says_not_everything_succeeded(tmp_p
                       RunConfig(rpm=6000, base_url=sim.base_url, handle_signals=False))
     assert (again.exit_code, again.failed, again.failed_in_batch, again.attempts) == (1, 0, 2, 0)
     assert "2 job(s) of the batch have failed (2 in earlier runs)" in summary_lines(again)
+
+
+def test_jobs_put_back_behind_the_claim_cursor_during_a_run_are_sent_before_it_ends(
+        tmp_path: Path, simulator: Any) -> None:
+    """A `batcher retry` while the run goes on: the failed job is behind the cursor, and was left."""
+    from batcher.manage import retry
+    from batcher.runner import Runner
+
+    sim = simulator(rpm=100_000, latency=(0, 0.01))
+    engine = open_store(str(tmp_path / "run.db"))
+    prompts = ["refused #sim:status=400"] + [f"question {i}" for i in range(1, 40)]
+    import_file(engine, str(write_jobs(tmp_path / "jobs.jsonl", prompts)), defaults=Defaults("claude-haiku-4.5", 64))
+    batch = find_batch(engine, "jobs")
+    put_back: list[int] = []
+
+    def watch(snapshot: Any) -> None:
+        if snapshot.failed and not put_back:
+            put_back.append(retry(engine, batch))
+
+    runner = Runner(engine, batch, KEY, RunConfig(rpm=600, base_url=sim.base_url, handle_signals=False,
+                                                  concurrency=2))  # 40 jobs at 10 a second: 4 s
+    summary = anyio.run(runner.run, watch)
+    assert put_back == [1]
+    assert (summary.left, summary.failed) == (0, 2)  # the retried job was sent again (and refused again)
+    assert stored(engine)["j0"].attempts == 1  # a fresh budget, used once
+    assert sim.stats()["requests"] == 41
