@@ -96,7 +96,8 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
             except ImportRejected as exc:
                 for line in exc.report.error_lines():
                     click.echo(line, err=True)
-                fix = "no line is a valid job" if exc.report.none_valid else "fix the lines above (or pass --skip-invalid)"
+                fix = ("no line is a valid job" if exc.report.none_valid
+                       else "fix the lines above (or pass --skip-invalid)")
                 fail(f"nothing imported, nothing sent; {fix}", 2)
             report = handle.report
             assert report is not None

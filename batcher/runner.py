@@ -374,7 +374,8 @@ class Runner:
         message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "finished" and self.spend.limit_reached(self.taken, left):
             outcome, message = "limit", f"stopped at --limit {self.config.limit:,}"
-        return RunSummary(self.batch.name, outcome, exit_code_for(outcome, counts["failed"], left, counts["canceled"]), self.tally.succeeded, self.tally.failed, left,
+        code = exit_code_for(outcome, counts["failed"], left, counts["canceled"])
+        return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message, failed_in_batch=counts["failed"],
                           canceled_in_batch=counts["canceled"],
