@@ -194,8 +194,10 @@ class Pacer:
         if reset_s:
             self._window_s = min(60.0, max(self._window_s, reset_s))  # the longest reset: about the window
         if limit is not None:
-            # The server counts more than this run sent in the window.
-            ours = self._starts_since(now - self._window_s)
+            # The server counts more than this run sent in the window: the window up to
+            # when this request was sent, as the server counted it, not up to when its
+            # answer is read (late, on a loaded machine, it would miss the latest starts).
+            ours = self._starts_between(sent_at - self._window_s, sent_at)
             self._shared = limit - remaining > ours + reserve
         if not reset_s or reset_s <= 0:
             self._window_rpm = self.max_rpm  # the window has just been renewed
@@ -227,6 +229,15 @@ class Pacer:
             if t < edge:
                 break
             n += 1
+        return n
+
+    def _starts_between(self, low: float, high: float) -> int:
+        """How many requests this pacer let start from ``low`` to ``high``."""
+        n = 0
+        for t in reversed(self.starts):  # newest last
+            if t < low:
+                break
+            n += t <= high
         return n
 
     def _cut(self, sent_at: float, cause: str) -> None:

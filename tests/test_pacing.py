@@ -127,6 +127,22 @@ def test_a_window_with_plenty_left_does_not_hold_the_pace_and_a_low_one_spreads_
     assert pacer.reason == "key shared"  # 490 used, none of them by this pacer
 
 
+def test_an_answer_read_late_does_not_take_the_key_for_shared() -> None:
+    """The server counted this run's own starts up to the request; read half a second later
+    (a loaded machine), the starts since then must not be missing from this run's side."""
+    clock = Clock()
+    pacer = Pacer(6000, clock=clock)
+    for _ in range(20):  # this run alone fills a 20-per-second window
+        clock.now += 0.05
+        pacer.starts.append(clock.now)
+    sent_at = clock.now
+    clock.now += 0.5
+    pacer.answered(sent_at, 0, 0.4, 20)
+    assert pacer.reason == "server limit"
+    pacer.answered(sent_at, 0, 0.4, 40)  # 40 counted, 20 of them this run's: another program's
+    assert pacer.reason == "key shared"
+
+
 def test_a_spent_shared_window_pauses_everyone_and_cuts_once_per_event() -> None:
     clock = Clock()
     pacer = Pacer(3000, clock=clock)
