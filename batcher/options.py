@@ -151,7 +151,6 @@ def checked(name: str, kind: Number, value: Any) -> Any:
     from .errors import UsageError
 
     number, problem = kind.check(value)
-    if problem is not None:
-        whole = "a whole number" if kind.integer else "a number"
-        raise UsageError(f"{name} must be {whole}: {problem}")
+    if problem is not None:  # "rpm: '0' is not in (0, 1000000] requests/minute"
+        raise UsageError(f"{name}: {problem}")
     return number

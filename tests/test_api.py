@@ -210,7 +210,7 @@ def test_handles_on_a_store(env: Any) -> None:
             store.batch("nope")
         with pytest.raises(batcher.UsageError, match="only="):
             b.results(only="done")
-        with pytest.raises(batcher.UsageError, match="rpm must be"):
+        with pytest.raises(batcher.UsageError, match="rpm: .0. is not in"):
             b.run(rpm=0)
 
 

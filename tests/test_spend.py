@@ -308,7 +308,7 @@ def test_python_api_takes_the_same_options(tmp_path: Path, simulator: Any, monke
         rest = handle.run(reuse=True, progress=False, rpm=60_000)
         assert rest.exit_code == 0 and rest.reused == 1
         assert handle.estimate().jobs == 0
-        with pytest.raises(batcher.UsageError, match="limit must be"):
+        with pytest.raises(batcher.UsageError, match="limit: '0' is not at least 1"):
             handle.run(limit=0, progress=False)
     assert sim.stats()["requests"] == 10
     results = batcher.run(rows, max_tokens=20, db=db, batch="again", reuse=True, progress=False, rpm=60_000)
