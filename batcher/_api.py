@@ -109,11 +109,13 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
 def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEFAULT_MODEL,
              max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None,
              db: str | os.PathLike[str] | None = None, rpm: float = 500) -> Estimate:
-    """What :func:`batcher.run` would send for ``rows``, sending and storing nothing.
+    """What sending ``rows`` takes, sending and storing nothing.
 
     ``rows`` are what :func:`batcher.run` takes (prompts, job-line dicts, a
-    DataFrame, a job file's path), validated the same way; a string that is
-    not a file names a batch in ``db``, whose unfinished jobs are counted.
+    DataFrame, a job file's path), validated the same way and counted in
+    full: answers already in a store are not looked up. A string that is
+    not a file names a batch in ``db``, whose unfinished jobs are counted
+    (what a run of it would still send).
     The :class:`batcher.Estimate` has ``jobs``, ``input_tokens_estimate``
     (a local estimate: UTF-8 bytes of the text / 3.5), ``max_output_tokens``
     (the sum of ``max_tokens``), ``minutes(requests)`` at ``rpm``, ``by_model``
