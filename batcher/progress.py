@@ -119,6 +119,9 @@ def summary_lines(summary: RunSummary) -> list[str]:
             if earlier > 0:
                 lines.append(f"{summary.failed_in_batch} job(s) of the batch have failed ({earlier} in earlier runs)")
             lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
+        if summary.left and summary.outcome == "finished":  # put back (a retry) as the run ended
+            lines.append(f"{summary.left} job(s) of the batch are pending again; send them with: "
+                         f"batcher run {summary.batch}")
         if summary.canceled_in_batch:
             lines.append(f"{summary.canceled_in_batch} job(s) of the batch are canceled, not answered; "
                          f"send them with: batcher retry {summary.batch} --canceled")

@@ -61,3 +61,9 @@ def test_a_full_store_is_named_on_the_line_instead_of_a_rate_limit_pause() -> No
     line = progress.describe(snapshot(paused_s=1.5, held=7))
     assert line.endswith(" | store full: paused, 7 outcome(s) held until there is room")
     assert "by the rate limit" not in line
+
+
+def test_jobs_put_back_as_a_run_ended_are_named_with_what_sends_them() -> None:
+    summary = RunSummary("b", "finished", 1, succeeded=94, failed=6, left=6, attempts=100, rate_limited=0,
+                         elapsed_s=5.0, input_tokens=1, output_tokens=2)
+    assert progress.summary_lines(summary)[-1] == "6 job(s) of the batch are pending again; send them with: batcher run b"
