@@ -18,6 +18,8 @@ from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from anyio.from_thread import start_blocking_portal
 
+from .interrupts import hold
+
 T = TypeVar("T")
 POLL_S = 0.2
 
@@ -40,7 +42,7 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
     # portal's thread running and this one waiting for it forever. Once the work is
     # under way, a Ctrl-C held meanwhile lands in the wait below, as a stop.
     with ExitStack() as stack:
-        release = _hold_ctrl_c()
+        release = hold({signal.SIGINT})
         stack.callback(release)
         portal = stack.enter_context(start_blocking_portal())
         stack.enter_context(_ctrl_c_raises_here())
@@ -60,22 +62,6 @@ def call_sync(work: Callable[[], Awaitable[T]], stop: Callable[[], Any], cancel:
     if interrupted is not None:
         raise interrupted
     return result  # type: ignore[return-value]
-
-
-def _hold_ctrl_c() -> Callable[[], None]:
-    """Block SIGINT in this (main) thread, and in the threads it starts; the returned call lets it in, once."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-    return release
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
@@ -73,7 +73,27 @@ def until_reported() -> Iterator[None]:
                 _release(blocked - SIGNALS, drop=True)
 
 
-_held_from_start: set[signal.Signals] | None = None
+def hold(signums: Iterable[signal.Signals] = SIGNALS) -> Callable[[], None]:
+    """Block ``signums`` in this (main) thread and the threads it starts; the call returned lets them in, once.
+
+    One sent meanwhile is delivered as they are let in. Off the main thread,
+    or where signals cannot be blocked, nothing is held.
+    """
+    if not _can_hold():
+        return lambda: None
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return release
+
+
+_held_from_start: Callable[[], None] | None = None
 
 
 def hold_while_starting() -> None:
@@ -85,16 +105,16 @@ def hold_while_starting() -> None:
     command's entry can say "interrupted".
     """
     global _held_from_start
-    if _held_from_start is None and _can_hold():
-        _held_from_start = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    if _held_from_start is None:
+        _held_from_start = hold()
 
 
 def answer_from_now() -> None:
     """Let in the signals :func:`hold_while_starting` held; one already sent is delivered now."""
     global _held_from_start
     if _held_from_start is not None:
-        previous, _held_from_start = _held_from_start, None
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        release, _held_from_start = _held_from_start, None
+        release()
 
 
 REDELIVER_AFTER_S = 0.02
