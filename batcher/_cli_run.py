@@ -12,7 +12,7 @@ import sys
 import click
 
 from . import options as opt
-from ._clikit import EXIT_CODES, db_option, defaults_options, fail, friendly, report_import_notes
+from ._clikit import EXIT_CODES, db_option, defaults_options, fail, friendly, report_import_notes, report_rejected
 from .errors import BatcherError, Interrupted
 
 
@@ -94,10 +94,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
                 handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system,
                                    skip_invalid=skip_invalid)
             except ImportRejected as exc:
-                for line in exc.report.error_lines():
-                    click.echo(line, err=True)
-                fix = ("no line is a valid job" if exc.report.none_valid
-                       else "fix the lines above (or pass --skip-invalid)")
+                fix = report_rejected(exc.report, "fix the lines above (or pass --skip-invalid)")
                 fail(f"nothing imported, nothing sent; {fix}", 2)
             report = handle.report
             assert report is not None

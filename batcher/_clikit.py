@@ -144,6 +144,17 @@ def defaults_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def report_rejected(report: Any, fix: str) -> str:
+    """A refused import's bad lines, on stderr; then what to tell the user to do.
+
+    ``fix`` (fix the lines, or skip them), unless no line was valid: then
+    skipping would leave nothing, and saying so is the only advice.
+    """
+    for line in report.error_lines():
+        click.echo(line, err=True)
+    return "no line is a valid job" if report.none_valid else fix
+
+
 def report_import_notes(report: Any) -> None:
     """An import's warnings and the lines it skipped, on stderr."""
     for warning in report.warnings:

@@ -31,7 +31,7 @@ from . import __version__
 from . import options as opt
 from ._cli_run import estimate_command, run_command
 from ._clikit import (EXIT_CODES, db_option, defaults_options, end_at_once_with, fail, friendly, report_import_notes,
-                      reports_commit, say, usage_line)
+                      report_rejected, reports_commit, say, usage_line)
 from .errors import EXIT_INTERRUPTED
 
 
@@ -170,9 +170,7 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
             report = store.add(batch, file, model=model, max_tokens=max_tokens, system=system,
                                skip_invalid=skip_invalid).report
         except ImportRejected as exc:
-            for line in exc.report.error_lines():
-                click.echo(line, err=True)
-            fix = "no line is a valid job" if exc.report.none_valid else "fix the lines above or pass --skip-invalid"
+            fix = report_rejected(exc.report, "fix the lines above or pass --skip-invalid")
             click.echo(f"batcher: nothing imported; {fix}", err=True)
             sys.exit(exc.exit_code)
     assert report is not None
