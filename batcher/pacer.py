@@ -222,15 +222,6 @@ class Pacer:
             self._refused_n -= answers.popleft()[1]
         return self._refused_n / len(answers)
 
-    def _starts_since(self, edge: float) -> int:
-        """How many requests this pacer let start after ``edge``."""
-        n = 0
-        for t in reversed(self.starts):  # newest last
-            if t < edge:
-                break
-            n += 1
-        return n
-
     def _starts_between(self, low: float, high: float) -> int:
         """How many requests this pacer let start from ``low`` to ``high``."""
         n = 0
@@ -251,7 +242,7 @@ class Pacer:
         """Starts per minute over the last SHARE_WINDOW_S: the pace that met the evidence."""
         now = self._clock()
         span = min(SHARE_WINDOW_S, now - self.starts[0]) if self.starts else 0.0
-        return 60.0 * self._starts_since(now - SHARE_WINDOW_S) / span if span > 0.5 else self.rpm
+        return 60.0 * self._starts_between(now - SHARE_WINDOW_S, now) / span if span > 0.5 else self.rpm
 
     def _update(self) -> None:
         now = self._clock()
