@@ -196,8 +196,7 @@ class Fleet:
             expired = why == apibatches.EXPIRED
             n = apibatches.close(self.engine, batch, expired, self.config.rpm, self.config.base_url)
             if n:
-                # Some may have been in flight when a server was killed: unanswered, not unsent.
-                self._on_event(batch.name, f"{why}: {n} request(s) ended unanswered")
+                self._ended_unanswered(batch, why, n)
         apibatches.end(self.engine, batch)
         return apibatches.get(self.engine, batch.name)
 
@@ -218,8 +217,13 @@ class Fleet:
             runner.request_stop()
         n = await anyio.to_thread.run_sync(apibatches.expire, self.engine, batch)
         n += await self._drop_unsent(batch, runner, apibatches.EXPIRED)
-        self._on_event(batch.name, f"expired: {n} request(s) not sent")
+        self._ended_unanswered(batch, apibatches.EXPIRED, n)
         self._wake(batch)
+
+    def _ended_unanswered(self, batch: Batch, why: str, n: int) -> None:
+        """Say how many requests a cancel or the expiry ended. Unanswered, not unsent: after a
+        restart, those a killed server had in flight are among them, whichever path ends them."""
+        self._on_event(batch.name, f"{why}: {n} request(s) ended unanswered")
 
     # --- interactive requests ----------------------------------------------------
     def mask(self, data: bytes) -> bytes:

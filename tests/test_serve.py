@@ -424,7 +424,7 @@ def test_an_expired_batch_sends_nothing_more_not_even_after_a_kill_9(tmp_path: P
         finally:
             served.kill()
         assert (counts.processing, counts.expired) == (3, 3)  # the 3 claimed ahead, expired at once
-        assert f"batch {batch_id} expired: 3 request(s) not sent" in served.stderr
+        assert f"batch {batch_id} expired: 3 request(s) ended unanswered" in served.stderr
 
         again = Served(db, sim.base_url).wait_ready()
         try:
