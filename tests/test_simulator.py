@@ -453,6 +453,7 @@ def test_subprocess_serves_and_stops_cleanly(sig: int) -> None:
         assert stats["requests"] == 4 and stats["by_status"] == {"200": 2, "401": 1, "429": 1}
         code = sim.stop(sig)
     assert code == 0
+    assert sim.proc is not None and sim.proc.stdout.closed and sim.proc.stderr.closed  # no ResourceWarning later
     assert "Traceback" not in sim.errors and "Error" not in sim.errors
     lines = sim.errors.splitlines()
     assert len(lines) == 4 and lines[0].startswith("POST /v1/messages 200 ")

@@ -278,14 +278,15 @@ class SimulatorProcess(_Client):
         return self
 
     def _drain(self, stream: Any, lines: deque[str], watch: bool) -> None:
-        for line in stream:
-            lines.append(line)
-            if watch and not self._ready.is_set():
-                m = _READY.search(line)
-                if m:
-                    self.base_url = m.group(1)
-                    self.port = int(self.base_url.rsplit(":", 1)[1])
-                    self._ready.set()
+        with stream:  # read to its end (the process's), then closed: no pipe left to the collector
+            for line in stream:
+                lines.append(line)
+                if watch and not self._ready.is_set():
+                    m = _READY.search(line)
+                    if m:
+                        self.base_url = m.group(1)
+                        self.port = int(self.base_url.rsplit(":", 1)[1])
+                        self._ready.set()
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int | None:
         """Send ``sig`` (SIGINT by default), wait, kill if needed; returns the exit code."""
