@@ -32,7 +32,7 @@ from . import options as opt
 from ._cli_run import estimate_command, run_command
 from ._clikit import (EXIT_CODES, db_option, defaults_options, end_at_once_with, fail, friendly, report_import_notes,
                       report_rejected, reports_commit, say, usage_line)
-from .errors import EXIT_INTERRUPTED
+from .errors import EXIT_INTERRUPTED, command_line_words
 
 
 class _Group(click.Group):
@@ -40,7 +40,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with command_line_words():
+                return super().invoke(ctx)
         except click.BadParameter as exc:
             fail(opt.one_line(exc), 2)
 

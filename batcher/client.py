@@ -32,7 +32,7 @@ from ._keymask import mask_key, masked_json
 from .accumulate import StreamFailure
 from .answer import INVALID_RESPONSE, answer_problem
 from .apierror import make_error, parse_error
-from .errors import UsageError
+from .errors import UsageError, option
 from .sse import read_stream
 
 DEFAULT_BASE_URL = "https://api.poe.com"
@@ -132,21 +132,21 @@ def check_base_url(base_url: str) -> str:
     """
     shown = base_url if len(base_url) <= 80 else base_url[:77] + "..."
     if any(ord(c) < 33 or ord(c) == 127 for c in base_url):
-        raise UsageError(f"--base-url {shown!r} contains spaces or control characters")
+        raise UsageError(f"{option('base_url')} {shown!r} contains spaces or control characters")
     try:
         parts = urlsplit(base_url)
     except ValueError:  # an unclosed [ around an IPv6 host
-        raise UsageError(f"--base-url {shown!r} is not an http(s) URL") from None
+        raise UsageError(f"{option('base_url')} {shown!r} is not an http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--base-url {shown!r} is not an http(s) URL")
+        raise UsageError(f"{option('base_url')} {shown!r} is not an http(s) URL")
     try:
         port = parts.port
     except ValueError:
         port = 0
     if port == 0:
-        raise UsageError(f"--base-url {shown!r} has no valid port (1-65535)")
+        raise UsageError(f"{option('base_url')} {shown!r} has no valid port (1-65535)")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise UsageError(f"--base-url {shown!r}: refusing to send the API key over plain http "
+        raise UsageError(f"{option('base_url')} {shown!r}: refusing to send the API key over plain http "
                          "to a host that is not this machine; use https")
     return base_url.rstrip("/")
 
@@ -249,8 +249,8 @@ class MessagesClient:
             with anyio.move_on_after(self.timeout_s):
                 response = await self._http.post("/v1/messages", content=body)
                 return _from_response(response, response.content, start)
-            return _network_failure("timeout_error", f"no complete answer within {self.timeout_s:g} s (--timeout)",
-                                    start, False)
+            why = f"no complete answer within {self.timeout_s:g} s ({option('timeout')})"
+            return _network_failure("timeout_error", why, start, False)
         except httpx.TimeoutException as exc:
             return _network_failure("timeout_error", f"timed out ({type(exc).__name__})", start, stream)
         except httpx.HTTPError as exc:
@@ -292,9 +292,9 @@ class MessagesClient:
                 ttft = first[0] - start if first else None
                 return _checked(message, response, time.monotonic() - start, rate, streamed=True, ttft_s=ttft)
         if overall.cancelled_caught:
-            why = f"the stream went on for more than {self.stream_limit_s:g} s (--stream-limit)"
+            why = f"the stream went on for more than {self.stream_limit_s:g} s ({option('stream_limit')})"
         else:
-            why = f"the stream sent nothing new for {self.timeout_s:g} s (--timeout)"
+            why = f"the stream sent nothing new for {self.timeout_s:g} s ({option('timeout')})"
         return _network_failure("timeout_error", why, start, True)
 
 
@@ -373,8 +373,8 @@ def redirect_message(response: httpx.Response) -> str:
     """
     location = response.headers.get("location", "")
     if not location:
-        return f"HTTP {response.status_code}: a redirect without a location; check --base-url"
+        return f"HTTP {response.status_code}: a redirect without a location; check {option('base_url')}"
     target = response.url.join(location)
     base = str(target.copy_with(query=None, fragment=None)).removesuffix("/v1/messages")
     return (f"HTTP {response.status_code}: the server redirects to {target}; batcher does not follow "
-            f"redirects (the key would go along): use --base-url {base}")
+            f"redirects (the key would go along): use {option('base_url')} {base}")

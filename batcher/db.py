@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .errors import StoreError, StoreFull, UsageError
+from .errors import StoreError, StoreFull, UsageError, option
 
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
@@ -60,7 +60,7 @@ def _create_private_file(path: str, create: bool) -> None:
     """
     if not create:
         if not os.path.exists(path):
-            raise UsageError(f"{path}: no such database (import a job file first, or check --db/BATCHER_DB)")
+            raise UsageError(f"{path}: no such database (import a job file first, or check {option('db')}/BATCHER_DB)")
         return
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
@@ -158,7 +158,8 @@ def _check_ours(engine: Engine, tables: set[str], current: str | None, head: str
     name = display_name(engine.url.render_as_string(hide_password=False))
     if current is None and tables - {"alembic_version"}:
         shown = ", ".join(sorted(tables)[:5])
-        raise StoreError(f"{name}: not a batcher job store (it holds other tables: {shown}); check --db/BATCHER_DB")
+        raise StoreError(f"{name}: not a batcher job store (it holds other tables: {shown}); "
+                         f"check {option('db')}/BATCHER_DB")
     if current == head:
         missing = sorted(set(metadata.tables) - tables)
         if missing:
@@ -241,7 +242,7 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
         _refuse_memory(url)
     if on_disk:
         if os.path.isdir(parsed.database):
-            raise UsageError(f"{parsed.database}: is a folder, not a job store; check --db/BATCHER_DB")
+            raise UsageError(f"{parsed.database}: is a folder, not a job store; check {option('db')}/BATCHER_DB")
         _create_private_file(parsed.database, create and not readonly)
     readonly = bool(readonly and on_disk)
     options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite else {}

@@ -7,7 +7,9 @@ go on), 130 interrupted. Finished-with-failures (1) is not an error: the
 failed jobs are results like any other.
 """
 
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 EXIT_OK = 0
 EXIT_FAILED_JOBS = 1
@@ -107,3 +109,34 @@ def first_user_error(group: BaseExceptionGroup) -> BaseException:
         if isinstance(found, BatcherError):
             return found
     return group
+
+
+#: Whether this call came from the command line (see :func:`option`).
+_COMMAND_LINE: ContextVar[bool] = ContextVar("batcher_command_line", default=False)
+
+
+def option(name: str, *, switch: bool = False) -> str:
+    """An option named as its caller spelled it: ``--max-output-tokens`` in a shell, ``max_output_tokens`` in Python.
+
+    The rooms that refuse or stop something name the option to change, and
+    the same message reaches a terminal and a notebook: each sees its own
+    spelling. ``switch`` marks an on/off option (``--force``, ``force=True``).
+    """
+    if _COMMAND_LINE.get():
+        return "--" + name.replace("_", "-")
+    return f"{name}=True" if switch else name
+
+
+def on_command_line() -> bool:
+    """The call came from the ``batcher`` command (for advice only a shell can take)."""
+    return _COMMAND_LINE.get()
+
+
+@contextmanager
+def command_line_words() -> Iterator[None]:
+    """Messages inside speak to the command line (the CLI's commands run in it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)

@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 
 from .budget import Caps, Cost
 from .db import open_store
-from .errors import UsageError
+from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
 from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy,
                       refuse_file_like)
@@ -321,12 +321,12 @@ def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None =
         side = caps.exceeded_alone(cost)
         if side == "output":
             return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
-                    f"--max-output-tokens {caps.max_output_tokens:,} allows; raise the cap (or lower that job's "
-                    "max_tokens)")
+                    f"{option('max_output_tokens')} {caps.max_output_tokens:,} allows; raise the cap "
+                    "(or lower that job's max_tokens)")
         if side == "input":
             return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
-                    f"more than --max-input-tokens {caps.max_input_tokens:,} allows; raise the cap (or shorten "
-                    "that job's input)")
+                    f"more than {option('max_input_tokens')} {caps.max_input_tokens:,} allows; raise the cap "
+                    "(or shorten that job's input)")
     return None
 
 
@@ -341,7 +341,7 @@ def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Def
     :class:`UsageError` for an unknown batch or a bad ``rpm``.
     """
     if not rpm > 0:
-        raise UsageError(f"--rpm must be above 0, not {rpm}")
+        raise UsageError(f"{option('rpm')} must be above 0, not {rpm}")
     if is_job_input(file_or_batch):  # a file, a FIFO or - (stdin), as import takes them
         ensure_readable(file_or_batch)
         with readable_copy(file_or_batch) as path:

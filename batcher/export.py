@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import _export_workers
 from ._render import RENDERERS, ExportNotes, renderer
 from .db import read_failure
-from .errors import OutputError, UsageError
+from .errors import OutputError, UsageError, option
 from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
 from .schema import batches, imports, jobs
@@ -59,7 +59,7 @@ def default_output(batch: Batch, fmt: str) -> str:
 def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
     """Job statuses to export, or None for every status."""
     if only not in ONLY:
-        raise UsageError(f"--only must be one of {', '.join(ONLY)}, not {only!r}")
+        raise UsageError(f"{option('only')} must be one of {', '.join(ONLY)}, not {only!r}")
     chosen = {"all": ("succeeded", "failed", "canceled"), "succeeded": ("succeeded",), "failed": ("failed",)}[only]
     if include_pending:
         if only == "all":
@@ -84,7 +84,7 @@ def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str 
     a warning.
     """
     if fmt not in RENDERERS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        raise UsageError(f"{option('format')} must be one of {', '.join(FORMATS)}, not {fmt!r}")
     statuses = _statuses(only, include_pending)
     render = renderer(fmt, notes)
     columns = [jobs.c.custom_id, jobs.c.status, jobs.c.response, jobs.c.error, jobs.c.error_type,
@@ -145,7 +145,7 @@ def _check_destination(engine: Engine, path: str, shown: str, force: bool) -> No
         for source, name in sources:
             if source and os.path.realpath(source) == path:
                 raise UsageError(f"{shown}: that is the job file batch {name!r} was imported from; "
-                                 "choose another name (or --force to overwrite it)")
+                                 f"choose another name (or {option('force', switch=True)} to overwrite it)")
 
 
 def is_stream_destination(out: str) -> bool:

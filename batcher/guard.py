@@ -13,6 +13,7 @@ Once one answer has arrived, the same failures are ordinary again.
 from __future__ import annotations
 
 from .client import Attempt
+from .errors import option
 
 #: Failures of this kind, before any answer, that stop the run.
 LIMIT = 8
@@ -63,12 +64,12 @@ class ConfigGuard:
             self.unreachable += 1
             if self.unreachable >= self.limit:
                 return (f"cannot reach {self.base_url} ({said}); "
-                        "check --base-url / POE_BASE_URL and the network")
+                        f"check {option('base_url')} / POE_BASE_URL and the network")
         elif attempt.status_code == 404:
             self.not_found += 1
             if self.not_found >= self.limit:
                 return (f"every request so far got HTTP 404 from {self.base_url}/v1/messages ({said}); "
-                        "check --base-url (the host only, e.g. https://api.poe.com) and the model names")
+                        f"check {option('base_url')} (the host only, e.g. https://api.poe.com) and the model names")
         elif attempt.status_code is not None:
             self.unreachable = 0  # something answers there
         return None

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, and_, func, select
 
 from . import tally
 from .db import store_errors, write
-from .errors import UsageError
+from .errors import UsageError, option
 from .schema import in_status, jobs
 from .store import Batch
 
@@ -33,7 +33,8 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
     """
     error_types, status_codes = tuple(error_types), tuple(status_codes)
     if canceled and (error_types or status_codes):
-        raise UsageError("--error-type and --status-code choose failed jobs; they do not combine with --canceled")
+        raise UsageError(f"{option('error_type')} and {option('status_code')} choose failed jobs; "
+                         f"they do not combine with {option('canceled', switch=True)}")
     status = "canceled" if canceled else "failed"
     chosen = and_(jobs.c.batch_id == batch.id, in_status(status))
     if error_types:

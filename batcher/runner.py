@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from ._records import attempt_row, failed, refusal, succeeded
 from .claims import Claims
 from .client import Attempt, MessagesClient
-from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error
+from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error, option
 from .estimator import request_cost
 from .guard import ConfigGuard
 from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
@@ -373,7 +373,7 @@ class Runner:
         left = counts["pending"] + counts["running"]
         message = self.state.fatal[1] if self.state.fatal else None
         if outcome == "finished" and self.spend.limit_reached(self.taken, left):
-            outcome, message = "limit", f"stopped at --limit {self.config.limit:,}"
+            outcome, message = "limit", f"stopped at {option('limit')} {self.config.limit:,}"
         code = exit_code_for(outcome, counts["failed"], left, counts["canceled"])
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,

@@ -19,7 +19,7 @@ from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
 from .budget import Budget, Caps, Cost
-from .errors import UsageError
+from .errors import UsageError, option
 from .estimator import first_over_cap
 from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers
 from .reuse import request_key
@@ -90,16 +90,17 @@ class Spend:
         budget, caps = self.budget, self.caps
         alone = caps.exceeded_alone(cost)
         if alone is not None:  # with --reuse, found only once the jobs answered from the store are past
-            figure = (f"may use {cost.output_tokens:,} output tokens, more than --max-output-tokens "
+            figure = (f"may use {cost.output_tokens:,} output tokens, more than {option('max_output_tokens')} "
                       f"{caps.max_output_tokens:,}" if alone == "output" else
-                      f"is estimated at {cost.input_tokens:,} input tokens, more than --max-input-tokens "
+                      f"is estimated at {cost.input_tokens:,} input tokens, more than {option('max_input_tokens')} "
                       f"{caps.max_input_tokens:,}")
             return f"stopped: the next job ({custom_id!r}) {figure} allows on its own; raise the cap"
         if budget.exhausted_side(cost) == "output" and caps.max_output_tokens is not None:
-            return (f"stopped at --max-output-tokens {caps.max_output_tokens:,}: the next job ({custom_id!r}) "
-                    f"may use {cost.output_tokens:,} and {caps.max_output_tokens - budget.used_output:,} are left")
+            return (f"stopped at {option('max_output_tokens')} {caps.max_output_tokens:,}: "
+                    f"the next job ({custom_id!r}) may use {cost.output_tokens:,} and "
+                    f"{caps.max_output_tokens - budget.used_output:,} are left")
         assert caps.max_input_tokens is not None
-        return (f"stopped at --max-input-tokens {caps.max_input_tokens:,}: the next job ({custom_id!r}) is "
+        return (f"stopped at {option('max_input_tokens')} {caps.max_input_tokens:,}: the next job ({custom_id!r}) is "
                 f"estimated at {cost.input_tokens:,} and {caps.max_input_tokens - budget.used_input:,} are left")
 
     # --- --reuse ---------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from . import tally
-from .errors import UsageError
+from .errors import UsageError, on_command_line
 from .schema import batches
 
 
@@ -38,7 +38,8 @@ def check_batch_name(name: Any) -> None:
     if not isinstance(name, str):
         raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
-        raise UsageError(f"batch name {name!r} has control characters; choose another with --batch NAME")
+        where = " with --batch NAME" if on_command_line() else ""  # the name may be the file's, not given
+        raise UsageError(f"batch name {name!r} has control characters; choose another{where}")
     if not name.strip():
         raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
 

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import option
+
 #: The most ``max_tokens`` a job (or ``--max-tokens``) may ask for: far above
 #: any model's output, and within what the store and the estimate count in
 #: (a 64-bit integer).
@@ -102,12 +104,12 @@ def _check_body(body: dict[str, Any], defaults: Defaults, warnings: list[str]) -
     model = body.get("model", _MISSING)
     if model is _MISSING:
         if defaults.model is None:
-            raise InvalidJob("no `model` (give one in the line or with --model)")
+            raise InvalidJob(f"no `model` (give one in the line or with {option('model')})")
         model = body["model"] = defaults.model
     max_tokens = body.get("max_tokens", _MISSING)
     if max_tokens is _MISSING:
         if defaults.max_tokens is None:
-            raise InvalidJob("no `max_tokens` (give one in the line or with --max-tokens)")
+            raise InvalidJob(f"no `max_tokens` (give one in the line or with {option('max_tokens')})")
         max_tokens = body["max_tokens"] = defaults.max_tokens
     if defaults.system is not None and "system" not in body:
         body["system"] = defaults.system
@@ -117,7 +119,8 @@ def _check_body(body: dict[str, Any], defaults: Defaults, warnings: list[str]) -
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidJob("`max_tokens` must be a positive integer")
     if max_tokens > MAX_TOKENS_CAP:
-        raise InvalidJob(f"`max_tokens` must be at most {MAX_TOKENS_CAP:,} (as for --max-tokens), not {max_tokens}")
+        raise InvalidJob(f"`max_tokens` must be at most {MAX_TOKENS_CAP:,} (as for {option('max_tokens')}), "
+                         f"not {max_tokens}")
     system = body.get("system")
     if system is not None and not isinstance(system, (str, list)):
         raise InvalidJob("`system` must be a string or a list of text blocks")

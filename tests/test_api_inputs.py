@@ -48,10 +48,10 @@ def test_a_named_batch_gives_one_result_per_row_of_this_call(env: Any) -> None:
 
 def test_a_run_stopped_by_a_limit_or_a_cap_warns_and_leaves_pending_results(env: Any) -> None:
     rows = [f"capped {i}" for i in range(5)]
-    with pytest.warns(UserWarning, match=r"stopped at --limit 2; 3 job\(s\) not sent"):
+    with pytest.warns(UserWarning, match=r"stopped at limit 2; 3 job\(s\) not sent"):
         results = batcher.run(rows, limit=2, **FAST)
     assert [r.status for r in results] == ["succeeded"] * 2 + ["pending"] * 3
-    with pytest.warns(UserWarning, match="max-output-tokens"):
+    with pytest.warns(UserWarning, match="more than max_output_tokens 8 allows"):
         results = batcher.run([f"over the cap {i}" for i in range(3)], max_output_tokens=8, **FAST)
     assert [r.status for r in results] == ["pending"] * 3
     assert requests(env) == 2

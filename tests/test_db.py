@@ -227,7 +227,7 @@ def test_a_folder_given_for_the_store_is_named_as_one(tmp_path: Path, readonly: 
     (tmp_path / "jobs.db").mkdir()
     with pytest.raises(UsageError) as caught:
         open_store(str(tmp_path / "jobs.db"), readonly=readonly)
-    assert str(caught.value) == f"{tmp_path}/jobs.db: is a folder, not a job store; check --db/BATCHER_DB"
+    assert str(caught.value) == f"{tmp_path}/jobs.db: is a folder, not a job store; check db/BATCHER_DB"
 
 
 def test_reading_commands_do_not_create_a_database(tmp_path: Path) -> None:

@@ -226,8 +226,8 @@ def test_missing_model_without_default(tmp_path: Path, engine: Engine) -> None:
     path = write_lines(tmp_path / "m.jsonl", [{"prompt": "a", "max_tokens": 5}, {"prompt": "b", "model": HAIKU}])
     exc = rejected(engine, path, defaults=Defaults())
     assert exc.report.error_lines() == [
-        f"{path}:1: no `model` (give one in the line or with --model)",
-        f"{path}:2: no `max_tokens` (give one in the line or with --max-tokens)"]
+        f"{path}:1: no `model` (give one in the line or with model)",
+        f"{path}:2: no `max_tokens` (give one in the line or with max_tokens)"]
 
 
 def test_first_twenty_bad_lines_then_a_count(tmp_path: Path, engine: Engine) -> None:

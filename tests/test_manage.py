@@ -75,7 +75,7 @@ def test_retry_canceled(mixed: Any) -> None:
     assert retry(engine, batch, canceled=True) == 1
     assert statuses(engine, batch)["job-4"] == "pending" and job(engine, "job-4").finished_at is None
     assert statuses(engine, batch)["job-3"] == "failed"
-    with pytest.raises(UsageError, match="do not combine with --canceled"):
+    with pytest.raises(UsageError, match="^error_type and status_code choose failed jobs; they do not combine with canceled=True$"):
         retry(engine, batch, error_types=["api_error"], canceled=True)
 
 

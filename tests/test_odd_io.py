@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import pytest
 
 from batcher.db import open_store
-from batcher.errors import BatcherError, OutputError, StoreError, UsageError
+from batcher.errors import BatcherError, OutputError, StoreError, UsageError, command_line_words
 from batcher.export import ExportNotes, export_batch
 from batcher.importer import ImportRejected, import_file
 from batcher.interrupts import CommitPoint, until_reported
@@ -146,7 +146,7 @@ def test_export_refuses_to_overwrite_the_batchs_own_job_file(tmp_path: Path) -> 
     batch = find_batch(engine, import_file(engine, str(tmp_path / "jobs.jsonl"), defaults=DEFAULTS).batch)
     os.symlink("jobs.jsonl", tmp_path / "alias.jsonl")
     for target in ("jobs.jsonl", "alias.jsonl"):
-        with pytest.raises(UsageError, match="imported from.*--force"):
+        with pytest.raises(UsageError, match=r"imported from.*\(or force=True to overwrite it\)"):
             export_batch(engine, batch, str(tmp_path / target), include_pending=True)
     assert (tmp_path / "jobs.jsonl").read_text() == job_lines(3)
     assert export_batch(engine, batch, str(tmp_path / "jobs.jsonl"), include_pending=True, force=True) == 3
@@ -179,7 +179,9 @@ def test_batch_names_with_control_characters_are_refused(tmp_path: Path) -> None
     (tmp_path / "j.jsonl").write_text(job_lines(1))
     engine = open_store(str(tmp_path / "s.db"))
     for name in ("a\x1b[2Jb", "x\ny", "\x85"):
-        with pytest.raises(UsageError, match="control characters.*--batch"):
+        with pytest.raises(UsageError, match="control characters; choose another$"):
+            import_file(engine, str(tmp_path / "j.jsonl"), name, DEFAULTS)
+        with command_line_words(), pytest.raises(UsageError, match="control characters; choose another with --batch"):
             import_file(engine, str(tmp_path / "j.jsonl"), name, DEFAULTS)
 
 

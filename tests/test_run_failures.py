@@ -33,7 +33,7 @@ def test_unreachable_base_url_stops_the_run_with_nothing_failed(tmp_path: Path) 
 
     summary, engine = run(tmp_path, Nowhere, PROMPTS, concurrency=4)
     assert (summary.outcome, summary.exit_code) == ("misconfigured", 2)
-    assert "cannot reach http://127.0.0.1:" in summary.message and "--base-url" in summary.message
+    assert "cannot reach http://127.0.0.1:" in summary.message and "check base_url / POE_BASE_URL" in summary.message
     assert {r.status for r in stored(engine).values()} == {"pending"}
 
 

@@ -162,14 +162,14 @@ def test_output_cap_holds_with_hundreds_in_flight(tmp_path: Path, simulator: Any
     assert stats["output_tokens"] > cap - 40
     assert stats["peak_concurrency"] >= 50  # well over a hundred on an idle machine; a safe bound here
     assert summary.output_tokens == stats["output_tokens"]
-    assert "--max-output-tokens 6,000" in (summary.message or "")
+    assert "stopped at max_output_tokens 6,000:" in (summary.message or "")
     assert summary.failed == 0 and summary.left == 500 - summary.succeeded
 
 
 def test_input_cap_holds_by_the_estimate(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(rpm=100_000, latency=(0.05, 0.1))
     summary = run(tmp_path / "s.db", sim, "inputs", prompts(range(200)), concurrency=50, max_input_tokens=500)
-    assert summary.exit_code == 5 and "--max-input-tokens 500" in (summary.message or "")
+    assert summary.exit_code == 5 and "stopped at max_input_tokens 500:" in (summary.message or "")
     assert 400 < sim.stats()["input_tokens"] <= 500
 
 
@@ -214,7 +214,7 @@ def test_reuse_answers_jobs_a_cap_could_not_have_sent(tmp_path: Path, simulator:
     third = run(db, sim, "third", [dict(r, custom_id="c" + r["custom_id"]) for r in prompts(range(11))],
                 reuse=True, max_output_tokens=10)
     assert (third.outcome, third.exit_code, third.reused, third.attempts, third.left) == ("budget", EXIT_LIMIT, 10, 0, 1)
-    assert "the next job ('cj10') may use 64 output tokens, more than --max-output-tokens 10 allows on its own" in (
+    assert "the next job ('cj10') may use 64 output tokens, more than max_output_tokens 10 allows on its own" in (
         third.message or "")
     assert sim.stats()["requests"] == 10
 

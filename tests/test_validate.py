@@ -146,13 +146,13 @@ def test_no_system_added_without_a_default() -> None:
 
 
 @pytest.mark.parametrize("obj, defaults, message", [
-    ({"prompt": "x"}, Defaults(), "no `model` (give one in the line or with --model)"),
-    ({"prompt": "x", "max_tokens": 5}, Defaults(), "no `model` (give one in the line or with --model)"),
-    ({"prompt": "x"}, Defaults(max_tokens=5), "no `model` (give one in the line or with --model)"),
+    ({"prompt": "x"}, Defaults(), "no `model` (give one in the line or with model)"),
+    ({"prompt": "x", "max_tokens": 5}, Defaults(), "no `model` (give one in the line or with model)"),
+    ({"prompt": "x"}, Defaults(max_tokens=5), "no `model` (give one in the line or with model)"),
     ({"prompt": "x"}, Defaults(model="claude-haiku-4.5"),
-     "no `max_tokens` (give one in the line or with --max-tokens)"),
+     "no `max_tokens` (give one in the line or with max_tokens)"),
     ({"params": {"messages": MSG, "model": "claude-haiku-4.5"}}, Defaults(),
-     "no `max_tokens` (give one in the line or with --max-tokens)"),
+     "no `max_tokens` (give one in the line or with max_tokens)"),
 ])
 def test_job_still_lacking_model_or_max_tokens_is_invalid(obj: Any, defaults: Defaults, message: str) -> None:
     assert invalid(obj, 1, defaults) == message
@@ -298,7 +298,7 @@ def test_a_line_that_is_not_an_object_is_named_in_jsons_words() -> None:
 
 @pytest.mark.parametrize("max_tokens", [MAX_TOKENS.high + 1, 2**63, 10**30])
 def test_max_tokens_above_the_option_cap_is_refused(max_tokens: int) -> None:
-    message = f"`max_tokens` must be at most 10,000,000 (as for --max-tokens), not {max_tokens}"
+    message = f"`max_tokens` must be at most 10,000,000 (as for max_tokens), not {max_tokens}"
     assert invalid({"prompt": "x", "max_tokens": max_tokens}) == message
     assert invalid({"params": {"messages": MSG, "model": "claude-haiku-4.5", "max_tokens": max_tokens}}) == message
     assert to_job({"prompt": "x", "max_tokens": MAX_TOKENS.high}, 1, FULL).body["max_tokens"] == MAX_TOKENS.high
@@ -309,7 +309,7 @@ def test_a_line_with_max_tokens_of_2_to_the_63_is_refused_not_counted() -> None:
     line = b'{"prompt": "x", "max_tokens": 9223372036854775808}'
     chunk = prepare_chunk([(1, line)], FULL)
     assert [e.message for e in chunk.errors] == [
-        "`max_tokens` must be at most 10,000,000 (as for --max-tokens), not 9223372036854775808"]
+        "`max_tokens` must be at most 10,000,000 (as for max_tokens), not 9223372036854775808"]
     assert chunk.rows == []
 
 
