@@ -92,13 +92,15 @@ class ProgressDisplay:
 def summary_lines(summary: RunSummary) -> list[str]:
     """The final lines, whatever the display."""
     minutes = summary.elapsed_s / 60
-    # n requests span n - 1 intervals of the pace: n over the time would read above --rpm in a short run.
-    rate = (summary.attempts - 1) / minutes if minutes > 0 and summary.attempts > 1 else 0.0
+    # n requests span n - 1 intervals of the pace: n over the time would read above --rpm in a short run,
+    # and a single request has no rate at all.
+    rate = f"{(summary.attempts - 1) / minutes:.0f}/min, " if minutes > 0 and summary.attempts > 1 else ""
     reused = f" ({summary.reused} reused)" if summary.reused else ""
+    requests = "1 request" if summary.attempts == 1 else f"{summary.attempts} requests"
     lines = [
         f"batch {summary.batch}: {summary.succeeded} succeeded{reused}, {summary.failed} failed this run, "
-        f"{summary.left} left; {summary.attempts} requests in {_duration(summary.elapsed_s)} "
-        f"({rate:.0f}/min, {summary.rate_limited} rate-limited); "
+        f"{summary.left} left; {requests} in {_duration(summary.elapsed_s)} "
+        f"({rate}{summary.rate_limited} rate-limited); "
         f"tokens {summary.input_tokens} in / {summary.output_tokens} out"
     ]
     if summary.outcome == "interrupted":

@@ -57,6 +57,15 @@ def test_the_summary_rate_of_a_short_run_does_not_read_above_its_pace() -> None:
     assert "3 requests in 0s (364/min, 0 rate-limited)" in progress.summary_lines(summary)[0]
 
 
+@pytest.mark.parametrize("attempts, said", [(1, "1 request in 0s (0 rate-limited)"),
+                                             (0, "0 requests in 0s (0 rate-limited)")])
+def test_a_run_of_one_request_or_none_shows_no_rate(attempts: int, said: str) -> None:
+    """One request spans no interval: '1 requests in 0s (0/min' read as a run that did not move."""
+    summary = RunSummary("b", "stopped", 3, succeeded=0, failed=0, left=2, attempts=attempts, rate_limited=0,
+                         elapsed_s=0.2, input_tokens=0, output_tokens=0)
+    assert f"2 left; {said}; tokens 0 in / 0 out" in progress.summary_lines(summary)[0]
+
+
 def test_a_full_store_is_named_on_the_line_instead_of_a_rate_limit_pause() -> None:
     line = progress.describe(snapshot(paused_s=1.5, held=7))
     assert line.endswith(" | store full: paused, 7 outcome(s) held until there is room")
