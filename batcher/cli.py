@@ -176,7 +176,9 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
             sys.exit(exc.exit_code)
     assert report is not None
     report_import_notes(report)
-    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected")
+    unread = "; the file is as its last import read it: not read again" if report.unread else ""
+    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected"
+               f"{unread}")
 
 
 def _when(ts: float | None) -> str:

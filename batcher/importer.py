@@ -4,7 +4,10 @@ The file is streamed and inserted chunk by chunk inside one transaction, so
 memory stays flat and a bad file leaves nothing behind. Rows whose
 ``custom_id`` is already stored are skipped by the insert itself; only for
 those does the importer look closer, to tell an unchanged job (left alone)
-from a duplicate line or a changed request (both errors).
+from a duplicate line or a changed request (both errors). The file the
+batch's last import read, unchanged since (the same fingerprint, defaults,
+and no bad line then), is not read at all: running the same command again
+on a million lines starts at once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
-from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
+from .jobfile import STDIN, LineError, describe, fingerprint, needs_batch_name, readable_copy
 from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
 from .schema import imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
@@ -47,6 +50,9 @@ class ImportReport:
     keep: int | None = SHOWN_ERRORS
     #: The import's id in the store: every job of the file (added or unchanged) carries it.
     import_id: int | None = None
+    #: The file was not read: it is as the batch's last import read it, and
+    #: that import's jobs (``unchanged``, under its ``import_id``) stand.
+    unread: bool = False
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -204,14 +210,16 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
     report = ImportReport(batch=name, file=describe(path))
     source = path if path == STDIN else os.path.abspath(path)
+    seen = fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
         return import_chunks(engine, report, source, prepared_chunks(readable, defaults), skip_invalid,
-                             defaults=defaults, same_source=batch is None)
+                             defaults=defaults, same_source=batch is None, fingerprint=seen)
 
 
 @store_errors
 def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
-                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False) -> ImportReport:
+                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False,
+                  fingerprint: str | None = None) -> ImportReport:
     """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
 
     The one import path, whether the chunks come from a file or from rows
@@ -221,15 +229,20 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     to rebuild each job's request body when it is sent. With
     ``same_source`` an existing batch must have been imported from
     ``source``. A signal landing once the import is complete waits for the
-    commit (see :mod:`batcher.interrupts`).
+    commit (see :mod:`batcher.interrupts`). With the ``fingerprint`` of the
+    file the batch's last import read, the chunks are not read (see
+    :func:`_as_last_read`).
     """
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
         if same_source and not created:
             _check_same_source(conn, stored, report, source)
+        if fingerprint is not None and not created and _as_last_read(conn, stored.id, report, source, fingerprint,
+                                                                     defaults_text(defaults)):
+            return report
         import_id = conn.execute(imports.insert().values(
             batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
-            defaults=defaults_text(defaults))
+            defaults=defaults_text(defaults), fingerprint=fingerprint)
         ).inserted_primary_key[0]
         report.import_id = import_id
         importer = _Importer(conn, stored.id, import_id, report)
@@ -243,6 +256,27 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
+
+
+def _as_last_read(conn: Connection, batch_id: int, report: ImportReport, source: str, fingerprint: str,
+                  defaults: str) -> bool:
+    """Whether the batch's last import read this very file, unchanged since, with these defaults and no bad line.
+
+    Then reading it again would find every job unchanged: the report takes
+    that import's figures and id (no later import has moved its jobs to
+    another), and nothing is written. An import that had bad lines is not
+    taken: they are reported again, as a file's import always reports them.
+    """
+    last = conn.execute(select(imports.c.id, imports.c.source, imports.c.fingerprint, imports.c.defaults,
+                               imports.c.rejected, imports.c.added, imports.c.unchanged)
+                        .where(imports.c.batch_id == batch_id).order_by(imports.c.id.desc()).limit(1)).first()
+    if last is None or (last.source, last.fingerprint, last.defaults, last.rejected) != (source, fingerprint,
+                                                                                         defaults, 0):
+        return False
+    report.unchanged = last.added + last.unchanged
+    report.import_id = last.id
+    report.unread = True
+    return True
 
 
 def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:

@@ -61,6 +61,26 @@ def is_regular(path: str) -> bool:
         return False
 
 
+def fingerprint(path: str) -> str | None:
+    """A regular file as ``stat`` sees it (None for stdin, a pipe, a missing file).
+
+    Its size, modification and change times (ns), device and inode. Any write
+    changes the change time, which no tool sets back (``touch -d`` and
+    ``cp -p`` set only the other two), so an equal fingerprint stands for the
+    same bytes without reading them. Taken before an import reads the file:
+    a write during the import makes the next one read it again.
+    """
+    if path == STDIN:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}"
+
+
 def is_job_input(arg: str) -> bool:
     """Whether ``run ARG`` names job input (a file, a FIFO, ``-``) rather than a batch."""
     return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg))

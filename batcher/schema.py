@@ -49,6 +49,9 @@ imports = Table(
     # The --model/--max-tokens/--system given: with a job's input line they
     # rebuild its request body, which is then not stored a second time.
     Column("defaults", Text),
+    # The job file as stat saw it before it was read (see jobfile.fingerprint);
+    # None for input read once (stdin, a pipe) and for rows given in Python.
+    Column("fingerprint", Text),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.

@@ -357,7 +357,11 @@ def test_store_at_0001_upgrades_in_place_keeping_its_data(tmp_path: Path) -> Non
             (1, request_key(orjson.loads(body)))]
 
     # The upgraded store is fully usable: re-importing the file finds every job unchanged,
-    # and the answered one keeps its answer.
+    # and the answered one keeps its answer. An import recorded before the file's
+    # fingerprint was kept has none: the file is read again, once.
+    same = import_file(engine, str(job_file), "old", DEFAULTS)
+    assert (same.added, same.unchanged, same.unread) == (0, 4, False)
+    assert import_file(engine, str(job_file), "old", DEFAULTS).unread
     write_jobs(job_file, 5)
     report = import_file(engine, str(job_file), "old", DEFAULTS)
     assert (report.added, report.unchanged, report.rejected) == (1, 4, 0)

@@ -308,19 +308,51 @@ def test_reimport_is_idempotent(tmp_path: Path, engine: Engine) -> None:
 
     again = import_file(engine, str(path), defaults=DEFAULTS)
     assert (again.batch, again.added, again.unchanged, again.rejected) == ("r", 0, 4, 0)
+    assert again.unread and again.import_id == first.import_id  # the file has not changed: not read again
     assert snapshot(engine) == before
 
     # New lines are added; the old ones, moved down a line, are still the same jobs.
     write_lines(path, [{"custom_id": "j0", "prompt": "Question 0?"}] + numbered(4) + numbered(2, start=5))
     grown = import_file(engine, str(path), defaults=DEFAULTS)
-    assert (grown.added, grown.unchanged, grown.rejected) == (3, 4, 0)
+    assert (grown.added, grown.unchanged, grown.rejected, grown.unread) == (3, 4, 0, False)
     after = snapshot(engine)
     assert {k: after[k] for k in before} == before
     assert rows(engine, "line", "custom_id", "status") == [
         (1, "j0", "pending"), (2, "j1", "pending"), (3, "j2", "succeeded"), (4, "j3", "pending"),
         (5, "j4", "pending"), (6, "j5", "pending"), (7, "j6", "pending")]
     assert [(i.added, i.unchanged, i.rejected) for i in _all(engine, select(imports).order_by(imports.c.id))] == [
-        (4, 0, 0), (0, 4, 0), (3, 4, 0)]
+        (4, 0, 0), (3, 4, 0)]
+
+
+def test_a_file_rewritten_to_its_old_size_and_times_is_read_again(tmp_path: Path, engine: Engine) -> None:
+    """Only the change time, which no tool sets back, tells this edit: the file must be read."""
+    path = write_lines(tmp_path / "r.jsonl", numbered(3))
+    import_file(engine, str(path), defaults=DEFAULTS)
+    old = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"Question 2?", b"Question X?"))
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    exc = rejected(engine, path, defaults=DEFAULTS)
+    assert exc.report.error_lines() == [f"{path}:2: custom_id 'j2' is already in the batch with a different request"]
+
+
+def test_an_unchanged_file_is_read_again_when_its_last_reading_does_not_stand(tmp_path: Path, engine: Engine) -> None:
+    """Other defaults, bad lines to report again, or another file imported since: each needs the lines."""
+    path = write_lines(tmp_path / "r.jsonl", numbered(3))
+    import_file(engine, str(path), defaults=DEFAULTS)
+    assert rejected(engine, path, defaults=Defaults(HAIKU, 65)).report.rejected == 3  # another max_tokens
+
+    other = write_lines(tmp_path / "other.jsonl", numbered(2, start=10))
+    import_file(engine, str(other), "r", DEFAULTS)
+    again = import_file(engine, str(path), defaults=DEFAULTS)
+    assert (again.unchanged, again.unread) == (3, False)  # other's import came between
+    assert import_file(engine, str(path), defaults=DEFAULTS).unread
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(path.read_bytes() + b"not json\n")
+    for _ in range(2):
+        report = import_file(engine, str(bad), "b", DEFAULTS, skip_invalid=True)
+        assert (report.added + report.unchanged, report.rejected, report.unread) == (3, 1, False)
 
 
 def test_reimport_with_a_changed_request_is_refused(tmp_path: Path, engine: Engine) -> None:
@@ -515,7 +547,8 @@ def test_import_batches_status_commands(tmp_path: Path) -> None:
 
     again = cli("import", str(path), "--db", db, "--model", HAIKU, "--max-tokens", "100", "--system", "Be brief.",
                 "--batch", "prompts")
-    assert (again.returncode, again.stdout) == (0, "batch prompts: 0 added, 3 unchanged, 0 rejected\n")
+    assert (again.returncode, again.stdout) == (
+        0, "batch prompts: 0 added, 3 unchanged, 0 rejected; the file is as its last import read it: not read again\n")
 
     listing = cli("batches", "--db", db)
     assert listing.returncode == 0

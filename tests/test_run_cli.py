@@ -525,6 +525,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim: Any) -> None:
     assert outcomes == {"finished": 1, "died": len(dead_runs)}, (outcomes, note)
     assert len(dead_runs) >= 3
     assert query(db, "SELECT count(*) FROM runs WHERE ended_at IS NULL") == [(0,)]
+    # Each resume found the job file as the first import read it, and did not read it again.
+    assert query(db, "SELECT count(*) FROM imports") == [(1,)], note
 
 
 # -- 6. Ctrl-C and SIGTERM ------------------------------------------------------------------------
