@@ -25,7 +25,8 @@ from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
-from .jobfile import STDIN, LineError, describe, fingerprint, needs_batch_name, readable_copy
+from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
+from .jobfile import fingerprint as file_fingerprint
 from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
 from .schema import imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
@@ -216,7 +217,7 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
     report = ImportReport(batch=name, file=describe(path))
     source = path if path == STDIN else os.path.abspath(path)
-    seen = fingerprint(path)  # before reading: a write from here on makes the next import read it again
+    seen = file_fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
         return import_chunks(engine, report, source, prepared_chunks(readable, defaults), skip_invalid,
                              defaults=defaults, same_source=batch is None, fingerprint=seen)

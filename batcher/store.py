@@ -73,7 +73,8 @@ def find_batch(engine: Engine, name: str | None) -> Batch:
             return _batch(row)
         rows = conn.execute(select(batches).order_by(batches.c.id).limit(2)).all()
     if not rows:
-        raise UsageError("the database holds no batch yet: run `batcher import FILE` first")
+        first = "run `batcher import FILE` first" if on_command_line() else "add one first (Store.add)"
+        raise UsageError(f"the database holds no batch yet: {first}")
     if len(rows) > 1:
         names = ", ".join(b.name for b in list_batches(engine)[:10])
         raise UsageError(f"the database holds several batches; name one ({names})")

@@ -195,6 +195,8 @@ def test_a_refused_key_raises_without_the_key(env: Any, simulator: Any, monkeypa
 
 def test_handles_on_a_store(env: Any) -> None:
     with batcher.Store("handles.db") as store:
+        with pytest.raises(batcher.UsageError, match=r"^the database holds no batch yet: add one first \(Store.add\)$"):
+            store.batch()
         b = store.add("greet", ["hello", "bonjour", "hola"], max_tokens=16)
         assert (b.report.added, b.report.unchanged) == (3, 0)
         again = store.add("greet", ["hello", "bonjour", "hola"], max_tokens=16)
