@@ -28,7 +28,7 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy import Engine, bindparam, func, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from ._forking import can_fork, fork_worker, freeze_inherited, widen, write_all
@@ -48,7 +48,7 @@ FORK_FROM_LINES = 20_000
 #: Workers are started again this many times when a commit lands while
 #: they begin reading; then the export is read here.
 TRIES = 3
-#: A line number beyond any file's, for the first and last open-ended ranges.
+#: A part or line number beyond any, for the open-ended ranges (before the first, after the last).
 _FAR = 1 << 62
 
 Render = Callable[[Any], bytes]
@@ -81,19 +81,44 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
     """
     if not worthwhile(engine):
         return None
-    with engine.connect() as conn, conn.begin():
-        lines = jobs.c.line
-        first, last = conn.execute(select(func.min(lines), func.max(lines))
-                                   .where(jobs.c.batch_id == batch_id)).one()
-    if first is None or last - first + 1 < FORK_FROM_LINES:
+    bounds = _bounds(engine, batch_id)
+    if bounds is None:
         return None
-    ranged = query.where(lines >= bindparam("lo"), lines < bindparam("hi"))
-    bounds = [-_FAR, *range(first + SPAN, last + 1, SPAN), _FAR]
+    place = tuple_(jobs.c.part, jobs.c.line)
+    ranged = query.where(place >= tuple_(bindparam("lo_part"), bindparam("lo_line")),
+                         place < tuple_(bindparam("hi_part"), bindparam("hi_line")))
     for _ in range(TRIES):
         team = _Team.start(engine, ranged, render, notes, bounds)
         if team is not None:
             return team.chunks(notes, piped)
     return None
+
+
+def _bounds(engine: Engine, batch_id: int) -> list[tuple[int, int]] | None:
+    """Where the ranges of the batch's order start, ``(part, line)``, and its end; None for a small batch.
+
+    Every ``SPAN`` lines of each part (a part is one file's lines). Each
+    figure is one aggregate a query, so a step down the (batch, part, line)
+    index, however big the batch.
+    """
+    parts: list[tuple[int, int, int]] = []  # (part, first line, last line)
+    with engine.connect() as conn, conn.begin():
+        def one(value: Any, *where: Any) -> Any:
+            return conn.execute(select(value).where(jobs.c.batch_id == batch_id, *where)).scalar()
+
+        part = one(func.min(jobs.c.part))
+        while part is not None:
+            here = jobs.c.part == part
+            parts.append((part, one(func.min(jobs.c.line), here), one(func.max(jobs.c.line), here)))
+            part = one(func.min(jobs.c.part), jobs.c.part > part)
+    if sum(last - first + 1 for _, first, last in parts) < FORK_FROM_LINES:
+        return None
+    bounds = [(-_FAR, -_FAR)]
+    for k, (part, first, last) in enumerate(parts):
+        if k:
+            bounds.append((part, -_FAR))
+        bounds += [(part, line) for line in range(first + SPAN, last + 1, SPAN)]
+    return [*bounds, (_FAR, _FAR)]
 
 
 class _Team:
@@ -106,7 +131,7 @@ class _Team:
 
     @classmethod
     def start(cls, engine: Engine, query: Any, render: Render, notes: ExportNotes | None,
-              bounds: list[int]) -> _Team | None:
+              bounds: list[tuple[int, int]]) -> _Team | None:
         """Fork the workers; None if a commit landed while they began reading."""
         database = engine.url.database
         engine.dispose()  # no connection of this process is inherited
@@ -205,7 +230,7 @@ def _data_version(conn: Any) -> int:
 
 
 def _work(reply: int, go: int, database: str, query: Any, render: Render, notes: ExportNotes | None,
-          bounds: list[int], k: int, count: int) -> None:
+          bounds: list[tuple[int, int]], k: int, count: int) -> None:
     """A worker: read and render ranges ``k``, ``k + count``, ... and send each back.
 
     Ctrl-C and SIGTERM reach the whole process group; the parent alone
@@ -229,7 +254,9 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
             conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar()  # the snapshot starts here
             answer(b"", 0)
             for index in range(k, len(bounds) - 1, count):
-                rows = conn.execute(query, {"lo": bounds[index], "hi": bounds[index + 1]}).all()
+                (lo_part, lo_line), (hi_part, hi_line) = bounds[index], bounds[index + 1]
+                rows = conn.execute(query, {"lo_part": lo_part, "lo_line": lo_line, "hi_part": hi_part,
+                                            "hi_line": hi_line}).all()
                 data = b"".join([render(row) for row in rows])
                 now = notes.replaced_keys if notes is not None else 0
                 answer(data, len(rows), now - reported)

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, select
 from ._render import _message, _text_of, anthropic_error
 from .errors import UsageError
 from .export import CHUNK, _stream
-from .schema import jobs
+from .schema import ORDER, jobs
 from .store import Batch as BatchRecord
 
 
@@ -104,5 +104,5 @@ def iter_results(engine: Engine, batch: BatchRecord, only: str | Iterable[str] |
         query = query.where(jobs.c.import_id == import_id)
     if statuses is not None:
         query = query.where(jobs.c.status.in_(statuses))
-    chunks = _stream(engine, query.order_by(jobs.c.line, jobs.c.id), _result, chunk)
+    chunks = _stream(engine, query.order_by(*ORDER), _result, chunk)
     return (result for results in chunks for result in results)

@@ -28,7 +28,7 @@ from .errors import UsageError
 from .jobqueue import finish_run, start_run
 from .manage import cancel, cancel_jobs
 from .prepare import body_hash, request_body
-from .schema import api_batches, attempts, batches, imports, jobs, runs
+from .schema import ORDER, api_batches, attempts, batches, imports, jobs, runs
 from .store import Batch, get_or_create_batch, status_counts
 
 ID_PREFIX = "msgbatch_"
@@ -203,8 +203,8 @@ def expire(engine: Engine, batch: Batch) -> int:
 
 
 @store_errors
-def cancel_unsent(engine: Engine, batch: Batch, run_id: int, after: tuple[int, int], why: str | None = None) -> int:
-    """Cancel (or expire) the jobs ``run_id`` claimed after ``(line, id)`` and has not sent; returns how many.
+def cancel_unsent(engine: Engine, batch: Batch, run_id: int, after: tuple[int, int, int], why: str | None = None) -> int:
+    """Cancel (or expire) the jobs ``run_id`` claimed after ``(part, line, id)`` and has not sent; returns how many.
 
     A run claims a few jobs ahead of its workers, in input order, and its
     workers take them up in that order: once it stops taking any up, every
@@ -213,7 +213,7 @@ def cancel_unsent(engine: Engine, batch: Batch, run_id: int, after: tuple[int, i
     they can no longer go out after a crash either.
     """
     return cancel_jobs(engine, batch, "running", jobs.c.run_id == run_id,
-                       tuple_(jobs.c.line, jobs.c.id) > tuple_(*after), why=why, run_id=None)
+                       tuple_(*ORDER) > tuple_(*after), why=why, run_id=None)
 
 
 def close(engine: Engine, batch: Batch, expired: bool, rpm: float, base_url: str) -> int:

@@ -15,7 +15,7 @@ import anyio
 from sqlalchemy import Engine
 
 from .errors import StoreFull
-from .jobqueue import CLAIM_CHUNK, FULL_RETRY_S, ClaimedJob, claim
+from .jobqueue import CLAIM_CHUNK, FULL_RETRY_S, START, ClaimedJob, claim
 
 
 class Claims:
@@ -39,7 +39,7 @@ class Claims:
         self.on_full = on_full
         self._full = False
         self.taken = 0  # jobs claimed in all, against the limit
-        self.after = (0, 0)
+        self.after = START
         self.ready: deque[ClaimedJob] = deque()
         self.waiting = 0
         self.exhausted = False
@@ -90,13 +90,13 @@ class Claims:
                 self._full = False
                 self.on_full(None)
             if chunk:
-                self.after = (chunk[-1].line, chunk[-1].id)
+                self.after = chunk[-1].place
                 self.taken += len(chunk)
                 self.ready.extend(await screen(chunk) if screen is not None else chunk)
-            elif self.after != (0, 0):
+            elif self.after != START:
                 # One more pass from the top (the pending-jobs index finds them without a scan):
                 # jobs put back behind the cursor while the run went on (a `batcher retry`) are sent too.
-                self.after = (0, 0)
+                self.after = START
                 continue
             else:
                 self.exhausted = True

@@ -31,7 +31,7 @@ from .db import read_failure
 from .errors import OutputError, UsageError, option
 from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
-from .schema import batches, imports, jobs
+from .schema import ORDER, batches, imports, jobs
 from .store import Batch
 
 FORMATS = ("results", "text", "merged")
@@ -94,9 +94,9 @@ def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str 
     query = select(*columns).where(jobs.c.batch_id == batch.id)
     if statuses is not None:
         query = query.where(jobs.c.status.in_(statuses))
-    # (batch_id, line) is indexed and SQLite appends the rowid to every
-    # index, so this order is read straight off ix_jobs_batch_line: no sort.
-    return _export_stream(engine, batch, query.order_by(jobs.c.line, jobs.c.id), render, chunk, notes, piped)
+    # (batch_id, part, line) is indexed and SQLite appends the rowid to every
+    # index, so this order is read straight off ix_jobs_batch_order: no sort.
+    return _export_stream(engine, batch, query.order_by(*ORDER), render, chunk, notes, piped)
 
 
 def _export_stream(engine: Engine, batch: Batch, query: Any, render: Callable[[Any], bytes], chunk: int,

@@ -27,7 +27,7 @@ from ._keymask import mask_key
 from .client import Attempt, MessagesClient, rate_info
 from .errors import BatcherError
 from .guard import LIMIT, ConfigGuard
-from .jobqueue import AttemptRow, ClaimedJob, Outcome
+from .jobqueue import START, AttemptRow, ClaimedJob, Outcome
 from .lanes import Lane, Turns
 from .pacer import Pacer
 from .retry import backoff, server_delay
@@ -277,9 +277,9 @@ class _BatchRun(Runner):
                  betas: str | None = None) -> None:
         super().__init__(engine, batch, api_key, config, pacer=pacer, betas=betas)
         self.guard = ConfigGuard(config.base_url, limit=min(LIMIT, config.max_attempts), hold_timeouts=True)
-        self.last_taken = (0, 0)
+        self.last_taken = START
 
     async def _see_through(self, job: ClaimedJob, records: ObjectSendStream[AttemptRow | Outcome],
                            admitted: bool = True) -> None:
-        self.last_taken = max(self.last_taken, (job.line, job.id))
+        self.last_taken = max(self.last_taken, job.place)
         await super()._see_through(job, records, admitted)

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sqlalchemy import Connection, Engine, bindparam, literal_column, select
+from sqlalchemy import Connection, Engine, bindparam, func, literal_column, select
 
 from . import tally
 from .db import store_errors, write
@@ -133,19 +133,40 @@ def _bulk_insert(conn: Connection, columns: tuple[str, ...], shared: dict[str, i
 class _Importer:
     """One import's state: the open transaction and the report."""
 
-    def __init__(self, conn: Connection, batch_id: int, import_id: int, report: ImportReport) -> None:
+    def __init__(self, conn: Connection, batch_id: int, import_id: int, report: ImportReport,
+                 new_batch: bool) -> None:
         self.conn, self.batch_id, self.import_id, self.report = conn, batch_id, import_id, report
-        now = time.time()
-        self.insert = _bulk_insert(conn, ROW_FIELDS, {"batch_id": batch_id, "import_id": import_id, "body": "",
-                                                      "status": "pending", "attempts": 0,
-                                                      "created_at": now, "updated_at": now})
-        # Unchanged jobs keep their status and answer; only their place in the
-        # file and the import that last saw them are brought up to date.
-        self.move = _Compiled(conn, jobs.update()
-                              .where(jobs.c.batch_id == _inline(batch_id), jobs.c.custom_id == bindparam("cid"))
-                              .values(line=bindparam("new_line"), import_id=_inline(import_id)), ("new_line", "cid"))
+        self.new_batch = new_batch
+        self.insert: _Compiled | None = None
+        self.move: _Compiled | None = None
         self.models: Counter[str] = Counter()
         self.streams = 0
+
+    def _prepare(self, rows: list[tuple[Any, ...]]) -> tuple[_Compiled, _Compiled]:
+        """The two statements, once the first rows tell which part of the batch this import fills.
+
+        Jobs already stored keep their part: a file read again (changed or
+        grown, a call made again with more rows) stays where it was in the
+        batch. Otherwise the import starts a new part, after the others, so
+        that a second file or a second set of rows follows the first instead
+        of interleaving with it line by line.
+        """
+        part = None
+        if not self.new_batch:
+            part = self.conn.execute(select(func.min(jobs.c.part)).where(
+                jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_([r[CUSTOM_ID] for r in rows]))).scalar()
+        shared = {"batch_id": self.batch_id, "import_id": self.import_id,
+                  "part": self.import_id if part is None else part}
+        now = time.time()
+        insert = _bulk_insert(self.conn, ROW_FIELDS, {**shared, "body": "", "status": "pending", "attempts": 0,
+                                                      "created_at": now, "updated_at": now})
+        # Unchanged jobs keep their status and answer; their place (part and
+        # line) and the import that last saw them are brought up to date.
+        move = _Compiled(self.conn, jobs.update()
+                         .where(jobs.c.batch_id == _inline(self.batch_id), jobs.c.custom_id == bindparam("cid"))
+                         .values(line=bindparam("new_line"), import_id=_inline(self.import_id),
+                                 part=_inline(shared["part"])), ("new_line", "cid"))
+        return insert, move
 
     def take(self, chunk: PreparedChunk) -> None:
         for error in chunk.errors:
@@ -157,6 +178,8 @@ class _Importer:
     def store(self, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
             return
+        if self.insert is None:
+            self.insert, self.move = self._prepare(rows)
         inserted = self.insert(rows)
         self.report.added += inserted
         if inserted < len(rows):
@@ -182,6 +205,7 @@ class _Importer:
             else:
                 self.report.reject(LineError(line, f"custom_id {custom_id!r} is already in the batch with a different request"))
         if touched:
+            assert self.move is not None
             self.move([(line, cid) for cid, line in touched.items()])
             self.report.unchanged += len(touched)
 
@@ -252,7 +276,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             defaults=defaults_text(defaults), fingerprint=fingerprint)
         ).inserted_primary_key[0]
         report.import_id = import_id
-        importer = _Importer(conn, stored.id, import_id, report)
+        importer = _Importer(conn, stored.id, import_id, report, new_batch=created)
         for chunk in chunks:
             importer.take(chunk)
         importer.finish()

@@ -22,7 +22,7 @@ from . import tally
 from .db import store_errors, write
 from .errors import StoreError, UsageError
 from .prepare import body_hash, request_body
-from .schema import answers, attempts, imports, in_status, jobs, runs
+from .schema import ORDER, answers, attempts, imports, in_status, jobs, runs
 from .store import status_counts
 
 #: Most jobs one claim transaction takes (one per worker waiting for a job).
@@ -34,6 +34,10 @@ HEARTBEAT_S = 5.0
 FULL_RETRY_S = 1.0
 
 
+#: Before every job of a batch in its order: ``(part, line, id)``.
+START = (0, 0, 0)
+
+
 @dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: int
@@ -41,6 +45,12 @@ class ClaimedJob:
     custom_id: str
     body: str
     attempts: int
+    part: int = 0
+
+    @property
+    def place(self) -> tuple[int, int, int]:
+        """Where the job stands in its batch's order (see :data:`batcher.schema.jobs`)."""
+        return (self.part, self.line, self.id)
 
 
 class BatchBusy(UsageError):
@@ -85,27 +95,27 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
 
 @store_errors
 def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
-          after: tuple[int, int] = (0, 0)) -> list[ClaimedJob]:
+          after: tuple[int, int, int] = START) -> list[ClaimedJob]:
     """Mark up to ``limit`` pending jobs as running for this run.
 
-    Jobs come in input order, after the ``(line, id)`` cursor of the last
-    claim: the (batch, line) index walks straight to them, however many
+    Jobs come in input order, after the ``(part, line, id)`` cursor of the
+    last claim: the pending jobs' index walks straight to them, however many
     jobs before them are done.
     """
     now = time.time()
     with write(engine) as conn:
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash, jobs.c.source,
-                   jobs.c.attempts, imports.c.defaults)
+            select(jobs.c.id, jobs.c.part, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash,
+                   jobs.c.source, jobs.c.attempts, imports.c.defaults)
             .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
-            .where(jobs.c.batch_id == batch_id, in_status("pending"), tuple_(jobs.c.line, jobs.c.id) > tuple_(*after))
-            .order_by(jobs.c.line, jobs.c.id).limit(limit)
+            .where(jobs.c.batch_id == batch_id, in_status("pending"), tuple_(*ORDER) > tuple_(*after))
+            .order_by(*ORDER).limit(limit)
         ).all()
         if rows:
             claimed = conn.execute(update(jobs).where(jobs.c.id.in_([r.id for r in rows]), in_status("pending"))
                                    .values(status="running", run_id=run_id, updated_at=now)).rowcount
             tally.add_statuses(conn, batch_id, {"pending": -claimed, "running": claimed})
-    return [ClaimedJob(r.id, r.line, r.custom_id, r.body or _rebuilt_body(r), r.attempts) for r in rows]
+    return [ClaimedJob(r.id, r.line, r.custom_id, r.body or _rebuilt_body(r), r.attempts, r.part) for r in rows]
 
 
 def _rebuilt_body(row: Any) -> str:
@@ -277,10 +287,11 @@ def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
                       chunk: int = 2000) -> Iterator[tuple[str, int, str]]:
     """``(custom_id, line, body)`` of the batch's pending and running jobs, in input order.
 
-    Read in chunks through the (batch, line) index, each in its own short
-    read, so a million jobs never sit in memory and a run is never blocked.
+    Read in chunks through the (batch, part, line) index, each in its own
+    short read, so a million jobs never sit in memory and a run is never
+    blocked.
     """
-    after = (0, 0)
+    after = START
     left = limit
     while left is None or left > 0:
         rows = _unfinished_chunk(engine, batch_id, after, chunk if left is None else min(chunk, left))
@@ -288,18 +299,18 @@ def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
             return
         for row in rows:
             yield row.custom_id, row.line, row.body or _rebuilt_body(row)
-        after = (rows[-1].line, rows[-1].id)
+        after = (rows[-1].part, rows[-1].line, rows[-1].id)
         if left is not None:
             left -= len(rows)
 
 
 @store_errors
-def _unfinished_chunk(engine: Engine, batch_id: int, after: tuple[int, int], n: int) -> list[Any]:
+def _unfinished_chunk(engine: Engine, batch_id: int, after: tuple[int, int, int], n: int) -> list[Any]:
     with engine.connect() as conn:
         return conn.execute(
-            select(jobs.c.id, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash, jobs.c.source,
-                   imports.c.defaults)
+            select(jobs.c.id, jobs.c.part, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash,
+                   jobs.c.source, imports.c.defaults)
             .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
-            .where(jobs.c.batch_id == batch_id, tuple_(jobs.c.line, jobs.c.id) > tuple_(*after),
+            .where(jobs.c.batch_id == batch_id, tuple_(*ORDER) > tuple_(*after),
                    in_status("pending") | in_status("running"))
-            .order_by(jobs.c.line, jobs.c.id).limit(n)).all()
+            .order_by(*ORDER).limit(n)).all()

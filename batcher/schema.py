@@ -87,6 +87,10 @@ jobs = Table(
     Column("id", Integer, primary_key=True),
     Column("batch_id", Integer, ForeignKey("batches.id", ondelete="CASCADE"), nullable=False),
     Column("import_id", Integer, ForeignKey("imports.id"), nullable=False),
+    # A batch's order is (part, line): a part holds the jobs of one file or
+    # call (see batcher.importer), in their lines' order, and parts follow
+    # one another in the order they were made.
+    Column("part", Integer, nullable=False, default=0, server_default="0"),
     Column("line", Integer, nullable=False),
     Column("custom_id", String(64), nullable=False),
     Column("body", Text, nullable=False),
@@ -117,8 +121,8 @@ jobs = Table(
     # Set when the answer was reused (``run --reuse``) from the job it names:
     # no request was sent for this one.
     Column("reused_from", Integer),
-    # Every index costs import speed. (batch, line) serves the export's input
-    # order; the partial indexes hold only jobs in one status, so the claim
+    # Every index costs import speed. (batch, part, line) serves the export's
+    # input order; the partial indexes hold only jobs in one status, so the claim
     # finds the next pending job, a new run the jobs a dead one left running,
     # and status a failure's example, without reading the jobs in between.
     # Queries must spell the status as a literal (``in_status``) for SQLite
@@ -126,8 +130,8 @@ jobs = Table(
     # SQLite spelling is repeated here, since naming another dialect's
     # options loads that dialect on every start (~50 ms for `status`).
     UniqueConstraint("batch_id", "custom_id", name="uq_jobs_batch_custom_id"),
-    Index("ix_jobs_batch_line", "batch_id", "line"),
-    Index("ix_jobs_pending", "batch_id", "line", sqlite_where=text("status = 'pending'")),
+    Index("ix_jobs_batch_order", "batch_id", "part", "line"),
+    Index("ix_jobs_pending", "batch_id", "part", "line", sqlite_where=text("status = 'pending'")),
     Index("ix_jobs_running", "batch_id", "run_id", sqlite_where=text("status = 'running'")),
     Index("ix_jobs_failed", "batch_id", "error_type", "status_code", sqlite_where=text("status = 'failed'")),
 )
@@ -227,6 +231,10 @@ answers = Table(
 )
 
 STATUSES = ("pending", "running", "succeeded", "failed", "canceled")
+
+#: A batch's input order, read off its (batch, part, line) indexes: order by
+#: it, or compare ``tuple_(*ORDER)`` with a cursor, to walk a batch in order.
+ORDER = (jobs.c.part, jobs.c.line, jobs.c.id)
 
 
 def in_status(status: str) -> Any:

@@ -67,12 +67,12 @@ class Timed:
 
 def store_only(engine: Any, jobs: int, every: int) -> None:
     """The run's store work alone, at full speed: claim 100, record them in one commit, over every job."""
-    from batcher.jobqueue import AttemptRow, Outcome, claim, finish_run, record, start_run
+    from batcher.jobqueue import START, AttemptRow, Outcome, claim, finish_run, record, start_run
     from scale_bench import answer
 
     batch = find_batch(engine, "bench")
     run_id = start_run(engine, batch.id, batch.name, 500, "http://bench")
-    after, done, costs = (0, 0), 0, {"claim": [], "record": []}
+    after, done, costs = START, 0, {"claim": [], "record": []}
     print(f"{'done':>9} {'RSS MB':>7} {'claim ms':>9} {'record ms':>10}   (100 jobs a claim and a commit)")
     while True:
         start = time.perf_counter()
@@ -80,7 +80,7 @@ def store_only(engine: Any, jobs: int, every: int) -> None:
         costs["claim"].append(time.perf_counter() - start)
         if not claimed:
             break
-        after = (claimed[-1].line, claimed[-1].id)
+        after = claimed[-1].place
         now = time.time()
         msg = answer(1000, 1)
         values = {"response": orjson.dumps(msg).decode(), "model": msg["model"], **msg["usage"], "latency_ms": 900,

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from batcher.db import open_store  # noqa: E402
 from batcher.importer import ImportReport, import_chunks  # noqa: E402
-from batcher.jobqueue import AttemptRow, Outcome, claim, finish_run, record, start_run  # noqa: E402
+from batcher.jobqueue import START, AttemptRow, Outcome, claim, finish_run, record, start_run  # noqa: E402
 from batcher.prepare import prepare_chunk  # noqa: E402
 from batcher.status import batch_status  # noqa: E402
 from batcher.store import find_batch  # noqa: E402
@@ -74,12 +74,12 @@ def answer(size: int, i: int) -> dict:
 def answer_jobs(engine, batch, n: int, size: int) -> None:
     """Answer ``n`` pending jobs the way a run does: claim, then record (1 in 50 fails)."""
     run_id = start_run(engine, batch.id, batch.name, 500, "http://bench")
-    done, after = 0, (0, 0)
+    done, after = 0, START
     while done < n:
         claimed = claim(engine, batch.id, run_id, min(5000, n - done), after)
         if not claimed:
             break
-        after = (claimed[-1].line, claimed[-1].id)
+        after = claimed[-1].place
         now = time.time()
         tries, outcomes = [], []
         for job in claimed:

@@ -216,6 +216,20 @@ def test_handles_on_a_store(env: Any) -> None:
             b.run(rpm=0)
 
 
+def test_rows_added_by_a_second_call_follow_the_first(env: Any) -> None:
+    """Each call's rows are numbered from 1: by that number alone two calls interleaved (k1, m1, k2, m2)."""
+    first = [{"custom_id": "k1", "prompt": "1"}, {"custom_id": "k2", "prompt": "2"}]
+    second = [{"custom_id": "m1", "prompt": "3"}, {"custom_id": "m2", "prompt": "4"}, {"custom_id": "m3", "prompt": "5"}]
+    with batcher.Store("order.db") as store:
+        store.add("b", first, max_tokens=16)
+        b = store.add("b", second, max_tokens=16)
+        assert [r.custom_id for r in b.results()] == ["k1", "k2", "m1", "m2", "m3"]
+        assert [(r.custom_id, r.index) for r in b._added_results()] == [("m1", 0), ("m2", 1), ("m3", 2)]
+        again = store.add("b", first, max_tokens=16)  # the first call made again (a resume) keeps its place
+        assert [r.custom_id for r in again.results()] == ["k1", "k2", "m1", "m2", "m3"]
+        assert [r.custom_id for r in again._added_results()] == ["k1", "k2"]
+
+
 def test_docstring_examples_run(env: Any) -> None:
     """Every public name's example runs as written (against the simulator)."""
     import doctest

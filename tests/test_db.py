@@ -273,7 +273,7 @@ def test_fresh_store_has_the_whole_schema(tmp_path: Path) -> None:
                                                 "api_batches", "answers"}
     for table in metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.c.keys()), table.name
-    assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_line", "ix_jobs_pending",
+    assert {i["name"] for i in inspector.get_indexes("jobs")} >= {"ix_jobs_batch_order", "ix_jobs_pending",
                                                                    "ix_jobs_running", "ix_jobs_failed"}
     engine.dispose()
     assert revision(tmp_path / "store.db") == HEAD

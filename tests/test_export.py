@@ -21,7 +21,9 @@ from batcher.db import write
 from batcher.errors import OutputError, StoreError, UsageError
 from batcher.export import default_output, export_batch, export_chunks
 from batcher.importer import import_file
-from batcher.schema import jobs
+from batcher._results import iter_results
+from batcher.jobqueue import unfinished_bodies
+from batcher.schema import ORDER, jobs
 
 from batchdata import DEFAULTS, fail, make_batch, message, mixed_batch, succeed, write_job_file
 
@@ -163,7 +165,22 @@ def test_lines_follow_the_input_file_not_insertion_order(tmp_path: Path) -> None
         assert [o["custom_id"] for o in lines_of(engine, batch, fmt=fmt, only="succeeded", chunk=2)] == expected
 
 
-def test_query_reads_the_line_index_without_sorting(mixed: Any) -> None:
+def test_a_batch_of_two_files_exports_the_first_then_the_second(tmp_path: Path) -> None:
+    """Lines of different files share numbers: by line alone they interleaved (job-1, job-7, job-2, job-8...)."""
+    engine, batch, _ = make_batch(tmp_path, 3)  # b.jsonl: job-1..job-3
+    second = write_job_file(tmp_path / "more.jsonl", [7, 8])
+    import_file(engine, str(second), "b", DEFAULTS)
+    expected = ["job-1", "job-2", "job-3", "job-7", "job-8"]
+    assert [o["custom_id"] for o in lines_of(engine, batch, include_pending=True)] == expected
+    # The first file read again, grown by a line in its middle, keeps its place before the second.
+    import_file(engine, str(write_job_file(tmp_path / "b.jsonl", [1, 4, 2, 3])), "b", DEFAULTS)
+    expected = ["job-1", "job-4", "job-2", "job-3", "job-7", "job-8"]
+    assert [o["custom_id"] for o in lines_of(engine, batch, include_pending=True)] == expected
+    assert [r.custom_id for r in iter_results(engine, batch)] == expected
+    assert [custom_id for custom_id, _, _ in unfinished_bodies(engine, batch.id)] == expected
+
+
+def test_query_reads_the_order_index_without_sorting(mixed: Any) -> None:
     engine, batch, _ = mixed
     from sqlalchemy import select
 
@@ -171,10 +188,10 @@ def test_query_reads_the_line_index_without_sorting(mixed: Any) -> None:
         query = select(jobs.c.custom_id).where(jobs.c.batch_id == batch.id)
         if statuses:
             query = query.where(jobs.c.status.in_(statuses))
-        sql = str(query.order_by(jobs.c.line, jobs.c.id).compile(engine, compile_kwargs={"literal_binds": True}))
+        sql = str(query.order_by(*ORDER).compile(engine, compile_kwargs={"literal_binds": True}))
         with engine.connect() as conn:
             plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
-        assert "ix_jobs_batch_line" in plan and "TEMP B-TREE" not in plan, plan
+        assert "ix_jobs_batch_order" in plan and "TEMP B-TREE" not in plan, plan
 
 
 # -- a consistent snapshot while a run writes -------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from batcher.db import open_store, write
 from batcher.importer import ImportReport, import_chunks
-from batcher.jobqueue import Outcome, claim, record, start_run
+from batcher.jobqueue import START, Outcome, claim, record, start_run
 from batcher.schema import runs
 from batcher.status import batch_status, verify
 from batcher.store import find_batch
@@ -44,11 +44,11 @@ def test_status_and_the_next_job_cost_the_same_at_any_size(tmp_path: Path) -> No
 
     # Half the batch answered: the claim goes straight to the first pending job.
     run_id = start_run(engine, batch.id, batch.name, 500, "http://x")
-    after = (0, 0)
+    after = START
     done = 0
     while done < JOBS // 2:
         got = claim(engine, batch.id, run_id, 5000, after)
-        after = (got[-1].line, got[-1].id)
+        after = got[-1].place
         record(engine, run_id, [], [Outcome(j.id, "failed", {"error_type": "api_error", "status_code": 500})
                                     for j in got], False)
         done += len(got)

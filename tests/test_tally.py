@@ -166,12 +166,13 @@ def test_claim_and_requeue_use_the_partial_indexes(tmp_path: Path) -> None:
     """The queries a run starts with must not read the whole batch."""
     engine = open_store(str(tmp_path / "p.db"))
     import_file(engine, str(write_prompts(tmp_path / "p.jsonl", ["a", "b"])), defaults=DEFAULTS)
-    from batcher.schema import in_status
+    from batcher.jobqueue import START
+    from batcher.schema import ORDER, in_status
     from sqlalchemy import tuple_, update
 
     claim_query = (select(jobs.c.id).where(jobs.c.batch_id == 1, in_status("pending"),
-                                           tuple_(jobs.c.line, jobs.c.id) > tuple_(0, 0))
-                   .order_by(jobs.c.line, jobs.c.id).limit(10))
+                                           tuple_(*ORDER) > tuple_(*START))
+                   .order_by(*ORDER).limit(10))
     requeue = update(jobs).where(jobs.c.batch_id == 1, in_status("running")).values(status="pending")
     example = select(jobs.c.error).where(jobs.c.batch_id == 1, in_status("failed"),
                                          jobs.c.error_type == "x", jobs.c.status_code == 1)
