@@ -145,11 +145,12 @@ class _Importer:
     def _prepare(self, rows: list[tuple[Any, ...]]) -> tuple[_Compiled, _Compiled]:
         """The two statements, once the first rows tell which part of the batch this import fills.
 
-        Jobs already stored keep their part: a file read again (changed or
-        grown, a call made again with more rows) stays where it was in the
-        batch. Otherwise the import starts a new part, after the others, so
-        that a second file or a second set of rows follows the first instead
-        of interleaving with it line by line.
+        If the first rows find jobs already stored, the import takes their
+        part (the earliest, if several): a file read again (changed or grown,
+        a call made again with more rows) stays where it was in the batch,
+        and the jobs it finds again move with it. Otherwise the import starts
+        a new part, after the others, so that a second file or a second set
+        of rows follows the first instead of interleaving with it line by line.
         """
         part = None
         if not self.new_batch:
