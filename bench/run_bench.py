@@ -29,7 +29,7 @@ import orjson
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import batcher.jobqueue as jobqueue_module  # noqa: E402
+import batcher.claims as claims_module  # noqa: E402
 import batcher.writer as writer_module  # noqa: E402
 from batcher.db import open_store  # noqa: E402
 from batcher.importer import ImportReport, import_chunks  # noqa: E402
@@ -114,9 +114,9 @@ def main() -> None:
         if args.store_only:
             store_only(engine, args.jobs, max(100, args.jobs // 10 // 100 * 100))
             return
-        claims = Timed(jobqueue_module.claim, lambda *a: a[3])  # what the run's Claims calls
+        claims = Timed(claims_module.claim, lambda *a: a[3])  # what the run's Claims calls
         records = Timed(writer_module.record, lambda *a: len(a[3]))
-        jobqueue_module.claim, writer_module.record = claims, records
+        claims_module.claim, writer_module.record = claims, records
         sim = SimulatorProcess(latency=0, rpm=100_000_000).start()
         try:
             config = RunConfig(rpm=1_000_000, concurrency=args.concurrency, base_url=sim.base_url,
