@@ -137,13 +137,15 @@ class _Importer:
                  new_batch: bool) -> None:
         self.conn, self.batch_id, self.import_id, self.report = conn, batch_id, import_id, report
         self.new_batch = new_batch
+        self.part = 0
         self.insert: _Compiled | None = None
         self.move: _Compiled | None = None
+        self.retag: _Compiled | None = None
         self.models: Counter[str] = Counter()
         self.streams = 0
 
-    def _prepare(self, rows: list[tuple[Any, ...]]) -> tuple[_Compiled, _Compiled]:
-        """The two statements, once the first rows tell which part of the batch this import fills.
+    def _prepare(self, rows: list[tuple[Any, ...]]) -> None:
+        """The statements, once the first rows tell which part of the batch this import fills.
 
         If the first rows find jobs already stored, the import takes their
         part (the earliest, if several): a file read again (changed or grown,
@@ -156,18 +158,20 @@ class _Importer:
         if not self.new_batch:
             part = self.conn.execute(select(func.min(jobs.c.part)).where(
                 jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_([r[CUSTOM_ID] for r in rows]))).scalar()
-        shared = {"batch_id": self.batch_id, "import_id": self.import_id,
-                  "part": self.import_id if part is None else part}
+        self.part = self.import_id if part is None else part
         now = time.time()
-        insert = _bulk_insert(self.conn, ROW_FIELDS, {**shared, "body": "", "status": "pending", "attempts": 0,
-                                                      "created_at": now, "updated_at": now})
+        self.insert = _bulk_insert(self.conn, ROW_FIELDS, {
+            "batch_id": self.batch_id, "import_id": self.import_id, "part": self.part, "body": "",
+            "status": "pending", "attempts": 0, "created_at": now, "updated_at": now})
         # Unchanged jobs keep their status and answer; their place (part and
-        # line) and the import that last saw them are brought up to date.
-        move = _Compiled(self.conn, jobs.update()
-                         .where(jobs.c.batch_id == _inline(self.batch_id), jobs.c.custom_id == bindparam("cid"))
-                         .values(line=bindparam("new_line"), import_id=_inline(self.import_id),
-                                 part=_inline(shared["part"])), ("new_line", "cid"))
-        return insert, move
+        # line) and the import that last saw them are brought up to date. Most
+        # keep their place: then only the import is set, which no index holds.
+        same_job = (jobs.c.batch_id == _inline(self.batch_id), jobs.c.custom_id == bindparam("cid"))
+        self.move = _Compiled(self.conn, jobs.update().where(*same_job).values(
+            line=bindparam("new_line"), import_id=_inline(self.import_id), part=_inline(self.part)),
+            ("new_line", "cid"))
+        self.retag = _Compiled(self.conn, jobs.update().where(*same_job).values(import_id=_inline(self.import_id)),
+                               ("cid",))
 
     def take(self, chunk: PreparedChunk) -> None:
         for error in chunk.errors:
@@ -180,7 +184,8 @@ class _Importer:
         if not rows:
             return
         if self.insert is None:
-            self.insert, self.move = self._prepare(rows)
+            self._prepare(rows)
+        assert self.insert is not None
         inserted = self.insert(rows)
         self.report.added += inserted
         if inserted < len(rows):
@@ -189,10 +194,11 @@ class _Importer:
     def _sort_out_conflicts(self, rows: list[tuple[Any, ...]]) -> None:
         """Classify rows the insert skipped: unchanged, duplicate or changed."""
         ids = [r[CUSTOM_ID] for r in rows]
-        query = select(jobs.c.custom_id, jobs.c.line, jobs.c.import_id, jobs.c.body_hash).where(
+        query = select(jobs.c.custom_id, jobs.c.line, jobs.c.import_id, jobs.c.body_hash, jobs.c.part).where(
             jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_(ids))
         stored = {r.custom_id: r for r in self.conn.execute(query)}
         touched: dict[str, int] = {}
+        moved: list[tuple[int, str]] = []
         for row in rows:
             line, custom_id, digest = row[LINE], row[CUSTOM_ID], row[BODY_HASH]
             known = stored[custom_id]
@@ -203,11 +209,17 @@ class _Importer:
                 self.report.reject(LineError(line, f"duplicate custom_id {custom_id!r} (first on line {touched[custom_id]})"))
             elif known.body_hash == digest:
                 touched[custom_id] = line
+                if (known.line, known.part) != (line, self.part):
+                    moved.append((line, custom_id))
             else:
                 self.report.reject(LineError(line, f"custom_id {custom_id!r} is already in the batch with a different request"))
         if touched:
-            assert self.move is not None
-            self.move([(line, cid) for cid, line in touched.items()])
+            assert self.move is not None and self.retag is not None
+            if moved:
+                self.move(moved)
+            if len(moved) < len(touched):
+                kept = {cid for _, cid in moved}
+                self.retag([(cid,) for cid in touched if cid not in kept])
             self.report.unchanged += len(touched)
 
     def finish(self) -> None:
