@@ -2,8 +2,8 @@
 
 Exit codes: 0 ok, 1 finished with failed jobs, 2 usage or configuration
 error, 3 run stopped by the API (bad key, no points), 4 job store unusable,
-5 run stopped at its --limit or a token cap (nothing failed; run again to
-go on), 130 interrupted. Finished-with-failures (1) is not an error: the
+5 run stopped at its --limit or a token cap (the jobs not sent are not
+failed; run again to go on), 130 interrupted. Finished-with-failures (1) is not an error: the
 failed jobs are results like any other.
 """
 
@@ -71,7 +71,7 @@ class StoreFull(StoreError):
 
 
 class APIStopped(BatcherError):
-    """The API refused to go on (key refused, no points left): nothing was marked failed."""
+    """The API refused to go on (key refused, no points left): the jobs not answered are not marked failed."""
 
     __module__ = "batcher"
 

@@ -110,11 +110,12 @@ def summary_lines(summary: RunSummary) -> list[str]:
         spent = (f"this run spent {summary.input_tokens:,} input and {summary.output_tokens:,} output tokens "
                  f"in {summary.attempts:,} request(s); " if summary.attempts else "")
         larger = "limit" if summary.outcome == "limit" else "cap"
-        lines.append(f"batcher: {summary.message}; {spent}nothing was marked failed; {summary.left:,} job(s) "
-                     f"left: run the same command again (with a larger {larger}, or none) to go on")
+        # The stop marks nothing failed; jobs may still have failed on their own before it (the line above).
+        lines.append(f"batcher: {summary.message}; {spent}{summary.left:,} job(s) left, not sent and not failed: "
+                     f"run the same command again (with a larger {larger}, or none) to go on")
     elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
-        lines.append(f"nothing was marked failed; {summary.left} job(s) wait for the next run")
+        lines.append(f"the {summary.left} job(s) not answered are not marked failed: they wait for the next run")
     else:
         if summary.failed_in_batch:
             earlier = summary.failed_in_batch - summary.failed

@@ -76,3 +76,14 @@ def test_jobs_put_back_as_a_run_ended_are_named_with_what_sends_them() -> None:
     summary = RunSummary("b", "finished", 1, succeeded=94, failed=6, left=6, attempts=100, rate_limited=0,
                          elapsed_s=5.0, input_tokens=1, output_tokens=2)
     assert progress.summary_lines(summary)[-1] == "6 job(s) of the batch are pending again; send them with: batcher run b"
+
+
+def test_a_limit_stop_after_failures_does_not_say_nothing_failed() -> None:
+    """Jobs that failed on their own before the stop were said to be none ('nothing was marked failed')."""
+    summary = RunSummary("b", "limit", 5, succeeded=0, failed=4, left=1, attempts=4, rate_limited=0,
+                         elapsed_s=1.0, input_tokens=0, output_tokens=0, message="stopped at --limit 4")
+    first, stop = progress.summary_lines(summary)
+    assert "4 failed this run, 1 left" in first
+    assert stop.startswith("batcher: stopped at --limit 4; this run spent 0 input and 0 output tokens in 4 request(s); "
+                           "1 job(s) left, not sent and not failed: run the same command again")
+    assert "nothing" not in stop

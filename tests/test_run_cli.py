@@ -349,7 +349,7 @@ def test_wrong_key_stops_at_once_and_fails_nothing(tmp_path: Path, sim: Any) -> 
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert "batcher: run stopped: the API refused the key (HTTP 401, authentication_error): Invalid API key" in lines
-    assert "nothing was marked failed; 30 job(s) wait for the next run" in lines
+    assert "the 30 job(s) not answered are not marked failed: they wait for the next run" in lines
 
     assert counts(db) == {"pending": 30}
     # The key problem does not use up any job's attempt budget.
@@ -373,7 +373,7 @@ def test_out_of_points_stops_with_the_answered_jobs_kept(tmp_path: Path, sim: An
     lines = done.stderr.splitlines()
     assert any(line.startswith("batcher: run stopped: ") and "HTTP 402" in line and "Insufficient points" in line
                for line in lines), lines
-    assert "nothing was marked failed; 7 job(s) wait for the next run" in lines
+    assert "the 7 job(s) not answered are not marked failed: they wait for the next run" in lines
     assert lines[-3].startswith("batch p: 5 succeeded, 0 failed this run, 7 left;"), lines
 
     assert statuses(db) == {f"job-{i}": "succeeded" if i <= 5 else "pending" for i in range(1, 13)}

@@ -129,7 +129,7 @@ def test_limit_sends_the_first_n_in_input_order_then_the_rest_once(tmp_path: Pat
     assert done == [r["custom_id"] for r in rows[:30]]
     stop_line = [line for line in first.stderr.splitlines() if "--limit 30" in line]
     assert len(stop_line) == 1 and "run the same command again" in stop_line[0]
-    assert "nothing was marked failed" in stop_line[0] and "output tokens" in stop_line[0]
+    assert "job(s) left, not sent and not failed" in stop_line[0] and "output tokens" in stop_line[0]
     assert "Traceback" not in first.stderr
     assert query(db, "SELECT count(*) FROM jobs WHERE status = 'failed'") == [(0,)]
 
