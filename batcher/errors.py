@@ -3,8 +3,8 @@
 Exit codes: 0 ok, 1 finished with failed jobs, 2 usage or configuration
 error, 3 run stopped by the API (bad key, no points), 4 job store unusable,
 5 run stopped at its --limit or a token cap (the jobs not sent are not
-failed; run again to go on), 130 interrupted. Finished-with-failures (1) is not an error: the
-failed jobs are results like any other.
+failed; run again to go on), 130 interrupted. Finished-with-failures (1)
+is not an error: the failed jobs are results like any other.
 """
 
 from contextlib import contextmanager
@@ -122,7 +122,7 @@ def option(name: str, *, switch: bool = False) -> str:
     the same message reaches a terminal and a notebook: each sees its own
     spelling. ``switch`` marks an on/off option (``--force``, ``force=True``).
     """
-    if _COMMAND_LINE.get():
+    if on_command_line():
         return "--" + name.replace("_", "-")
     return f"{name}=True" if switch else name
 

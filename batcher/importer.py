@@ -198,7 +198,8 @@ class _Importer:
             jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_(ids))
         stored = {r.custom_id: r for r in self.conn.execute(query)}
         touched: dict[str, int] = {}
-        moved: list[tuple[int, str]] = []
+        moved: list[tuple[int, str]] = []  # unchanged jobs at another place: (new line, custom_id)
+        kept: list[tuple[str]] = []  # unchanged jobs at the same place
         for row in rows:
             line, custom_id, digest = row[LINE], row[CUSTOM_ID], row[BODY_HASH]
             known = stored[custom_id]
@@ -211,15 +212,16 @@ class _Importer:
                 touched[custom_id] = line
                 if (known.line, known.part) != (line, self.part):
                     moved.append((line, custom_id))
+                else:
+                    kept.append((custom_id,))
             else:
                 self.report.reject(LineError(line, f"custom_id {custom_id!r} is already in the batch with a different request"))
         if touched:
             assert self.move is not None and self.retag is not None
             if moved:
                 self.move(moved)
-            if len(moved) < len(touched):
-                kept = {cid for _, cid in moved}
-                self.retag([(cid,) for cid in touched if cid not in kept])
+            if kept:
+                self.retag(kept)
             self.report.unchanged += len(touched)
 
     def finish(self) -> None:
@@ -277,16 +279,17 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     file the batch's last import read, the chunks are not read (see
     :func:`_as_last_read`).
     """
+    given = defaults_text(defaults)
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
         if same_source and not created:
             _check_same_source(conn, stored, report, source)
         if fingerprint is not None and not created and _as_last_read(conn, stored.id, report, source, fingerprint,
-                                                                     defaults_text(defaults)):
+                                                                     given):
             return report
         import_id = conn.execute(imports.insert().values(
             batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
-            defaults=defaults_text(defaults), fingerprint=fingerprint)
+            defaults=given, fingerprint=fingerprint)
         ).inserted_primary_key[0]
         report.import_id = import_id
         importer = _Importer(conn, stored.id, import_id, report, new_batch=created)
