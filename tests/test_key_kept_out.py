@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from batcher._keymask import KEY_MASK
 
 from misbehaving import Misbehaving, _event, answer
-from test_run_cli import assert_clean, cli, query, run_args, write_jobs
+from test_run_cli import assert_clean, cli, cli_each, query, run_args, write_jobs
 
 #: A key with characters that change when percent-encoded, so that spelling is tested too.
 KEY = "sk-poe-ECHO/7d1f+9a=c2"
@@ -106,9 +106,9 @@ def run(tmp_path: Path, batch: str, url: str, *extra: str) -> tuple[Any, Path]:
 def shown(db: Path, batch: str) -> list[str]:
     """What ``status`` (as text and as JSON) and every export format show of ``batch``."""
     texts = []
-    for args in (["status", batch], ["status", batch, "--json"],
-                 *(["export", batch, "--format", fmt, "-o", "-", "--include-pending"] for fmt in FORMATS)):
-        done = cli(*args, "--db", str(db), key=KEY)
+    commands = (["status", batch], ["status", batch, "--json"],
+                *(["export", batch, "--format", fmt, "-o", "-", "--include-pending"] for fmt in FORMATS))
+    for done in cli_each(*([*args, "--db", str(db)] for args in commands), key=KEY):
         assert done.returncode == 0, done.stderr
         texts += [done.stdout, done.stderr]
     return texts

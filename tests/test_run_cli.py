@@ -45,6 +45,30 @@ def cli(*args: str, key: str | None = KEY, timeout: float = 60) -> subprocess.Co
                           env=clean_env(key), timeout=timeout)
 
 
+#: Runs each command of a JSON list through the CLI's own entry in this one process, as the command line
+#: would, and prints ``[exit code, stdout, stderr]`` for each: checks that read a store several ways pay
+#: for loading the modules once.
+_EACH = """
+import json, sys
+from click.testing import CliRunner
+from batcher.cli import main
+ends = []
+for args in json.load(sys.stdin):
+    done = CliRunner().invoke(main, args)
+    ends.append([done.exit_code, done.stdout, done.stderr])
+json.dump(ends, sys.stdout)
+"""
+
+
+def cli_each(*commands: list[str], key: str | None = KEY, timeout: float = 60) -> list[subprocess.CompletedProcess[str]]:
+    """Each of ``commands`` as ``cli`` would run it, all in one subprocess (for commands that only read)."""
+    done = subprocess.run([sys.executable, "-c", _EACH], input=json.dumps(commands), capture_output=True, text=True,
+                          env=clean_env(key), timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return [subprocess.CompletedProcess(["batcher", *args], code, out, err)
+            for args, (code, out, err) in zip(commands, json.loads(done.stdout))]
+
+
 def run_args(target: str | Path, db: Path, base_url: str, *extra: str) -> list[str]:
     return ["run", str(target), "--db", str(db), "--base-url", base_url, *RUN_DEFAULTS, *extra]
 
@@ -684,13 +708,12 @@ def test_api_key_never_written_or_printed(tmp_path: Path, sim: Any) -> None:
     # Nothing answers there before any answer: the run stops (exit 2) with its jobs pending.
     record(cli(*run_args(tmp_path / "down.jsonl", db, closed, *fast, "--max-attempts", "2"), key=SECRET), 2)
     record(cli(*run_args(tmp_path / "secret.jsonl", db, good.base_url, *fast, "--auth", "bearer"), key=SECRET), 0)
-    record(cli("status", "down", "--db", str(db), key=SECRET), 0)
-    record(cli("status", "secret", "--db", str(db), "--json", key=SECRET), 0)
-    for batch, fmt in (("secret", "results"), ("down", "text"), ("nokey", "merged")):
-        record(cli("export", batch, "--db", str(db), "--format", fmt, "-o", "-", "--include-pending",
-                   key=SECRET), 0)
-    record(cli("export", "secret", "--db", str(db), "--format", "merged", "-o", str(tmp_path / "out.merged"),
-               key=SECRET), 0)
+    reads = [["status", "down", "--db", str(db)], ["status", "secret", "--db", str(db), "--json"],
+             *(["export", batch, "--db", str(db), "--format", fmt, "-o", "-", "--include-pending"]
+               for batch, fmt in (("secret", "results"), ("down", "text"), ("nokey", "merged"))),
+             ["export", "secret", "--db", str(db), "--format", "merged", "-o", str(tmp_path / "out.merged")]]
+    for done in cli_each(*reads, key=SECRET):
+        record(done, 0)
 
     assert counts(db) == {"succeeded": 8, "pending": 7}
     assert query(db, "SELECT DISTINCT error_type FROM attempts WHERE status_code IS NULL") == [("connection_error",)]
