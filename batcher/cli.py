@@ -176,9 +176,14 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
             sys.exit(exc.exit_code)
     assert report is not None
     report_import_notes(report)
-    unread = "; the file is as its last import read it: not read again" if report.unread else ""
+    how = ""
+    if report.unread:
+        how = "; the file is as its last import read it: not read again"
+    elif report.skipped_lines:
+        how = (f"; its first {report.skipped_lines} line(s) are as its last import read them: "
+               "only the lines after them were read")
     click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected"
-               f"{unread}")
+               f"{how}")
 
 
 def _when(ts: float | None) -> str:

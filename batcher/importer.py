@@ -7,7 +7,8 @@ those does the importer look closer, to tell an unchanged job (left alone)
 from a duplicate line or a changed request (both errors). The file the
 batch's last import read, unchanged since (the same fingerprint, defaults,
 and no bad line then), is not read at all: running the same command again
-on a million lines starts at once.
+on a million lines starts at once. If it only grew since (it still starts
+with the bytes that import read), only what follows them is read.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from . import tally
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
-from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
+from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
-from .prepare import ROW_FIELDS, PreparedChunk, defaults_text, prepared_chunks
-from .schema import imports, jobs
+from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
+from .schema import ORDER, imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
 from .validate import Defaults
 
@@ -54,6 +55,10 @@ class ImportReport:
     #: The file was not read: it is as the batch's last import read it, and
     #: that import's jobs (``unchanged``, under its ``import_id``) stand.
     unread: bool = False
+    #: Lines not read again: the file still starts with the lines the batch's
+    #: last import read (their jobs count as ``unchanged``, and this import
+    #: goes on under that import's id); 0 when the file was read in full.
+    skipped_lines: int = 0
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -134,10 +139,11 @@ class _Importer:
     """One import's state: the open transaction and the report."""
 
     def __init__(self, conn: Connection, batch_id: int, import_id: int, report: ImportReport,
-                 new_batch: bool) -> None:
+                 new_batch: bool, part: int | None = None) -> None:
         self.conn, self.batch_id, self.import_id, self.report = conn, batch_id, import_id, report
         self.new_batch = new_batch
         self.part = 0
+        self.given_part = part
         self.insert: _Compiled | None = None
         self.move: _Compiled | None = None
         self.retag: _Compiled | None = None
@@ -153,9 +159,10 @@ class _Importer:
         and the jobs it finds again move with it. Otherwise the import starts
         a new part, after the others, so that a second file or a second set
         of rows follows the first instead of interleaving with it line by line.
+        An import going on after the lines of an earlier one is given its part.
         """
-        part = None
-        if not self.new_batch:
+        part = self.given_part
+        if part is None and not self.new_batch:
             part = self.conn.execute(select(func.min(jobs.c.part)).where(
                 jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_([r[CUSTOM_ID] for r in rows]))).scalar()
         self.part = self.import_id if part is None else part
@@ -258,14 +265,13 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     source = path if path == STDIN else os.path.abspath(path)
     seen = file_fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
-        return import_chunks(engine, report, source, prepared_chunks(readable, defaults), skip_invalid,
-                             defaults=defaults, same_source=batch is None, fingerprint=seen)
+        return import_chunks(engine, report, source, FileChunks(readable, defaults, seen), skip_invalid,
+                             defaults=defaults, same_source=batch is None)
 
 
 @store_errors
 def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
-                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False,
-                  fingerprint: str | None = None) -> ImportReport:
+                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False) -> ImportReport:
     """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
 
     The one import path, whether the chunks come from a file or from rows
@@ -275,55 +281,71 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     to rebuild each job's request body when it is sent. With
     ``same_source`` an existing batch must have been imported from
     ``source``. A signal landing once the import is complete waits for the
-    commit (see :mod:`batcher.interrupts`). With the ``fingerprint`` of the
-    file the batch's last import read, the chunks are not read (see
-    :func:`_as_last_read`).
+    commit (see :mod:`batcher.interrupts`). A job file (:class:`FileChunks`)
+    the batch's last import read is read only as far as it changed since
+    (see :func:`_last_reading`).
     """
     given = defaults_text(defaults)
+    file = chunks if isinstance(chunks, FileChunks) else None
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
         if same_source and not created:
             _check_same_source(conn, stored, report, source)
-        if fingerprint is not None and not created and _as_last_read(conn, stored.id, report, source, fingerprint,
-                                                                     given):
-            return report
-        import_id = conn.execute(imports.insert().values(
-            batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
-            defaults=given, fingerprint=fingerprint)
-        ).inserted_primary_key[0]
+        last = None if file is None or created else _last_reading(conn, stored.id, source, file, given)
+        if last is not None and last.fingerprint == file.fingerprint:  # type: ignore[union-attr]
+            report.unchanged, report.import_id, report.unread = last.added + last.unchanged, last.id, True
+            return report  # nothing to write
+        added_before = 0
+        if last is not None:  # the file grew: the import goes on after the lines read then, under its id
+            import_id, part = last.id, _part_of(conn, stored.id, last.id)
+            report.skipped_lines, report.unchanged = last.read_lines, last.added + last.unchanged
+            added_before = last.added
+        else:
+            import_id, part = conn.execute(imports.insert().values(
+                batch_id=stored.id, source=source, at=time.time(), added=0, unchanged=0, rejected=0,
+                defaults=given)).inserted_primary_key[0], None
         report.import_id = import_id
-        importer = _Importer(conn, stored.id, import_id, report, new_batch=created)
+        importer = _Importer(conn, stored.id, import_id, report, new_batch=created, part=part)
         for chunk in chunks:
             importer.take(chunk)
         importer.finish()
         if report.rejected and (not skip_invalid or report.none_valid):
             raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
+        head = file.read if file is not None else None
+        # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
-            added=report.added, unchanged=report.unchanged, rejected=report.rejected))
+            at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
+            rejected=report.rejected, fingerprint=file.fingerprint if file is not None else None,
+            read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
 
 
-def _as_last_read(conn: Connection, batch_id: int, report: ImportReport, source: str, fingerprint: str,
-                  defaults: str) -> bool:
-    """Whether the batch's last import read this very file, unchanged since, with these defaults and no bad line.
+def _last_reading(conn: Connection, batch_id: int, source: str, file: FileChunks, defaults: str) -> Any:
+    """The batch's last import, if it read this file with these defaults and no bad line, and the file still
+    starts with what it read (the same fingerprint, or the same first bytes); else None.
 
-    Then reading it again would find every job unchanged: the report takes
-    that import's figures and id (no later import has moved its jobs to
-    another), and nothing is written. An import that had bad lines is not
-    taken: they are reported again, as a file's import always reports them.
+    Then reading those bytes again would find every job unchanged: they are
+    not read, and that import's jobs stand under its id (no later import
+    has moved them to another). An import that had bad lines is not taken:
+    they are reported again, as a file's import always reports them.
     """
-    last = conn.execute(select(imports.c.id, imports.c.source, imports.c.fingerprint, imports.c.defaults,
-                               imports.c.rejected, imports.c.added, imports.c.unchanged)
-                        .where(imports.c.batch_id == batch_id).order_by(imports.c.id.desc()).limit(1)).first()
-    if last is None or (last.source, last.fingerprint, last.defaults, last.rejected) != (source, fingerprint,
-                                                                                         defaults, 0):
-        return False
-    report.unchanged = last.added + last.unchanged
-    report.import_id = last.id
-    report.unread = True
-    return True
+    last = conn.execute(select(imports).where(imports.c.batch_id == batch_id)
+                        .order_by(imports.c.id.desc()).limit(1)).first()
+    if file.fingerprint is None or last is None or (last.source, last.defaults, last.rejected) != (source, defaults, 0):
+        return None
+    if last.fingerprint == file.fingerprint:
+        return last
+    if last.read_bytes is None or last.fingerprint is None:
+        return None
+    return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
+
+
+def _part_of(conn: Connection, batch_id: int, import_id: int) -> int | None:
+    """The part of the batch an import's jobs are in (None if it has none)."""
+    return conn.execute(select(jobs.c.part).where(jobs.c.batch_id == batch_id, jobs.c.import_id == import_id)
+                        .order_by(*ORDER).limit(1)).scalar()
 
 
 def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:

@@ -13,6 +13,7 @@ all-or-nothing, and the store is not locked while the input trickles in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -182,6 +183,62 @@ def readable_copy(path: str) -> Iterator[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """The first whole lines of a file: their bytes, how many lines, and the SHA-256 of those bytes.
+
+    What an import read of a file that ended at a line end; a later import
+    of the same file that still starts with these very bytes (checked by
+    hashing them, 0.2 s per 300 MB) reads only what follows.
+    """
+
+    size: int
+    lines: int
+    digest: str
+
+
+class Reading:
+    """The bytes a file's blocks are read from, in order, hashed as they go by.
+
+    Started at a :class:`Head` (with the hash of its bytes), it goes on from
+    there. :attr:`head` is then what was read in all, if it ended at a line
+    end (or nothing was read): a last line without its newline may yet grow.
+    """
+
+    def __init__(self, start: Head | None = None, hashed: Any = None) -> None:
+        self.start = start or Head(0, 0, "")
+        self._hash = hashed if hashed is not None else hashlib.sha256()
+        self._size, self._lines = self.start.size, self.start.lines
+        self._whole = True
+
+    def take(self, data: bytes) -> int:
+        """Hash ``data``, the next bytes of the file; return how many lines it ends."""
+        self._hash.update(data)
+        self._size += len(data)
+        ended = data.count(b"\n")
+        self._lines += ended
+        self._whole = data.endswith(b"\n")
+        return ended
+
+    @property
+    def head(self) -> Head | None:
+        """What was read, as a head the next import can skip (None if it ended inside a line)."""
+        return Head(self._size, self._lines, self._hash.hexdigest()) if self._whole else None
+
+
+def starts_with(path: str, head: Head, block_size: int = 1 << 20) -> Reading | None:
+    """A :class:`Reading` going on after ``head`` if the file at ``path`` starts with it, else None."""
+    hashed = hashlib.sha256()
+    left = head.size
+    with _open(path) as handle:
+        while left > 0 and (data := handle.read(min(block_size, left))):
+            hashed.update(data)
+            left -= len(data)
+    if left or hashed.hexdigest() != head.digest:
+        return None
+    return Reading(head, hashed)
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """Whole lines of a file: where they start, how many bytes, first line's number.
 
@@ -194,16 +251,20 @@ class Block:
     first_line: int
 
 
-def blocks(path: str, size: int) -> Iterator[Block]:
-    """Cut the file into blocks of about ``size`` bytes, ending at line ends."""
+def blocks(path: str, size: int, reading: Reading | None = None) -> Iterator[Block]:
+    """Cut the file into blocks of about ``size`` bytes, ending at line ends.
+
+    With a ``reading``, from where it starts, and every byte goes through it.
+    """
     with _open(path) as handle:
-        offset, line = 0, 1
+        offset, line = (reading.start.size, reading.start.lines + 1) if reading else (0, 1)
+        handle.seek(offset)
         while data := handle.read(size):
             if not data.endswith(b"\n"):
                 data += handle.readline()  # finish the last line (or reach the end)
             yield Block(path, offset, len(data), line)
             offset += len(data)
-            line += data.count(b"\n")
+            line += reading.take(data) if reading else data.count(b"\n")
 
 
 def block_lines(block: Block) -> Iterator[tuple[int, bytes]]:

@@ -21,7 +21,7 @@ import orjson
 
 from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, widen, write_all
 from .errors import UsageError
-from .jobfile import Block, LineError, block_lines, blocks, parse_line
+from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
 
 #: Bytes of the file per unit of work: ~4,000 typical lines.
@@ -125,10 +125,10 @@ def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:
     return prepare_chunk(list(block_lines(block)), defaults)
 
 
-def _parallel_worthwhile(path: str) -> bool:
-    """A big file, and a process that can fork safely."""
+def _parallel_worthwhile(path: str, start: int) -> bool:
+    """A lot of the file left to read from ``start``, and a process that can fork safely."""
     try:
-        return can_fork() and os.path.getsize(path) >= PARALLEL_FROM_BYTES
+        return can_fork() and os.path.getsize(path) - start >= PARALLEL_FROM_BYTES
     except OSError:
         return False
 
@@ -137,15 +137,17 @@ T = TypeVar("T")
 
 
 def prepared_chunks(path: str, defaults: Defaults,
-                    work: Callable[[Block, Defaults], T] = prepare_block) -> Iterator[T]:  # type: ignore[assignment]
+                    work: Callable[[Block, Defaults], T] = prepare_block,  # type: ignore[assignment]
+                    reading: Reading | None = None) -> Iterator[T]:
     """``work(block, defaults)`` for every block of ``path``, in file order.
 
     By default a :func:`prepare_block` chunk per block; other readers of job
     files (the estimate) pass a ``work`` that validates through it and
     returns a smaller summary, so only that crosses the process boundary.
+    With a ``reading``, the file is read from where it starts, through it.
     """
-    chunks = blocks(path, BLOCK_BYTES)
-    if not _parallel_worthwhile(path):
+    chunks = blocks(path, BLOCK_BYTES, reading)
+    if not _parallel_worthwhile(path, reading.start.size if reading else 0):
         for block in chunks:
             yield work(block, defaults)
         return
@@ -154,6 +156,34 @@ def prepared_chunks(path: str, defaults: Defaults,
         yield from team.results(chunks)
     finally:
         team.stop()
+
+
+class FileChunks:
+    """A job file's prepared chunks, from its start or from after a head an import read before.
+
+    Iterated once. :attr:`read` then says what was read in all (the head
+    included), for the next import of the file to skip. Input read once
+    (no ``fingerprint``: stdin, a pipe) is not hashed: it cannot be read again.
+    """
+
+    def __init__(self, path: str, defaults: Defaults, fingerprint: str | None) -> None:
+        self.path, self.defaults, self.fingerprint = path, defaults, fingerprint
+        self.reading = Reading() if fingerprint is not None else None
+
+    def skip(self, head: Head) -> bool:
+        """Read only what follows ``head``, if the file starts with those very bytes; whether it does."""
+        reading = starts_with(self.path, head)
+        if reading is not None:
+            self.reading = reading
+        return reading is not None
+
+    @property
+    def read(self) -> Head | None:
+        """What the chunks were read from, up to the last line end (None if the file ended inside a line)."""
+        return self.reading.head if self.reading is not None else None
+
+    def __iter__(self) -> Iterator[PreparedChunk]:
+        return prepared_chunks(self.path, self.defaults, reading=self.reading)
 
 
 #: A block to prepare, parent to worker: offset, length, first line's number.

@@ -8,6 +8,7 @@ strings. Timestamps are Unix seconds (floats): cheap to write and compare.
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -52,6 +53,12 @@ imports = Table(
     # The job file as stat saw it before it was read (see jobfile.fingerprint);
     # None for input read once (stdin, a pipe) and for rows given in Python.
     Column("fingerprint", Text),
+    # What the import read of the file, if it ended at a line end: bytes,
+    # lines and their SHA-256 (see jobfile.Head). An import of the file grown
+    # since, that still starts with those bytes, reads only what follows.
+    Column("read_bytes", BigInteger),
+    Column("read_lines", Integer),
+    Column("digest", String(64)),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.

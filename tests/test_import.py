@@ -355,6 +355,67 @@ def test_an_unchanged_file_is_read_again_when_its_last_reading_does_not_stand(tm
         assert (report.added + report.unchanged, report.rejected, report.unread) == (3, 1, False)
 
 
+def test_a_grown_file_is_read_only_after_the_lines_its_last_import_read(tmp_path: Path, engine: Engine) -> None:
+    """Lines appended since are all that is read: the unknown model's line warns no more; one import, in order."""
+    path = write_lines(tmp_path / "g.jsonl", [*numbered(2), {"custom_id": "odd", "prompt": "?", "model": "claude-x"}])
+    first = import_file(engine, str(path), defaults=DEFAULTS)
+    assert first.warnings and first.skipped_lines == 0
+    answer(engine, "j2")
+    before = snapshot(engine)
+    with path.open("ab") as grown_file:
+        grown_file.write(b"\n" + b"".join(dumps(job) + b"\n" for job in numbered(2, start=10)))
+    grown = import_file(engine, str(path), defaults=DEFAULTS)
+    assert (grown.added, grown.unchanged, grown.rejected, grown.skipped_lines, grown.unread) == (2, 3, 0, 3, False)
+    assert grown.warnings == [] and grown.import_id == first.import_id
+    after = snapshot(engine)
+    assert {k: after[k] for k in before} == before
+    assert rows(engine, "line", "custom_id", "status", "part") == [
+        (1, "j1", "pending", 1), (2, "j2", "succeeded", 1), (3, "odd", "pending", 1), (5, "j10", "pending", 1),
+        (6, "j11", "pending", 1)]
+    assert [(i.added, i.unchanged, i.rejected) for i in _all(engine, select(imports))] == [(5, 0, 0)]
+    with engine.connect() as conn:  # the tally counts the added jobs once
+        batch_id = conn.execute(select(batches.c.id)).scalar_one()
+        assert tally.differences(tally.read(conn, batch_id), tally.recount(conn, batch_id)) == []
+        assert tally.counts(conn, batch_id)["pending"] == 4
+    again = import_file(engine, str(path), defaults=DEFAULTS)
+    assert (again.unread, again.unchanged) == (True, 5)
+
+    # A line appended that repeats a job read before names the line it repeats.
+    with path.open("ab") as grown_file:
+        grown_file.write(dumps(numbered(1)[0]) + b"\n")
+    exc = rejected(engine, path, defaults=DEFAULTS)
+    assert exc.report.error_lines() == [f"{path}:7: duplicate custom_id 'j1' (first on line 1)"]
+    assert snapshot(engine) == after
+
+
+def test_a_file_changed_before_its_end_is_read_in_full(tmp_path: Path, engine: Engine) -> None:
+    """Grown, but not only grown: edited in place (old size and times put back), cut short, or its last line
+    unended when read (it may have grown since): every line is read and checked."""
+    path = write_lines(tmp_path / "c.jsonl", numbered(3))
+    import_file(engine, str(path), defaults=DEFAULTS)
+    old = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"Question 2?", b"Question X?"))
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    with path.open("ab") as grown_file:
+        grown_file.write(dumps(numbered(1, start=4)[0]) + b"\n")
+    exc = rejected(engine, path, defaults=DEFAULTS)
+    assert exc.report.error_lines() == [f"{path}:2: custom_id 'j2' is already in the batch with a different request"]
+
+    write_lines(path, numbered(2))  # cut short
+    report = import_file(engine, str(path), defaults=DEFAULTS)
+    assert (report.added, report.unchanged, report.skipped_lines) == (0, 2, 0)
+
+    unended = write_lines(tmp_path / "u.jsonl", numbered(2), final_newline=False)
+    import_file(engine, str(unended), defaults=DEFAULTS)
+    write_lines(unended, [numbered(1)[0], {"custom_id": "j2", "prompt": "Question 2? And more."}])
+    exc = rejected(engine, unended, defaults=DEFAULTS)
+    assert exc.report.error_lines() == [
+        f"{unended}:2: custom_id 'j2' is already in the batch with a different request"]
+    write_lines(unended, numbered(3))
+    report = import_file(engine, str(unended), defaults=DEFAULTS)
+    assert (report.added, report.unchanged, report.skipped_lines) == (1, 2, 0)
+
+
 def test_reimport_with_a_changed_request_is_refused(tmp_path: Path, engine: Engine) -> None:
     path = write_lines(tmp_path / "r.jsonl", numbered(3))
     import_file(engine, str(path), defaults=DEFAULTS)
@@ -424,8 +485,8 @@ def test_parallel_preparation_matches_in_process(tmp_path: Path, monkeypatch: py
     seen: list[bool] = []
     real = prepare._parallel_worthwhile
 
-    def spy(p: str) -> bool:
-        seen.append(real(p))
+    def spy(p: str, start: int) -> bool:
+        seen.append(real(p, start))
         return seen[-1]
 
     monkeypatch.setattr(prepare, "_parallel_worthwhile", spy)
@@ -454,8 +515,8 @@ BIG_IMPORT = textwrap.dedent("""
     import batcher.prepare as prepare
     seen = []
     real = prepare._parallel_worthwhile
-    def spy(path):
-        seen.append(real(path))
+    def spy(path, start):
+        seen.append(real(path, start))
         return seen[-1]
     prepare._parallel_worthwhile = spy
     from batcher.cli import main
@@ -549,6 +610,12 @@ def test_import_batches_status_commands(tmp_path: Path) -> None:
                 "--batch", "prompts")
     assert (again.returncode, again.stdout) == (
         0, "batch prompts: 0 added, 3 unchanged, 0 rejected; the file is as its last import read it: not read again\n")
+    with path.open("ab") as grown_file:
+        grown_file.write(b'{"custom_id": "d", "prompt": "Four?"}\n')
+    grown = cli("import", str(path), "--db", db, "--model", HAIKU, "--max-tokens", "100", "--system", "Be brief.")
+    assert (grown.returncode, grown.stdout, grown.stderr) == (
+        0, "batch prompts: 1 added, 3 unchanged, 0 rejected; its first 3 line(s) are as its last import read them: "
+           "only the lines after them were read\n", "")
 
     listing = cli("batches", "--db", db)
     assert listing.returncode == 0
@@ -556,7 +623,7 @@ def test_import_batches_status_commands(tmp_path: Path) -> None:
     line = listing.stdout.splitlines()[0]
     assert line.startswith("prompts\t")
     assert str(path) in line
-    assert re.search(r"\b3 jobs\b", line) and "pending=2" in line and "succeeded=1" in line
+    assert re.search(r"\b4 jobs\b", line) and "pending=3" in line and "succeeded=1" in line
     assert "failed=" not in line  # zero counts are left out
     assert re.search(r"created \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)
 
@@ -564,12 +631,12 @@ def test_import_batches_status_commands(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     s = json.loads(status.stdout)
     assert {k: s[k] for k in ("batch", "total", "pending", "running", "succeeded", "failed", "canceled")} == {
-        "batch": "prompts", "total": 3, "pending": 2, "running": 0, "succeeded": 1, "failed": 0, "canceled": 0}
+        "batch": "prompts", "total": 4, "pending": 3, "running": 0, "succeeded": 1, "failed": 0, "canceled": 0}
 
     text = cli("status", "prompts", "--db", db)
     assert text.returncode == 0
     assert text.stdout.startswith(f"batch prompts ({path})")
-    assert "2 pending" in text.stdout and "1 succeeded" in text.stdout
+    assert "3 pending" in text.stdout and "1 succeeded" in text.stdout
 
 
 def test_import_command_refuses_a_bad_file(tmp_path: Path) -> None:
