@@ -100,7 +100,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
             assert report is not None
             report_import_notes(report)
             if not quiet and report.added:
-                click.echo(f"batch {report.batch}: {report.added} new job(s) imported", err=True)
+                click.echo(f"batch {report.batch}: {report.added:,} new job(s) imported", err=True)
         else:
             handle = store.batch(file_or_batch)
             _warn_file_only(handle.name, {"--batch": batch, "--model": model, "--max-tokens": max_tokens,

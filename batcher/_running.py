@@ -119,7 +119,7 @@ def checked(summary: RunSummary) -> RunSummary:
     if summary.exit_code == EXIT_INTERRUPTED:
         done = summary.succeeded + summary.failed
         error: BatcherError | Interrupted = Interrupted(
-            f"batch {summary.batch}: interrupted: {done} done, {summary.left} left; run the same call again to resume")
+            f"batch {summary.batch}: interrupted: {done:,} done, {summary.left:,} left; run the same call again to resume")
     elif summary.exit_code == EXIT_API_STOPPED:
         error = APIStopped(f"run stopped: {summary.message}")
     elif summary.exit_code == EXIT_USAGE:

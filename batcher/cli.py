@@ -180,9 +180,9 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
     if report.unread:
         how = "; the file is as its last import read it: not read again"
     elif report.skipped_lines:
-        how = (f"; its first {report.skipped_lines} line(s) are as its last import read them: "
+        how = (f"; its first {report.skipped_lines:,} line(s) are as its last import read them: "
                "only the lines after them were read")
-    click.echo(f"batch {report.batch}: {report.added} added, {report.unchanged} unchanged, {report.rejected} rejected"
+    click.echo(f"batch {report.batch}: {report.added:,} added, {report.unchanged:,} unchanged, {report.rejected:,} rejected"
                f"{how}")
 
 
@@ -299,7 +299,7 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
     for warning in notes.warnings():
         click.echo(f"batcher: warning: {warning}", err=True)
     where = "stdout" if output == "-" else output
-    click.echo(f"batch {found.name}: {written} line(s) written to {where} ({fmt})",
+    click.echo(f"batch {found.name}: {written:,} line(s) written to {where} ({fmt})",
                err=is_stream_destination(output))
 
 
@@ -331,7 +331,7 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
                    err=True)
     what = "canceled" if canceled else "failed"
     hint = f"; send them with: batcher run {found.name}" if n else ""
-    click.echo(f"batch {found.name}: {n} {what} job(s) back to pending{hint}")
+    click.echo(f"batch {found.name}: {n:,} {what} job(s) back to pending{hint}")
 
 
 @main.command("cancel", epilog="Example: batcher cancel prompts")
@@ -348,7 +348,7 @@ def cancel_command(batch: str | None, db: str | None) -> None:
     with Store(db, create=False) as store:
         found = store.batch(batch)
         n = found.cancel()
-    click.echo(f"batch {found.name}: {n} pending job(s) canceled")
+    click.echo(f"batch {found.name}: {n:,} pending job(s) canceled")
 
 
 def _register_wings() -> None:

@@ -83,7 +83,7 @@ class ImportReport:
         """``FILE:LINE: message`` for the first bad lines, then a count."""
         shown = [f"{prefix}{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
         if self.rejected > len(self.errors):
-            shown.append(f"... and {self.rejected - len(self.errors)} more bad line(s)")
+            shown.append(f"... and {self.rejected - len(self.errors):,} more bad line(s)")
         return shown
 
 
@@ -91,7 +91,7 @@ class ImportRejected(UsageError):
     """The file has bad lines (with ``skip_invalid``: only bad lines) and nothing was imported."""
 
     def __init__(self, report: ImportReport) -> None:
-        super().__init__(f"{report.file}: {report.rejected} bad line(s), nothing imported")
+        super().__init__(f"{report.file}: {report.rejected:,} bad line(s), nothing imported")
         self.report = report
 
 

@@ -36,11 +36,11 @@ def describe(s: Snapshot) -> str:
     server allows, with why, when lower), ETA, tokens."""
     pct = 100.0 * s.done / s.total if s.total else 100.0
     parts = [
-        f"{s.done}/{s.total} ({pct:.0f}%)",
-        f"ok {s.succeeded}",
-        f"failed {s.failed}",
-        f"retrying {s.retrying}",
-        f"in flight {s.in_flight}",
+        f"{s.done:,}/{s.total:,} ({pct:.0f}%)",
+        f"ok {s.succeeded:,}",
+        f"failed {s.failed:,}",
+        f"retrying {s.retrying:,}",
+        f"in flight {s.in_flight:,}",
         f"{s.rate_rpm:.0f}/{s.max_rpm or s.target_rpm:.0f} rpm",
         f"ETA {_duration(s.eta_s)}",
         f"tokens {_count(s.input_tokens)} in / {_count(s.output_tokens)} out",
@@ -48,7 +48,7 @@ def describe(s: Snapshot) -> str:
     if s.pace_reason and s.max_rpm and s.paused_s <= 0.5:
         parts.insert(6, f"{s.pace_reason}: {pace_against(s.target_rpm, s.max_rpm)}")
     if s.held is not None:
-        parts.append(f"store full: paused, {s.held} outcome(s) held until there is room")
+        parts.append(f"store full: paused, {s.held:,} outcome(s) held until there is room")
     elif s.paused_s > 0.5:
         parts.append(f"paused {s.paused_s:.0f}s by the rate limit")
     if s.stopping:
@@ -95,16 +95,16 @@ def summary_lines(summary: RunSummary) -> list[str]:
     # n requests span n - 1 intervals of the pace: n over the time would read above --rpm in a short run,
     # and a single request has no rate at all.
     rate = f"{(summary.attempts - 1) / minutes:.0f}/min, " if minutes > 0 and summary.attempts > 1 else ""
-    reused = f" ({summary.reused} reused)" if summary.reused else ""
-    requests = "1 request" if summary.attempts == 1 else f"{summary.attempts} requests"
+    reused = f" ({summary.reused:,} reused)" if summary.reused else ""
+    requests = "1 request" if summary.attempts == 1 else f"{summary.attempts:,} requests"
     lines = [
-        f"batch {summary.batch}: {summary.succeeded} succeeded{reused}, {summary.failed} failed this run, "
-        f"{summary.left} left; {requests} in {_duration(summary.elapsed_s)} "
-        f"({rate}{summary.rate_limited} rate-limited); "
-        f"tokens {summary.input_tokens} in / {summary.output_tokens} out"
+        f"batch {summary.batch}: {summary.succeeded:,} succeeded{reused}, {summary.failed:,} failed this run, "
+        f"{summary.left:,} left; {requests} in {_duration(summary.elapsed_s)} "
+        f"({rate}{summary.rate_limited:,} rate-limited); "
+        f"tokens {summary.input_tokens:,} in / {summary.output_tokens:,} out"
     ]
     if summary.outcome == "interrupted":
-        lines.append(f"{summary.succeeded + summary.failed} done, {summary.left} left: "
+        lines.append(f"{summary.succeeded + summary.failed:,} done, {summary.left:,} left: "
                      "run the same command again to resume")
     elif summary.outcome in ("limit", "budget"):
         spent = (f"this run spent {summary.input_tokens:,} input and {summary.output_tokens:,} output tokens "
@@ -115,17 +115,17 @@ def summary_lines(summary: RunSummary) -> list[str]:
                      f"run the same command again (with a larger {larger}, or none) to go on")
     elif summary.outcome in ("stopped", "misconfigured"):
         lines.append(f"batcher: run stopped: {summary.message}")
-        lines.append(f"the {summary.left} job(s) not answered are not marked failed: they wait for the next run")
+        lines.append(f"the {summary.left:,} job(s) not answered are not marked failed: they wait for the next run")
     else:
         if summary.failed_in_batch:
             earlier = summary.failed_in_batch - summary.failed
             if earlier > 0:
-                lines.append(f"{summary.failed_in_batch} job(s) of the batch have failed ({earlier} in earlier runs)")
+                lines.append(f"{summary.failed_in_batch:,} job(s) of the batch have failed ({earlier:,} in earlier runs)")
             lines.append(f"see why with: batcher status {summary.batch}; retry with: batcher retry {summary.batch}")
         if summary.left and summary.outcome == "finished":  # put back (a retry) as the run ended
-            lines.append(f"{summary.left} job(s) of the batch are pending again; send them with: "
+            lines.append(f"{summary.left:,} job(s) of the batch are pending again; send them with: "
                          f"batcher run {summary.batch}")
         if summary.canceled_in_batch:
-            lines.append(f"{summary.canceled_in_batch} job(s) of the batch are canceled, not answered; "
+            lines.append(f"{summary.canceled_in_batch:,} job(s) of the batch are canceled, not answered; "
                          f"send them with: batcher retry {summary.batch} --canceled")
     return lines

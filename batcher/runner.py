@@ -321,8 +321,8 @@ class Runner:
             async for _ in signals:
                 if self.state.stopping:
                     done, held = self.tally.done, self.state.held if self.state.full else 0
-                    lost = f"; {held} held for a full store are not, and are sent again" if held else ""
-                    print(f"{self._newline()}batcher: stopped at once; {done} done are safely stored{lost}, "
+                    lost = f"; {held:,} held for a full store are not, and are sent again" if held else ""
+                    print(f"{self._newline()}batcher: stopped at once; {done:,} done are safely stored{lost}, "
                           "the rest resumes on the next run", file=sys.stderr, flush=True)
                     os._exit(EXIT_INTERRUPTED)
                 print(f"{self._newline()}batcher: stopping: waiting up to {self.config.grace_s:g} s for "

@@ -299,7 +299,7 @@ def test_cli_export_of_a_big_batch_is_the_same_as_in_process(big_store: tuple[Pa
     serial(monkeypatch)
     engine = open_store(db, readonly=True)
     alone, written = export_bytes(engine, folder, fmt="merged")
-    assert out.read_bytes() == alone and f"{written} line(s)" in done.stderr + done.stdout
+    assert out.read_bytes() == alone and f"{written:,} line(s)" in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

@@ -553,7 +553,7 @@ def test_big_file_streams_in_flat_memory_over_processes(tmp_path: Path) -> None:
                            "--max-tokens", "64", "--skip-invalid"], capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout == f"batch big: {BIG_LINES - 2} added, 0 unchanged, 2 rejected\n"
+    assert done.stdout == f"batch big: {BIG_LINES - 2:,} added, 0 unchanged, 2 rejected\n"
     stderr = done.stderr.splitlines()
     assert stderr[:2] == [f"skipped {path}:31337: {TRUNCATED}",
                           f"skipped {path}:150001: duplicate custom_id 'j10' (first on line 10)"]

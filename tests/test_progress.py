@@ -20,7 +20,7 @@ def snapshot(**changes: Any) -> Snapshot:
 
 def test_the_line_names_every_figure() -> None:
     line = progress.describe(snapshot())
-    assert line == ("250/1000 (25%) | ok 240 | failed 10 | retrying 3 | in flight 12 | 497/500 rpm | ETA 1m35s"
+    assert line == ("250/1,000 (25%) | ok 240 | failed 10 | retrying 3 | in flight 12 | 497/500 rpm | ETA 1m35s"
                     " | tokens 12.3k in / 2.3M out")
     assert progress.describe(snapshot(paused_s=12.0, stopping=True)).endswith(
         " | paused 12s by the rate limit | stopping")
@@ -36,7 +36,7 @@ def test_plain_output_is_one_line_every_ten_seconds(monkeypatch: pytest.MonkeyPa
         display(snapshot(done=step))
         clock[0] += 1.0 if step % 2 else 0.0
     lines = out.getvalue().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("20/1000")
+    assert len(lines) == 1 and lines[0].startswith("20/1,000")
     quiet = io.StringIO()
     progress.ProgressDisplay(stream=quiet, quiet=True)(snapshot())
     assert quiet.getvalue() == ""

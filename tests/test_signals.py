@@ -196,7 +196,7 @@ def test_workers_ignore_stop_signals_sent_to_them(started: Any, big_file: Path, 
             except ProcessLookupError:
                 pass
     code, out, err = run.finish()
-    assert (code, out, err) == (0, f"batch big: {LINES} added, 0 unchanged, 0 rejected\n", "")
+    assert (code, out, err) == (0, f"batch big: {LINES:,} added, 0 unchanged, 0 rejected\n", "")
     assert stored_jobs(db) == LINES
 
 
