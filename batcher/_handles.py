@@ -89,7 +89,10 @@ class Store:
         valid: an empty batch is no one's intent). Rows are streamed, so memory stays
         flat. With ``name=None`` a file's batch is named after the file, and
         rows' batch after a hash of the rows and these options (the rows are
-        then read twice, so an iterator is first turned into a list).
+        then read twice, so an iterator is first turned into a list). Rows
+        given again exactly as the batch's last import stored them (a call
+        made again to resume) are known by that hash and not imported again,
+        as an unchanged file is not read again (``report.unread``).
         The returned handle's :attr:`Batch.report` says what was done.
 
         >>> import batcher
@@ -107,13 +110,16 @@ class Store:
         if isinstance(rows, (str, os.PathLike)):
             return self._add_file(name, os.fspath(rows), defaults, skip_invalid)
         given = records(rows)
-        if name is None:
-            if not isinstance(given, Sequence):
-                given = list(given)
-            name = derived_name(given, defaults)
+        if name is None and not isinstance(given, Sequence):
+            given = list(given)
+        fingerprint = None
+        if isinstance(given, Sequence):  # read twice: to know them again, then to import them
+            derived, fingerprint = derived_name(given, defaults)
+            name = name or derived
+        assert name is not None
         try:
             report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE, prepared_rows(given, defaults),
-                                   skip_invalid, defaults=defaults)
+                                   skip_invalid, defaults=defaults, fingerprint=fingerprint)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
         return Batch(self._engine, find_batch(self._engine, name), report)

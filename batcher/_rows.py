@@ -125,20 +125,30 @@ def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = F
     yield chunk
 
 
-def derived_name(rows: Iterable[Any], defaults: Defaults) -> str:
-    """A batch name that is the same for the same rows and import options.
+def derived_name(rows: Iterable[Any], defaults: Defaults) -> tuple[str, str]:
+    """A batch name that is the same for the same rows and import options, and the rows' fingerprint.
 
-    Run options (pace, retries) do not count: they do not change what is sent.
+    Run options (pace, retries) do not count: they do not change what is
+    sent. The fingerprint (a SHA-256 of the same bytes) is what an import
+    keeps to know the same rows again: a call made again with them, its
+    last import standing, reads none of them (see :mod:`batcher.importer`).
     """
-    digest = hashlib.blake2b(digest_size=6)
-    digest.update(orjson.dumps([defaults.model, defaults.max_tokens, defaults.system], default=repr))
+    digest, whole = hashlib.blake2b(digest_size=6), hashlib.sha256()
+    for data in _canonical(rows, defaults):
+        digest.update(data)
+        whole.update(data)
+    return f"rows-{digest.hexdigest()}", f"rows:{whole.hexdigest()}"
+
+
+def _canonical(rows: Iterable[Any], defaults: Defaults) -> Iterator[bytes]:
+    """The import options, then each row, as bytes that are equal for equal rows (object keys sorted)."""
+    yield orjson.dumps([defaults.model, defaults.max_tokens, defaults.system], default=repr)
     for row in rows:
         try:
-            digest.update(orjson.dumps(as_job_object(row), option=orjson.OPT_SORT_KEYS, default=repr))
+            yield orjson.dumps(as_job_object(row), option=orjson.OPT_SORT_KEYS, default=repr)
         except (orjson.JSONEncodeError, TypeError):
-            digest.update(repr(row).encode())
-        digest.update(b"\n")
-    return f"rows-{digest.hexdigest()}"
+            yield repr(row).encode()
+        yield b"\n"
 
 
 class InvalidRows(ImportRejected):

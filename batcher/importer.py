@@ -271,7 +271,8 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
 
 @store_errors
 def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Iterable[PreparedChunk],
-                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False) -> ImportReport:
+                  skip_invalid: bool = False, *, defaults: Defaults, same_source: bool = False,
+                  fingerprint: str | None = None) -> ImportReport:
     """Store prepared ``chunks`` into the batch ``report.batch``, in one transaction.
 
     The one import path, whether the chunks come from a file or from rows
@@ -281,18 +282,22 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     to rebuild each job's request body when it is sent. With
     ``same_source`` an existing batch must have been imported from
     ``source``. A signal landing once the import is complete waits for the
-    commit (see :mod:`batcher.interrupts`). A job file (:class:`FileChunks`)
-    the batch's last import read is read only as far as it changed since
-    (see :func:`_last_reading`).
+    commit (see :mod:`batcher.interrupts`). Chunks with the ``fingerprint``
+    of the batch's last import are not read, and a job file
+    (:class:`FileChunks`, which has its own) is read only as far as it
+    changed since (see :func:`_last_reading`).
     """
     given = defaults_text(defaults)
     file = chunks if isinstance(chunks, FileChunks) else None
+    if file is not None:
+        fingerprint = file.fingerprint
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
         if same_source and not created:
             _check_same_source(conn, stored, report, source)
-        last = None if file is None or created else _last_reading(conn, stored.id, source, file, given)
-        if last is not None and last.fingerprint == file.fingerprint:  # type: ignore[union-attr]
+        last = None if fingerprint is None or created else _last_reading(conn, stored.id, source, fingerprint,
+                                                                          file, given)
+        if last is not None and last.fingerprint == fingerprint:
             report.unchanged, report.import_id, report.unread = last.added + last.unchanged, last.id, True
             return report  # nothing to write
         added_before = 0
@@ -315,29 +320,30 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
-            rejected=report.rejected, fingerprint=file.fingerprint if file is not None else None,
+            rejected=report.rejected, fingerprint=fingerprint,
             read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
 
 
-def _last_reading(conn: Connection, batch_id: int, source: str, file: FileChunks, defaults: str) -> Any:
-    """The batch's last import, if it read this file with these defaults and no bad line, and the file still
-    starts with what it read (the same fingerprint, or the same first bytes); else None.
+def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str, file: FileChunks | None,
+                  defaults: str) -> Any:
+    """The batch's last import, if it read this input with these defaults and no bad line, and the input still
+    is (the same ``fingerprint``) or starts with (a ``file``'s same first bytes) what it read; else None.
 
-    Then reading those bytes again would find every job unchanged: they are
-    not read, and that import's jobs stand under its id (no later import
-    has moved them to another). An import that had bad lines is not taken:
-    they are reported again, as a file's import always reports them.
+    Then reading that again would find every job unchanged: it is not read,
+    and that import's jobs stand under its id (no later import has moved
+    them to another). An import that had bad lines is not taken: they are
+    reported again, as an import always reports them.
     """
     last = conn.execute(select(imports).where(imports.c.batch_id == batch_id)
                         .order_by(imports.c.id.desc()).limit(1)).first()
-    if file.fingerprint is None or last is None or (last.source, last.defaults, last.rejected) != (source, defaults, 0):
+    if last is None or (last.source, last.defaults, last.rejected) != (source, defaults, 0):
         return None
-    if last.fingerprint == file.fingerprint:
+    if last.fingerprint == fingerprint:
         return last
-    if last.read_bytes is None or last.fingerprint is None:
+    if file is None or last.read_bytes is None or last.fingerprint is None:
         return None
     return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
 

@@ -46,6 +46,30 @@ def test_a_named_batch_gives_one_result_per_row_of_this_call(env: Any) -> None:
     assert requests(env) == 3 + 3 + 1  # x, y, z, then a, b, c, then d alone
 
 
+def test_the_same_call_again_reads_none_of_its_rows(env: Any) -> None:
+    """A call made again (a resume) finds its rows stored by its last import: it reads and writes none of them."""
+    rows = [{"custom_id": f"r{i}", "prompt": f"again {i}", "topic": i} for i in range(6)]
+    first = batcher.run(rows, **FAST)
+    again = batcher.run([dict(reversed(row.items())) for row in rows], **FAST)  # keys in another order: the same rows
+    assert [(r.custom_id, r.text, r.index) for r in again] == [(r.custom_id, r.text, r.index) for r in first]
+    assert requests(env) == 6
+    with batcher.Store() as store:
+        (batch,) = store.batches()
+        again_added = store.add(None, rows, max_tokens=16)
+        assert (again_added.name, again_added.report.unread, again_added.report.unchanged) == (batch.name, True, 6)
+        # Under a name of one's own too, as long as no other rows were added to it since.
+        for _ in range(2):
+            mine = store.add("mine", rows, max_tokens=16)
+        assert (mine.report.unread, mine.report.unchanged) == (True, 6)
+        store.add("mine", rows[:2], max_tokens=16)
+        assert store.add("mine", rows, max_tokens=16).report.unread is False
+        assert store.add("mine", iter(rows), max_tokens=16).report.unread is False  # an iterator is read once only
+        # A changed row is read, and refused as a changed request, as it always was.
+        changed = [*rows[:5], {**rows[5], "prompt": "changed"}]
+        with pytest.raises(batcher.InvalidRows, match="row 5: custom_id 'r5' is already in the batch"):
+            store.add("mine", changed, max_tokens=16)
+
+
 def test_a_run_stopped_by_a_limit_or_a_cap_warns_and_leaves_pending_results(env: Any) -> None:
     rows = [f"capped {i}" for i in range(5)]
     with pytest.warns(UserWarning, match=r"stopped at limit 2; 3 job\(s\) not sent"):
