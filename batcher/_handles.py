@@ -101,7 +101,8 @@ class Store:
         ...     b.name, b.report.added
         ('rows-...', 1)
         """
-        from ._rows import ROWS_SOURCE, InvalidRows, defaults_of, derived_name, prepared_rows, records, rows_report
+        from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
+                            rows_report)
         from .importer import ImportRejected, import_chunks
 
         if name is not None:
@@ -114,7 +115,7 @@ class Store:
             given = list(given)
         fingerprint = None
         if isinstance(given, Sequence):  # read twice: to know them again, then to import them
-            derived, fingerprint = derived_name(given, defaults)
+            derived, fingerprint = name_and_fingerprint(given, defaults)
             name = name or derived
         assert name is not None
         try:

@@ -125,7 +125,7 @@ def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = F
     yield chunk
 
 
-def derived_name(rows: Iterable[Any], defaults: Defaults) -> tuple[str, str]:
+def name_and_fingerprint(rows: Iterable[Any], defaults: Defaults) -> tuple[str, str]:
     """A batch name that is the same for the same rows and import options, and the rows' fingerprint.
 
     Run options (pace, retries) do not count: they do not change what is

@@ -2,7 +2,9 @@
 
 Usage: python bench/import_bench.py [LINES]   (default 1,000,000 ~300-byte jobs)
 Runs the real CLI in a subprocess so peak RSS is the import's alone, then
-the same command again, as a resume of ``batcher run FILE`` would.
+the same command again, as a resume of ``batcher run FILE`` would, and
+again once ten lines are appended to the file; then the same number of
+rows given twice to ``Store.add`` from Python, as a call made again does.
 """
 
 from __future__ import annotations
@@ -53,6 +55,31 @@ def main() -> None:
         start = time.perf_counter()
         again = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
         print(f"the same import again: {time.perf_counter() - start:.2f} s ({again.split(': ', 1)[1]})")
+        # Prompts appended to the file: only they are read, once the file's first bytes are checked.
+        with open(path, "ab") as out:
+            out.write(b"".join(orjson.dumps({"custom_id": f"added-{i}", "prompt": f"one more {i}"}) + b"\n"
+                               for i in range(10)))
+        start = time.perf_counter()
+        grown = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+        print(f"after 10 lines appended: {time.perf_counter() - start:.2f} s ({grown.split(': ', 1)[1]})")
+        print(subprocess.run([sys.executable, "-c", ROWS_AGAIN, str(lines), os.path.join(tmp, "rows.db")],
+                             check=True, capture_output=True, text=True).stdout.strip())
+
+
+#: The same rows given twice from Python, as a call made again to resume does.
+ROWS_AGAIN = """
+import sys, time
+import batcher
+rows = [f"Question number {i}: what is {i} squared? Answer briefly." for i in range(int(sys.argv[1]))]
+with batcher.Store(sys.argv[2]) as store:
+    took = []
+    for _ in range(2):
+        start = time.perf_counter()
+        report = store.add(None, rows, model="claude-haiku-4.5", max_tokens=64).report
+        took.append(time.perf_counter() - start)
+print(f"Store.add of {len(rows):,} rows: {took[0]:.1f} s; the same rows again: {took[1]:.2f} s "
+      f"(unread: {report.unread})")
+"""
 
 
 if __name__ == "__main__":
