@@ -416,6 +416,28 @@ def test_a_file_changed_before_its_end_is_read_in_full(tmp_path: Path, engine: E
     assert (report.added, report.unchanged, report.skipped_lines) == (1, 2, 0)
 
 
+def test_a_grown_file_read_by_the_parallel_workers_is_stored_as_a_whole_reading_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lines after the head, cut into blocks that start past it, get the numbers and place of a full read."""
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 300)  # a few lines a block
+    monkeypatch.setattr(prepare, "PARALLEL_FROM_BYTES", 1)  # workers even for a small tail
+    parallel: list[bool] = []
+    real = prepare._parallel_worthwhile
+    monkeypatch.setattr(prepare, "_parallel_worthwhile", lambda p, start: parallel.append(real(p, start)) or parallel[-1])
+    jobs_of = [*numbered(30), b"", *numbered(25, start=40), {"custom_id": "last", "prompt": "?", "topic": "x"}]
+    path = write_lines(tmp_path / "p.jsonl", jobs_of[:20])
+    grown, whole = open_store(str(tmp_path / "grown.db")), open_store(str(tmp_path / "whole.db"))
+    import_file(grown, str(path), defaults=DEFAULTS)
+    write_lines(path, jobs_of)
+    report = import_file(grown, str(path), defaults=DEFAULTS)
+    assert (report.added, report.unchanged, report.skipped_lines) == (36, 20, 20)
+    import_file(whole, str(path), defaults=DEFAULTS)
+    columns = ("line", "custom_id", "body_hash", "source", "extra", "part", "import_id")
+    assert rows(grown, *columns) == rows(whole, *columns)
+    assert [r[0] for r in rows(grown, "line")][-3:] == [55, 56, 57]  # the blank line 31 counted
+    assert parallel == [True, True, True]
+
+
 def test_reimport_with_a_changed_request_is_refused(tmp_path: Path, engine: Engine) -> None:
     path = write_lines(tmp_path / "r.jsonl", numbered(3))
     import_file(engine, str(path), defaults=DEFAULTS)
