@@ -108,7 +108,7 @@ def summary_lines(summary: RunSummary) -> list[str]:
                      "run the same command again to resume")
     elif summary.outcome in ("limit", "budget"):
         spent = (f"this run spent {summary.input_tokens:,} input and {summary.output_tokens:,} output tokens "
-                 f"in {summary.attempts:,} request(s); " if summary.attempts else "")
+                 f"in {requests}; " if summary.attempts else "")
         larger = "limit" if summary.outcome == "limit" else "cap"
         # The stop marks nothing failed; jobs may still have failed on their own before it (the line above).
         lines.append(f"batcher: {summary.message}; {spent}{summary.left:,} job(s) left, not sent and not failed: "

@@ -84,6 +84,6 @@ def test_a_limit_stop_after_failures_does_not_say_nothing_failed() -> None:
                          elapsed_s=1.0, input_tokens=0, output_tokens=0, message="stopped at --limit 4")
     first, stop = progress.summary_lines(summary)
     assert "4 failed this run, 1 left" in first
-    assert stop.startswith("batcher: stopped at --limit 4; this run spent 0 input and 0 output tokens in 4 request(s); "
+    assert stop.startswith("batcher: stopped at --limit 4; this run spent 0 input and 0 output tokens in 4 requests; "
                            "1 job(s) left, not sent and not failed: run the same command again")
     assert "nothing" not in stop
