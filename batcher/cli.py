@@ -157,6 +157,9 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
                    system: str | None, skip_invalid: bool) -> None:
     """Load a JSONL job file into a batch (idempotent: run it again after editing).
 
+    A file unchanged since the batch's last import is not read again; one that
+    only grew (lines appended) is read from its new lines.
+
     FILE may be - (standard input), a FIFO or <(cmd): it is read once, to the
     end, then imported all or nothing like a file (make-prompts | batcher
     import - --batch prompts).
