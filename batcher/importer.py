@@ -29,7 +29,7 @@ from .interrupts import CommitPoint
 from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
 from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
-from .schema import ORDER, imports, jobs
+from .schema import imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
 from .validate import Defaults
 
@@ -302,7 +302,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             return report  # nothing to write
         added_before = 0
         if last is not None:  # the file grew: the import goes on after the lines read then, under its id
-            import_id, part = last.id, _part_of(conn, stored.id, last.id)
+            import_id, part = last.id, last.part
             report.skipped_lines, report.unchanged = last.read_lines, last.added + last.unchanged
             added_before = last.added
         else:
@@ -321,7 +321,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
             rejected=report.rejected, fingerprint=fingerprint,
-            read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest))
+            read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest,
+            part=importer.part if importer.insert is not None else part))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
@@ -346,12 +347,6 @@ def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str
     if file is None or last.read_bytes is None or last.fingerprint is None:
         return None
     return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
-
-
-def _part_of(conn: Connection, batch_id: int, import_id: int) -> int | None:
-    """The part of the batch an import's jobs are in (None if it has none)."""
-    return conn.execute(select(jobs.c.part).where(jobs.c.batch_id == batch_id, jobs.c.import_id == import_id)
-                        .order_by(*ORDER).limit(1)).scalar()
 
 
 def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:

@@ -59,6 +59,9 @@ imports = Table(
     Column("read_bytes", BigInteger),
     Column("read_lines", Integer),
     Column("digest", String(64)),
+    # The part of the batch the import's jobs are in (see jobs.part), where
+    # lines read later from the same file go too.
+    Column("part", Integer),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.

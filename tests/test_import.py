@@ -380,6 +380,19 @@ def test_a_grown_file_is_read_only_after_the_lines_its_last_import_read(tmp_path
     again = import_file(engine, str(path), defaults=DEFAULTS)
     assert (again.unread, again.unchanged) == (True, 5)
 
+    # A second file keeps its own part as it is read again in full (a line before its end), then grows.
+    other = write_lines(tmp_path / "other.jsonl", numbered(2, start=200))
+    second = import_file(engine, str(other), "g", DEFAULTS)
+    write_lines(other, [{"custom_id": "j199", "prompt": "a new first line"}, *numbered(2, start=200)])
+    assert import_file(engine, str(other), "g", DEFAULTS).skipped_lines == 0
+    with other.open("ab") as grown_file:
+        grown_file.write(dumps(numbered(1, start=300)[0]) + b"\n")
+    assert import_file(engine, str(other), "g", DEFAULTS).skipped_lines == 3
+    parts = {c: part for c, part, *_ in rows(engine, "custom_id", "part")}
+    assert {c: parts[c] for c in ("j199", "j200", "j201", "j300")} == dict.fromkeys(
+        ("j199", "j200", "j201", "j300"), second.import_id)
+    after = snapshot(engine)
+
     # A line appended that repeats a job read before names the line it repeats.
     with path.open("ab") as grown_file:
         grown_file.write(dumps(numbered(1)[0]) + b"\n")
