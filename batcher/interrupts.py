@@ -12,6 +12,7 @@ command ends as what it did, a success.
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import threading
@@ -107,6 +108,21 @@ def hold_while_starting() -> None:
     global _held_from_start
     if _held_from_start is None:
         _held_from_start = hold()
+        atexit.register(_ignored_in_teardown)  # the first registered: the last to run
+
+
+def _ignored_in_teardown() -> None:
+    """The last thing the process does at exit: Ctrl-C and SIGTERM are ignored from here.
+
+    What follows is the interpreter's own teardown, which puts the default
+    handlers back in place of Python's: a SIGTERM landing there would end a
+    finished command "killed by SIGTERM" instead of with the exit status it
+    settled and reported. Until here the command's entry answers them (see
+    ``batcher._clikit.end_at_once_with``).
+    """
+    if threading.current_thread() is threading.main_thread():
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def answer_from_now() -> None:

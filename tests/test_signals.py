@@ -233,6 +233,28 @@ def test_a_signal_while_the_command_starts_is_an_interruption(started: Any, tmp_
     assert 130 in outcomes
 
 
+#: The command, and after its last exit callback one that reports how SIGTERM is handled then.
+LAST_AT_EXIT = """
+import atexit, signal, sys
+def after_the_command():  # registered before the command's own callbacks: run after them
+    print("ignored then:", signal.getsignal(signal.SIGTERM) == signal.SIG_IGN, file=sys.stderr, flush=True)
+atexit.register(after_the_command)
+sys.argv = ["batcher", *sys.argv[1:]]
+import batcher.__main__
+"""
+
+
+def test_stop_signals_are_ignored_in_the_interpreters_teardown(tmp_path: Path) -> None:
+    """What follows the exit callbacks puts the default handlers back: a SIGTERM landing there ended a
+    finished command "killed by SIGTERM" (-15) instead of with the status it reported (2)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POE_", "BATCHER_"))}
+    done = subprocess.run([sys.executable, "-c", LAST_AT_EXIT, "status", "--db", str(tmp_path / "none.db")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2, done.stderr
+    error, then = done.stderr.splitlines()
+    assert error.startswith("batcher: error: ") and then == "ignored then: True", done.stderr
+
+
 LOST_IN_A_CALLBACK = """
 import time, weakref
 from batcher.interrupts import redeliver_lost_interrupts
