@@ -142,8 +142,8 @@ class _Importer:
                  new_batch: bool, part: int | None = None) -> None:
         self.conn, self.batch_id, self.import_id, self.report = conn, batch_id, import_id, report
         self.new_batch = new_batch
-        self.part = 0
-        self.given_part = part
+        #: The part of the batch the import fills: given (an import going on), else settled by its first rows.
+        self.part = part
         self.insert: _Compiled | None = None
         self.move: _Compiled | None = None
         self.retag: _Compiled | None = None
@@ -161,7 +161,7 @@ class _Importer:
         of rows follows the first instead of interleaving with it line by line.
         An import going on after the lines of an earlier one is given its part.
         """
-        part = self.given_part
+        part = self.part
         if part is None and not self.new_batch:
             part = self.conn.execute(select(func.min(jobs.c.part)).where(
                 jobs.c.batch_id == self.batch_id, jobs.c.custom_id.in_([r[CUSTOM_ID] for r in rows]))).scalar()
@@ -322,7 +322,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
             rejected=report.rejected, fingerprint=fingerprint,
             read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest,
-            part=importer.part if importer.insert is not None else part))
+            part=importer.part))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
@@ -344,7 +344,7 @@ def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str
         return None
     if last.fingerprint == fingerprint:
         return last
-    if file is None or last.read_bytes is None or last.fingerprint is None:
+    if file is None or last.read_bytes is None:  # only a hashed file reading keeps how far it read
         return None
     return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
 
