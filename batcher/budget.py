@@ -8,7 +8,7 @@ every request's worst case, not its likely cost: a request may start only if
 
 for input and output separately. The worst case of output is the request's
 ``max_tokens`` (the API never returns more); for input it is the local
-estimate (:mod:`batcher.estimator`), which is as good as that estimate. When
+estimate (:mod:`batcher.cost`), which is as good as that estimate. When
 an answer arrives its reservation is replaced by what the API reported, which
 is usually less, so room opens up for the requests waiting behind it.
 
@@ -21,13 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    """Tokens a request may use at most (output) or is expected to use (input)."""
-
-    input_tokens: int
-    output_tokens: int
+from .cost import Cost
 
 
 @dataclass(frozen=True, slots=True)

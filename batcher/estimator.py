@@ -4,19 +4,8 @@ Nothing is sent and nothing is stored. A job file is read and validated
 exactly as ``import`` reads it (the same workers, the same messages for bad
 lines); a batch already in the store is estimated from its unfinished jobs.
 
-Output tokens are exact as a worst case: the sum of ``max_tokens``. Input
-tokens are a local estimate, since Claude's tokenizer is not public:
-:func:`input_tokens_estimate` counts the UTF-8 bytes of everything the model
-reads and allows 3.5 bytes per token (Anthropic's rule of thumb for English
-text; counting bytes rather than characters weighs non-Latin scripts, which
-take more tokens per character, more heavily). Images count a flat
-:data:`IMAGE_TOKENS`. The batcher simulator counts characters/4 over the
-text of the system prompt and messages (a heuristic of its own, not a
-tokenizer), so on plain ASCII prompts this estimate is 8/7 of its count,
-14% above, within a token per job of rounding. Against the real API expect
-English prose within about 15%; code, JSON and non-Latin text run higher,
-and very short prompts higher still (every message carries a few tokens of
-framing the estimate does not count).
+Output tokens are the sum of ``max_tokens``, input tokens a local estimate:
+see :mod:`batcher.cost` for how each is counted and how close it comes.
 """
 
 from __future__ import annotations
@@ -30,7 +19,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 from sqlalchemy import Engine
 
-from .budget import Caps, Cost
+from .budget import Caps
+from .cost import BYTES_PER_TOKEN, Cost, request_cost
 from .db import open_store
 from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
@@ -42,64 +32,7 @@ from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks
 from .store import Batch, find_batch
 from .validate import Defaults
 
-#: Bytes of text per input token (Anthropic's ~3.5 characters for English).
-BYTES_PER_TOKEN = 3.5
-#: A typical image (about a megapixel) costs Claude about this many tokens.
-IMAGE_TOKENS = 1600
-
 _LINE, _CUSTOM_ID = (ROW_FIELDS.index(k) for k in ("line", "custom_id"))
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-
-
-def _content_size(content: Any) -> tuple[int, int]:
-    """(bytes of text, images) of a content value: a string or a list of blocks."""
-    if isinstance(content, str):
-        return _utf8_len(content), 0
-    size = images = 0
-    if isinstance(content, list):
-        for block in content:
-            if not isinstance(block, dict):
-                continue
-            kind = block.get("type")
-            text = block.get("text")
-            if isinstance(text, str):
-                size += _utf8_len(text)
-            elif kind == "image":
-                images += 1
-            elif kind == "tool_result":
-                inner, pictures = _content_size(block.get("content"))
-                size, images = size + inner, images + pictures
-            elif kind == "tool_use":
-                size += len(orjson.dumps(block.get("input")))
-    return size, images
-
-
-def input_tokens_estimate(body: dict[str, Any]) -> int:
-    """Tokens the request's input is expected to cost (see the module docstring).
-
-    Counts the system prompt, every message's text, tool calls and results,
-    and the tool definitions; at least 1.
-    """
-    system = body.get("system")
-    size, images = _content_size(system) if system is not None else (0, 0)
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):  # the common case, without the call
-            size += len(content) if content.isascii() else len(content.encode("utf-8", "surrogatepass"))
-        elif content is not None:
-            text, pictures = _content_size(content)
-            size, images = size + text, images + pictures
-    if body.get("tools"):
-        size += len(orjson.dumps(body["tools"]))
-    return max(1, int(-(-size // BYTES_PER_TOKEN))) + images * IMAGE_TOKENS
-
-
-def request_cost(body: dict[str, Any]) -> Cost:
-    """A request's worst case for a budget: estimated input, ``max_tokens`` output."""
-    return Cost(input_tokens_estimate(body), int(body.get("max_tokens") or 0))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ._records import attempt_row, failed, refusal, succeeded
 from .claims import Claims
 from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error, option
-from .estimator import request_cost
+from .cost import request_cost
 from .guard import ConfigGuard
 from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped

@@ -18,7 +18,8 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
-from .budget import Budget, Caps, Cost
+from .budget import Budget, Caps
+from .cost import Cost
 from .errors import UsageError, option
 from .estimator import first_over_cap
 from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers

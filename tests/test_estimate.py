@@ -12,7 +12,8 @@ import anyio
 import orjson
 
 from batcher.db import open_store
-from batcher.estimator import estimate, input_tokens_estimate
+from batcher.cost import input_tokens_estimate
+from batcher.estimator import estimate
 from batcher.importer import import_file
 from batcher.pacer import HEADROOM
 from batcher.runner import RunConfig, run_batch

@@ -74,15 +74,18 @@ def test_create_retrieve_results(server: Served, client: anthropic.Anthropic) ->
     requests.append(request("bad-model", model="no-such-model"))  # the API refuses it: errored, not a 400
     requests.append({"custom_id": "no-tokens", "params": {"model": MODEL,
                                                           "messages": [{"role": "user", "content": "hi"}]}})
+    # Sent as given, whatever their fields hold (the run costs them for its budget without refusing them).
+    requests.append(request("text-tokens", max_tokens="many"))
+    requests.append(request("text-messages", messages="hi"))
     created = client.messages.batches.create(requests=requests)
     assert created.id.startswith("msgbatch_") and created.type == "message_batch"
     assert created.processing_status == "in_progress" and created.results_url is None
-    assert created.request_counts.processing + created.request_counts.succeeded + created.request_counts.errored == 10
+    assert created.request_counts.processing + created.request_counts.succeeded + created.request_counts.errored == 12
     assert created.expires_at.timestamp() - created.created_at.timestamp() == pytest.approx(24 * 3600, abs=1)
 
     ended = wait_ended(client, created.id)
     counts = ended.request_counts
-    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 8, 2, 0, 0)
+    assert (counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired) == (0, 8, 4, 0, 0)
     assert ended.ended_at is not None and ended.ended_at >= ended.created_at and ended.cancel_initiated_at is None
     assert ended.archived_at is None
     assert ended.results_url == f"{server.base_url}/v1/messages/batches/{created.id}/results"
@@ -97,6 +100,9 @@ def test_create_retrieve_results(server: Served, client: anthropic.Anthropic) ->
     assert isinstance(bad, anthropic.types.messages.MessageBatchErroredResult)
     assert bad.error.error.type == "invalid_request_error" and "model" in bad.error.error.message
     assert results["no-tokens"].result.type == "errored"
+    for custom_id, field in (("text-tokens", "max_tokens"), ("text-messages", "messages")):
+        refused = results[custom_id].result
+        assert refused.type == "errored" and refused.error.error.message.startswith(field), refused
 
     # The batch is a batcher batch: the CLI sees it in the same store.
     db = server.proc.args[server.proc.args.index("--db") + 1]
@@ -109,8 +115,9 @@ def test_create_retrieve_results(server: Served, client: anthropic.Anthropic) ->
     with sqlite3.connect(db) as conn:
         kept = dict(conn.execute("SELECT custom_id, body FROM jobs JOIN batches ON batches.id = jobs.batch_id "
                                  "WHERE batches.name = ?", (created.id,)).fetchall())
-    assert {cid for cid, body in kept.items() if body} == {"no-tokens"}
-    assert json.loads(kept["no-tokens"]) == requests[-1]["params"]
+    assert {cid for cid, body in kept.items() if body} == {"no-tokens", "text-tokens", "text-messages"}
+    given = {r["custom_id"]: r["params"] for r in requests}
+    assert all(json.loads(kept[cid]) == given[cid] for cid in ("no-tokens", "text-tokens", "text-messages"))
 
 
 def test_results_lines_are_plain_jsonl(server: Served, client: anthropic.Anthropic) -> None:

@@ -18,7 +18,8 @@ import anyio
 import orjson
 import pytest
 
-from batcher.budget import Budget, Caps, Cost
+from batcher.budget import Budget, Caps
+from batcher.cost import Cost
 from batcher.db import open_store
 from batcher.errors import EXIT_LIMIT, UsageError
 from batcher.export import export_batch
