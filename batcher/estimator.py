@@ -14,19 +14,17 @@ import heapq
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
-import orjson
 from sqlalchemy import Engine
 
-from .budget import Caps
 from .cost import BYTES_PER_TOKEN, Cost, request_cost
 from .db import open_store
 from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
 from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy,
                       refuse_file_like)
-from .jobqueue import unfinished_bodies
+from .jobqueue import unfinished_costs
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks
 from .store import Batch, find_batch
@@ -229,38 +227,12 @@ def _reject_duplicates(chunks: Iterable[PreparedChunk], suspects: set[int], repo
 # -- a batch in the store -----------------------------------------------------------
 
 
-def unfinished_costs(engine: Engine, batch: Batch, limit: int | None = None) -> Iterator[tuple[str, int, str, Cost]]:
-    """``(custom_id, line, model, cost)`` of the batch's unfinished jobs, in input order."""
-    for custom_id, line, body in unfinished_bodies(engine, batch.id, limit):
-        payload = orjson.loads(body)
-        yield custom_id, line, payload["model"], request_cost(payload)
-
-
 def estimate_batch(engine: Engine, batch: Batch, rpm: float = 500.0) -> Estimate:
     """Estimate the jobs of ``batch`` not yet done (pending, or in flight in a live run)."""
     estimate = Estimate(batch.name, rpm)
-    for _, _, model, cost in unfinished_costs(engine, batch):
+    for _, _, model, cost in unfinished_costs(engine, batch.id):
         estimate.add(model, cost)
     return estimate
-
-
-def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None = None) -> str | None:
-    """Why no run under ``caps`` can get past some job, or None.
-
-    The first unfinished job (of the first ``limit``) whose worst case
-    alone exceeds a cap, named with its ``max_tokens`` or input estimate.
-    """
-    for custom_id, line, _, cost in unfinished_costs(engine, batch, limit):
-        side = caps.exceeded_alone(cost)
-        if side == "output":
-            return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
-                    f"{option('max_output_tokens')} {caps.max_output_tokens:,} allows; raise the cap "
-                    "(or lower that job's max_tokens)")
-        if side == "input":
-            return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
-                    f"more than {option('max_input_tokens')} {caps.max_input_tokens:,} allows; raise the cap "
-                    "(or shorten that job's input)")
-    return None
 
 
 def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Defaults(),

@@ -149,6 +149,8 @@ class _Importer:
         self.retag: _Compiled | None = None
         self.models: Counter[str] = Counter()
         self.streams = 0
+        #: The largest figures of one job read (see PreparedChunk.worst_input).
+        self.worst_input = self.worst_output = 0
 
     def _prepare(self, rows: list[tuple[Any, ...]]) -> None:
         """The statements, once the first rows tell which part of the batch this import fills.
@@ -185,6 +187,8 @@ class _Importer:
             self.report.reject(error)
         self.models.update(chunk.unknown_models)
         self.streams += chunk.streams_dropped
+        self.worst_input = max(self.worst_input, chunk.worst_input)
+        self.worst_output = max(self.worst_output, chunk.worst_output)
         self.store(chunk.rows)
 
     def store(self, rows: list[tuple[Any, ...]]) -> None:
@@ -317,12 +321,16 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         if report.rejected and (not skip_invalid or report.none_valid):
             raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
         head = file.read if file is not None else None
+        worst: tuple[int | None, int | None] = (importer.worst_input, importer.worst_output)
+        if last is not None:  # the lines read then count too; unknown if they were never costed
+            worst = (None, None) if last.worst_input_tokens is None else (
+                max(last.worst_input_tokens, importer.worst_input), max(last.worst_output_tokens, importer.worst_output))
         # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
             rejected=report.rejected, fingerprint=fingerprint,
             read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest,
-            part=importer.part))
+            part=importer.part, worst_input_tokens=worst[0], worst_output_tokens=worst[1]))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report

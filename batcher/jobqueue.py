@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
 
 from . import tally
+from .cost import Cost, request_cost
 from .db import store_errors, write
 from .errors import StoreError, UsageError
 from .prepare import body_hash, request_body
@@ -283,6 +285,21 @@ def find_answers(engine: Engine, keys: list[str]) -> dict[str, dict[str, Any]]:
                 for row in conn.execute(query)}
 
 
+@store_errors
+def worst_job_cost(engine: Engine, batch_id: int) -> Cost | None:
+    """The largest input estimate and ``max_tokens`` of one of the batch's jobs, from its imports' records.
+
+    None when an import of the batch did not record them (one made before
+    they were kept): then only reading the jobs tells.
+    """
+    with engine.connect() as conn:
+        row = conn.execute(select(func.max(imports.c.worst_input_tokens), func.max(imports.c.worst_output_tokens),
+                                  func.count() - func.count(imports.c.worst_input_tokens))
+                           .where(imports.c.batch_id == batch_id)).one()
+    worst_input, worst_output, unknown = row
+    return None if unknown else Cost(worst_input or 0, worst_output or 0)
+
+
 def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
                       chunk: int = 2000) -> Iterator[tuple[str, int, str]]:
     """``(custom_id, line, body)`` of the batch's pending and running jobs, in input order.
@@ -302,6 +319,17 @@ def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
         after = (rows[-1].part, rows[-1].line, rows[-1].id)
         if left is not None:
             left -= len(rows)
+
+
+def unfinished_costs(engine: Engine, batch_id: int, limit: int | None = None) -> Iterator[tuple[str, int, str, Cost]]:
+    """``(custom_id, line, model, cost)`` of the batch's unfinished jobs, in input order (see :func:`unfinished_bodies`).
+
+    ``model`` is "" for a request that names none (an API batch's requests are stored as given).
+    """
+    for custom_id, line, body in unfinished_bodies(engine, batch_id, limit):
+        payload = orjson.loads(body)
+        model = payload.get("model")
+        yield custom_id, line, model if isinstance(model, str) else "", request_cost(payload)
 
 
 @store_errors

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import orjson
 
 from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, widen, write_all
+from .cost import input_tokens_estimate
 from .errors import UsageError
 from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
@@ -47,6 +48,11 @@ class PreparedChunk:
     errors: list[LineError] = field(default_factory=list)
     unknown_models: Counter[str] = field(default_factory=Counter)
     streams_dropped: int = 0
+    #: The largest input estimate and ``max_tokens`` of one valid row (see
+    #: :mod:`batcher.cost`): kept with the import, they let a run under
+    #: token caps know that no job exceeds one without reading them.
+    worst_input: int = 0
+    worst_output: int = 0
     #: With a list here, each valid row's request body (a dict) is kept too,
     #: for readers that look into requests (the estimate); import keeps none.
     bodies: list[dict[str, Any]] | None = None
@@ -89,6 +95,11 @@ def prepare_object(out: PreparedChunk, number: int, obj: Any, source: str, defau
         out.streams_dropped += 1
     if job.body["model"] not in KNOWN_MODELS:
         out.unknown_models[job.body["model"]] += 1
+    tokens = input_tokens_estimate(job.body)  # request_cost's figures, without its object
+    if tokens > out.worst_input:
+        out.worst_input = tokens
+    if job.body["max_tokens"] > out.worst_output:
+        out.worst_output = job.body["max_tokens"]
     out.rows.append((
         number,
         job.custom_id,

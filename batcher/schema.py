@@ -62,6 +62,12 @@ imports = Table(
     # The part of the batch the import's jobs are in (see jobs.part), where
     # lines read later from the same file go too.
     Column("part", Integer),
+    # The largest input estimate and max_tokens of one of its jobs (see
+    # batcher.cost): a run under token caps whose batch's imports all stand
+    # under them reads no job to know that none exceeds a cap on its own.
+    # None when not known (imports recorded before revision 0012).
+    Column("worst_input_tokens", BigInteger),
+    Column("worst_output_tokens", BigInteger),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.

@@ -21,8 +21,7 @@ from sqlalchemy import Engine
 from .budget import Budget, Caps
 from .cost import Cost
 from .errors import UsageError, option
-from .estimator import first_over_cap
-from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers
+from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers, unfinished_costs, worst_job_cost
 from .reuse import request_key
 from .store import Batch
 
@@ -40,6 +39,30 @@ def check_limits(limit: int | None, max_input_tokens: int | None, max_output_tok
                         ("max_output_tokens", max_output_tokens)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None = None) -> str | None:
+    """Why no run under ``caps`` can get past some job, or None.
+
+    The first unfinished job (of the first ``limit``) whose worst case
+    alone exceeds a cap, named with its ``max_tokens`` or input estimate.
+    The jobs are read only if the figures the batch's imports kept do not
+    already show that none does.
+    """
+    worst = worst_job_cost(engine, batch.id)
+    if worst is not None and caps.exceeded_alone(worst) is None:
+        return None
+    for custom_id, line, _, cost in unfinished_costs(engine, batch.id, limit):
+        side = caps.exceeded_alone(cost)
+        if side == "output":
+            return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
+                    f"{option('max_output_tokens')} {caps.max_output_tokens:,} allows; raise the cap "
+                    "(or lower that job's max_tokens)")
+        if side == "input":
+            return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
+                    f"more than {option('max_input_tokens')} {caps.max_input_tokens:,} allows; raise the cap "
+                    "(or shorten that job's input)")
+    return None
 
 
 class Spend:

@@ -17,11 +17,14 @@ import orjson
 import pytest
 from sqlalchemy import Engine, func, select
 
+import batcher
 from batcher import prepare, tally
+from batcher.cost import Cost, request_cost
 from batcher.prepare import request_body
 from batcher.db import open_store, write
 from batcher.errors import UsageError
 from batcher.importer import SHOWN_ERRORS, ImportRejected, import_file
+from batcher.jobqueue import worst_job_cost
 from batcher.jobfile import numbered_lines
 from batcher.schema import batches, imports, jobs
 from batcher.validate import Defaults
@@ -451,6 +454,43 @@ def test_a_grown_file_read_by_the_parallel_workers_is_stored_as_a_whole_reading_
     assert parallel == [True, True, True]
 
 
+def _worst(engine: Engine, batch: str) -> tuple[Cost | None, Cost]:
+    """The figures the batch's imports kept, and the true largest of its jobs' (from every job's request)."""
+    with engine.connect() as conn:
+        batch_id = conn.execute(select(batches.c.id).where(batches.c.name == batch)).scalar_one()
+    costs = [request_cost(orjson.loads(body)) for body, in rows(engine, "body", batch=batch)]
+    return worst_job_cost(engine, batch_id), Cost(max(c.input_tokens for c in costs),
+                                                   max(c.output_tokens for c in costs))
+
+
+def test_each_import_keeps_the_largest_worst_case_of_its_jobs(tmp_path: Path, engine: Engine) -> None:
+    """What a run under token caps trusts instead of costing every job: the largest input estimate and max_tokens
+    of one job of the batch, however the jobs came in (a file, its new lines only, a second file, rows)."""
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    lines = [*numbered(3), {"custom_id": "long", "prompt": "word " * 2000}, {"custom_id": "img", "params": {
+        "model": HAIKU, "max_tokens": 9, "messages": [{"role": "user", "content": [image]}]}},
+             {"custom_id": "kana", "prompt": "日本語" * 500, "max_tokens": 700}]
+    path = write_lines(tmp_path / "w.jsonl", lines)
+    import_file(engine, str(path), defaults=DEFAULTS)
+    kept, true = _worst(engine, "w")
+    assert kept == true == Cost(2858, 700)
+    with path.open("ab") as grown_file:  # read alone, it must not replace the figures of the lines before it
+        grown_file.write(dumps({"custom_id": "late", "prompt": "?", "max_tokens": 5}) + b"\n")
+    assert import_file(engine, str(path), defaults=DEFAULTS).skipped_lines == len(lines)
+    assert _worst(engine, "w") == (true, true)
+    with path.open("ab") as grown_file:
+        grown_file.write(dumps({"custom_id": "later", "prompt": "?", "max_tokens": 4000}) + b"\n")
+    import_file(engine, str(path), defaults=DEFAULTS)
+    assert _worst(engine, "w")[0] == _worst(engine, "w")[1] == Cost(2858, 4000)
+
+    import_file(engine, str(write_lines(tmp_path / "more.jsonl", [{"custom_id": "pics", "params": {
+        "model": HAIKU, "max_tokens": 1, "messages": [{"role": "user", "content": [image, image]}]}}])), "w")
+    with batcher.Store(str(tmp_path / "store.db")) as store:
+        store.add("w", ["Tell me " * 1000], max_tokens=6000)
+    kept, true = _worst(engine, "w")
+    assert kept == true == Cost(3201, 6000)  # two images; the row's max_tokens
+
+
 def test_reimport_with_a_changed_request_is_refused(tmp_path: Path, engine: Engine) -> None:
     path = write_lines(tmp_path / "r.jsonl", numbered(3))
     import_file(engine, str(path), defaults=DEFAULTS)
@@ -525,16 +565,18 @@ def test_parallel_preparation_matches_in_process(tmp_path: Path, monkeypatch: py
         return seen[-1]
 
     monkeypatch.setattr(prepare, "_parallel_worthwhile", spy)
-    results = {}
+    results, worst = {}, {}
     for threshold in (10**12, 1):
         monkeypatch.setattr(prepare, "PARALLEL_FROM_BYTES", threshold)
         engine = open_store(str(tmp_path / f"{threshold}.db"))
         report = import_file(engine, str(path), "p", DEFAULTS, skip_invalid=True)
         results[threshold] = (report, rows(engine, "line", "custom_id", "body", "body_hash", "source", "extra"))
+        worst[threshold] = _worst(engine, "p")
         engine.dispose()
     assert seen == [False, True]
     (serial, serial_rows), (parallel, parallel_rows) = results[10**12], results[1]
     assert parallel_rows == serial_rows
+    assert worst[1] == worst[10**12] == (worst[1][1], worst[1][1])  # the workers' figures reach the import
     assert len(serial_rows) == 400 - 8
     assert (parallel.added, parallel.rejected, parallel.warnings, parallel.error_lines()) == (
         serial.added, serial.rejected, serial.warnings, serial.error_lines())

@@ -18,6 +18,7 @@ import anyio
 import orjson
 import pytest
 
+from batcher import apibatches
 from batcher.budget import Budget, Caps
 from batcher.cost import Cost
 from batcher.db import open_store
@@ -198,6 +199,33 @@ def test_the_input_cap_below_one_job_names_the_input_as_the_fix(tmp_path: Path, 
     assert len(line) == 1 and "raise the cap (or shorten that job's input)" in line[0], done.stderr
     assert "max_tokens" not in line[0]
     assert "with a larger cap, or none" in done.stderr
+
+
+def test_a_job_over_a_cap_is_found_before_sending_however_it_came_in(tmp_path: Path, simulator: Any) -> None:
+    """The check reads no job when the figures the batch's imports kept show none over a cap; else it finds
+    the job that is: a line appended to a file already run (read alone by its import), an API batch's
+    request, and a batch whose imports kept no figures (a store from before them)."""
+    sim = simulator(rpm=100_000)
+    db = tmp_path / "s.db"
+    assert run(db, sim, "g", prompts(range(5)), max_output_tokens=500).exit_code == 0  # max_tokens 64 each
+    with (tmp_path / "g.jsonl").open("ab") as grown:
+        grown.write(orjson.dumps({"custom_id": "big", "prompt": "?", "max_tokens": 900}) + b"\n")
+    engine = open_store(str(db))
+    assert import_file(engine, str(tmp_path / "g.jsonl"), defaults=Defaults(MODEL, 64)).skipped_lines == 5
+    params = {"model": MODEL, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    api = apibatches.create(engine, [("small", params), ("large", dict(params, max_tokens=2000))], 3600)
+    engine.dispose()
+    sent = sim.stats()["requests"]
+    for name, cap, named in (("g", 500, "job 'big' (line 6) has max_tokens 900"),
+                             (api.name, 1000, "job 'large' (line 2) has max_tokens 2,000")):
+        refused = run(db, sim, name, max_output_tokens=cap)
+        assert refused.exit_code == 5 and f"nothing sent: {named}" in (refused.message or ""), refused.message
+    query(db, "UPDATE imports SET worst_input_tokens = NULL, worst_output_tokens = NULL")
+    refused = run(db, sim, "g", max_output_tokens=500)
+    assert "nothing sent: job 'big' (line 6)" in (refused.message or "")
+    assert sim.stats()["requests"] == sent
+    assert run(db, sim, "g", max_output_tokens=1000).exit_code == 0
+    assert sim.stats()["requests"] == sent + 1
 
 
 # -- --reuse -----------------------------------------------------------------------------
