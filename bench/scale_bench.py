@@ -11,8 +11,9 @@ by default). Then prints:
   (median of 5; a tiny store's figure shows what is Python start-up), and the
   status read itself in-process, with the batch pending and answered;
 - with ``--resume``: seconds from starting ``batcher run`` to its first request
-  at the simulator, for a fresh batch, one left ``running`` by a run killed
-  with SIGKILL, and one half done;
+  at the simulator, for a fresh batch (also under token caps, which must
+  know that no job exceeds one), one left ``running`` by a run killed with
+  SIGKILL, and one half done;
 - bytes per job and what takes the room (SQLite's dbstat).
 """
 
@@ -131,13 +132,13 @@ def latencies(engine, db: str, label: str) -> None:
           f"(CLI, median of 5); status read in-process {statistics.median(inside) * 1000:.1f} ms")
 
 
-def first_request(db: str, sim, label: str, kill_after_running: bool = False) -> None:
-    """Seconds from starting `batcher run` to the simulator's first request."""
+def first_request(db: str, sim, label: str, kill_after_running: bool = False, *options: str) -> None:
+    """Seconds from starting `batcher run` (with ``options``) to the simulator's first request."""
     sim.reset()
     env = {**os.environ, "POE_API_KEY": "bench"}
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", "bench", "--db", db, "--base-url", sim.base_url,
-                             "--rpm", "6000", "--concurrency", "16", "-q"], env=env, cwd=os.path.dirname(os.path.abspath(db)),
+                             "--rpm", "6000", "--concurrency", "16", "-q", *options], env=env, cwd=os.path.dirname(os.path.abspath(db)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while sim.stats()["requests"] == 0:
         if proc.poll() is not None:
@@ -221,6 +222,8 @@ def main() -> None:
             store_part(engine, "fresh")
             with SimulatorThread(latency=0.0) as sim:
                 first_request(db, sim, "fresh batch")
+                first_request(db, sim, "fresh batch, under both token caps", False,
+                              "--max-input-tokens", "1000000000", "--max-output-tokens", "1000000000")
                 first_request(db, sim, "after a run killed with SIGKILL", kill_after_running=True)
                 first_request(db, sim, "left running by that killed run")
         if fresh and answered:
