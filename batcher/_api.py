@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 
 def _add(store: Store, batch: str | None, rows: Iterable[Any] | str | os.PathLike[str], model: str | None,
-         max_tokens: int | None, system: str | None) -> Batch:
-    handle = store.add(batch, rows, model=model, max_tokens=max_tokens, system=system)
+         max_tokens: int | None, system: str | None, progress: bool | None) -> Batch:
+    handle = store.add(batch, rows, model=model, max_tokens=max_tokens, system=system, progress=progress)
     for warning in handle.report.warnings if handle.report else ():
         warnings.warn(f"batcher: {warning}", stacklevel=4)
     return handle
@@ -61,7 +61,7 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
               base_url=base_url, **options)
     with Store(db) as store:
-        handle = _add(store, batch, rows, model, max_tokens, system)
+        handle = _add(store, batch, rows, model, max_tokens, system, progress)
         _say_why_stopped(handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
                                     api_key=api_key, base_url=base_url, progress=progress, **options))
         return list(handle._added_results())
@@ -97,7 +97,7 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
               base_url=base_url, **options)
     store = await anyio.to_thread.run_sync(Store, db)
     try:
-        handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system))
+        handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system, progress))
         _say_why_stopped(await handle.arun(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
                                            stream=stream, api_key=api_key, base_url=base_url, progress=progress,
                                            signals=signals, **options))

@@ -92,7 +92,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
         if is_file:
             try:
                 handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system,
-                                   skip_invalid=skip_invalid)
+                                   skip_invalid=skip_invalid, progress=False if quiet else None)
             except ImportRejected as exc:
                 fix = report_rejected(exc.report, "fix the lines above (or pass --skip-invalid)")
                 fail(f"nothing imported, nothing sent; {fix}", 2)

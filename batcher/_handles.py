@@ -19,6 +19,7 @@ from .store import check_batch_name, find_batch, list_batches
 # The importer loads on first use, so that the reading commands (status,
 # batches) start quickly.
 if TYPE_CHECKING:
+    from .progress import ReadingDisplay
     from .validate import Defaults
 
 
@@ -73,7 +74,7 @@ class Store:
 
     def add(self, name: str | None, rows: Iterable[Any] | PathLike, *, model: str | None = DEFAULT_MODEL,
             max_tokens: int | None = DEFAULT_MAX_TOKENS, system: str | None = None,
-            skip_invalid: bool = False) -> Batch:
+            skip_invalid: bool = False, progress: bool | None = None) -> Batch:
         """Import rows (or a JSONL job file) into the batch ``name``; return its handle.
 
         ``rows`` is an iterable of ``str`` (a prompt) or ``dict`` (either
@@ -94,6 +95,9 @@ class Store:
         made again to resume) are known by that hash and not imported again,
         as an unchanged file is not read again (``report.unread``).
         The returned handle's :attr:`Batch.report` says what was done.
+        An import that takes more than a second shows how far it has read
+        as :meth:`Batch.run` shows a run (``progress``: None on a terminal,
+        True or False to force it).
 
         >>> import batcher
         >>> with batcher.Store("example.db") as store:
@@ -101,15 +105,18 @@ class Store:
         ...     b.name, b.report.added
         ('rows-...', 1)
         """
+        from ._progress import reading_display
         from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
                             rows_report)
         from .importer import ImportRejected, import_chunks
+        from .jobfile import describe
 
         if name is not None:
             check_batch_name(name)
         defaults = defaults_of(model, max_tokens, system)
         if isinstance(rows, (str, os.PathLike)):
-            return self._add_file(name, os.fspath(rows), defaults, skip_invalid)
+            path = os.fspath(rows)
+            return self._add_file(name, path, defaults, skip_invalid, reading_display(progress, describe(path)))
         given = records(rows)
         if name is None and not isinstance(given, Sequence):
             given = list(given)
@@ -118,23 +125,32 @@ class Store:
             derived, fingerprint = name_and_fingerprint(given, defaults)
             name = name or derived
         assert name is not None
+        display = reading_display(progress, "rows")
         try:
-            report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE, prepared_rows(given, defaults),
-                                   skip_invalid, defaults=defaults, fingerprint=fingerprint)
+            report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE,
+                                   prepared_rows(given, defaults, progress=display), skip_invalid,
+                                   defaults=defaults, fingerprint=fingerprint)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
+        finally:
+            if display is not None:
+                display.close()
         return Batch(self._engine, find_batch(self._engine, name), report)
 
-    def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool) -> Batch:
+    def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool,
+                  display: ReadingDisplay | None) -> Batch:
         from ._rows import InvalidRows
         from .importer import ImportRejected, import_file
         from .jobfile import ensure_readable
 
         ensure_readable(path)
         try:
-            report = import_file(self._engine, path, name, defaults, skip_invalid)
+            report = import_file(self._engine, path, name, defaults, skip_invalid, display)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=False) from None
+        finally:
+            if display is not None:
+                display.close()
         return Batch(self._engine, find_batch(self._engine, report.batch), report)
 
     def batch(self, name: str | None = None) -> Batch:

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any, Protocol
 
-from .progress import ProgressDisplay, describe
+from .progress import ProgressDisplay, ReadingDisplay, describe
 from .runconfig import Snapshot
 
 #: Seconds between two updates of a notebook's output.
@@ -58,6 +58,16 @@ class NotebookDisplay:
         """Show the last figures, which the rate of updates may have held back."""
         if self._latest is not None and self._latest is not self._shown:
             self._show(self._latest)
+
+
+def reading_display(progress: bool | None, what: str) -> ReadingDisplay | None:
+    """How a long import shows how far it has read ``what``: as :func:`run_display` decides.
+
+    A notebook shows nothing while reading: only its run has an output of its own.
+    """
+    if progress is False or in_notebook() or (progress is None and not sys.stderr.isatty()):
+        return None
+    return ReadingDisplay(what)
 
 
 def run_display(progress: bool | None) -> Display | None:

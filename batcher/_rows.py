@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import operator
 import re
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
 from .errors import UsageError
 from .importer import ImportRejected, ImportReport
 from .jobfile import LineError
-from .prepare import PreparedChunk, prepare_object
+from .prepare import PreparedChunk, Progress, prepare_object
 from .validate import Defaults
 
 #: Rows per prepared chunk handed to the importer.
@@ -99,11 +99,15 @@ def as_job_object(row: Any) -> Any:
     return {"prompt": row} if isinstance(row, str) else row
 
 
-def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = False) -> Iterator[PreparedChunk]:
+def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = False,
+                  progress: Progress | None = None) -> Iterator[PreparedChunk]:
     """Rows validated and prepared in chunks, in order (see :func:`batcher.prepare.prepare_object`).
 
     ``keep_bodies`` keeps each valid row's request body too (``PreparedChunk.bodies``).
+    ``progress`` is told the rows read so far (and their part of all, for a
+    sequence) each time the reader has taken a chunk and asks for the next.
     """
+    total = len(rows) if isinstance(rows, Sequence) and rows else None
     chunk = PreparedChunk(bodies=[] if keep_bodies else None)
     dumps = orjson.dumps
     for number, row in enumerate(rows, start=1):
@@ -121,6 +125,8 @@ def prepared_rows(rows: Iterable[Any], defaults: Defaults, keep_bodies: bool = F
             prepare_object(chunk, number, obj, source, defaults)
         if number % ROWS_PER_CHUNK == 0:
             yield chunk
+            if progress is not None:
+                progress(number, total and number / total)
             chunk = PreparedChunk(bodies=[] if keep_bodies else None)
     yield chunk
 

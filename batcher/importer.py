@@ -28,7 +28,7 @@ from .errors import UsageError
 from .interrupts import CommitPoint
 from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
-from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
+from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, Progress, defaults_text
 from .schema import imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
 from .validate import Defaults
@@ -250,7 +250,7 @@ def file_warnings(unknown_models: Counter[str], streams_dropped: int) -> list[st
 
 @store_errors
 def import_file(engine: Engine, path: str, batch: str | None = None, defaults: Defaults = Defaults(),
-                skip_invalid: bool = False) -> ImportReport:
+                skip_invalid: bool = False, progress: Progress | None = None) -> ImportReport:
     """Import ``path`` into ``batch`` (default: the file's stem).
 
     ``path`` may be ``-`` (standard input), a FIFO or ``<(cmd)``: read once,
@@ -259,6 +259,7 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     when a line is bad and ``skip_invalid`` is off; then nothing is written.
     Without ``batch``, a batch of the same name made from another file is
     refused (two ``u.jsonl`` in different folders do not merge silently).
+    ``progress`` is told how far the reading is as it goes (see :class:`FileChunks`).
     """
     if batch is not None:
         check_batch_name(batch)  # here, before a blank name becomes the file's
@@ -269,7 +270,7 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     source = path if path == STDIN else os.path.abspath(path)
     seen = file_fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
-        return import_chunks(engine, report, source, FileChunks(readable, defaults, seen), skip_invalid,
+        return import_chunks(engine, report, source, FileChunks(readable, defaults, seen, progress), skip_invalid,
                              defaults=defaults, same_source=batch is None)
 
 

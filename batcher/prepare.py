@@ -53,6 +53,8 @@ class PreparedChunk:
     #: token caps know that no job exceeds one without reading them.
     worst_input: int = 0
     worst_output: int = 0
+    #: For a block of a file: the offset after its last line, to tell how far a reading is.
+    read_to: int = 0
     #: With a list here, each valid row's request body (a dict) is kept too,
     #: for readers that look into requests (the estimate); import keeps none.
     bodies: list[dict[str, Any]] | None = None
@@ -133,7 +135,9 @@ def request_body(source: str, line: int, defaults: str | None) -> str:
 
 def prepare_block(block: Block, defaults: Defaults) -> PreparedChunk:
     """Read a block's lines and prepare them (runs in a worker process)."""
-    return prepare_chunk(list(block_lines(block)), defaults)
+    chunk = prepare_chunk(list(block_lines(block)), defaults)
+    chunk.read_to = block.offset + block.length
+    return chunk
 
 
 def _parallel_worthwhile(path: str, start: int) -> bool:
@@ -145,6 +149,10 @@ def _parallel_worthwhile(path: str, start: int) -> bool:
 
 
 T = TypeVar("T")
+
+#: Told how far a reading is: lines read so far, and the part of the input
+#: they reach (None when the input's length is not known).
+Progress = Callable[[int, float | None], None]
 
 
 def prepared_chunks(path: str, defaults: Defaults,
@@ -175,10 +183,13 @@ class FileChunks:
     Iterated once. :attr:`read` then says what was read in all (the head
     included), for the next import of the file to skip. Input read once
     (no ``fingerprint``: stdin, a pipe) is not hashed: it cannot be read again.
+    ``progress`` is told the lines read so far and the part of the file
+    they reach each time the reader has taken a chunk and asks for the next.
     """
 
-    def __init__(self, path: str, defaults: Defaults, fingerprint: str | None) -> None:
-        self.path, self.defaults, self.fingerprint = path, defaults, fingerprint
+    def __init__(self, path: str, defaults: Defaults, fingerprint: str | None,
+                 progress: Progress | None = None) -> None:
+        self.path, self.defaults, self.fingerprint, self.progress = path, defaults, fingerprint, progress
         self.reading = Reading() if fingerprint is not None else None
 
     def skip(self, head: Head) -> bool:
@@ -194,7 +205,16 @@ class FileChunks:
         return self.reading.head if self.reading is not None else None
 
     def __iter__(self) -> Iterator[PreparedChunk]:
-        return prepared_chunks(self.path, self.defaults, reading=self.reading)
+        chunks = prepared_chunks(self.path, self.defaults, reading=self.reading)
+        return chunks if self.progress is None else self._told(chunks, self.progress)
+
+    def _told(self, chunks: Iterator[PreparedChunk], progress: Progress) -> Iterator[PreparedChunk]:
+        size = max(1, os.path.getsize(self.path))
+        lines = 0
+        for chunk in chunks:
+            yield chunk
+            lines += len(chunk.rows) + len(chunk.errors)
+            progress(lines, chunk.read_to / size)
 
 
 #: A block to prepare, parent to worker: offset, length, first line's number.

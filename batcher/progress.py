@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from .runconfig import RunSummary, Snapshot
 from .status import pace_against
 
 PLAIN_EVERY_S = 10.0
+#: An import shorter than this shows no reading line.
+READING_SHOWN_AFTER_S = 1.0
 
 
 def _duration(seconds: float | None) -> str:
@@ -84,6 +86,45 @@ class ProgressDisplay:
             print(line, file=self.stream, flush=True)
 
     def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+class ReadingDisplay:
+    """How far a long import has read: a transient line on a terminal, a line every 10 s otherwise.
+
+    Called with the lines read so far and their part of the input (None
+    when its length is not known). Nothing shows for the first
+    :data:`READING_SHOWN_AFTER_S`: a short import stays silent.
+    """
+
+    def __init__(self, what: str, stream: TextIO | None = None) -> None:
+        self.what = what
+        self.stream = stream or sys.stderr
+        self.live: Any = None
+        self._last_plain = self._started = time.monotonic()
+
+    def __call__(self, lines: int, part: float | None) -> None:
+        now = time.monotonic()
+        if now - self._started < READING_SHOWN_AFTER_S:
+            return
+        line = f"reading {self.what}: {lines:,} line(s)" + (f" ({100 * part:.0f}%)" if part is not None else "")
+        if not self.stream.isatty():
+            if now - self._last_plain >= PLAIN_EVERY_S:
+                self._last_plain = now
+                print(line, file=self.stream, flush=True)
+            return
+        if self.live is None:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live("", console=Console(file=self.stream), refresh_per_second=4, transient=True)
+            self.live.start()
+        self.live.update(line)
+
+    def close(self) -> None:
+        """Take the line away: the import's report follows."""
         if self.live is not None:
             self.live.stop()
             self.live = None

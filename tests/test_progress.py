@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import pty
+import re
+import select
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batcher import progress
+import batcher
+from batcher import _rows, prepare, progress
 from batcher.runner import RunSummary, Snapshot
 
 
@@ -87,3 +94,52 @@ def test_a_limit_stop_after_failures_does_not_say_nothing_failed() -> None:
     assert stop.startswith("batcher: stopped at --limit 4; this run spent 0 input and 0 output tokens in 4 requests; "
                            "1 job(s) left, not sent and not failed: run the same command again")
     assert "nothing" not in stop
+
+
+# --- reading a long import ---------------------------------------------------------------
+
+
+def test_a_long_import_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Through Store.add, the path of `batcher import` and `batcher run FILE`: rows and a job file tell the
+    lines read and their part of all; not on a terminal, only when asked (a line every 10 s then)."""
+    monkeypatch.setattr(progress, "READING_SHOWN_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(_rows, "ROWS_PER_CHUNK", 10)
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 200)
+    path = tmp_path / "f.jsonl"
+    path.write_text("".join(json.dumps({"custom_id": f"j{i}", "prompt": f"question {i}?"}) + "\n" for i in range(25)))
+    with batcher.Store(str(tmp_path / "s.db")) as store:
+        store.add("r", [f"q{i}" for i in range(25)], progress=True)
+        assert capsys.readouterr().err.splitlines() == ["reading rows: 10 line(s) (40%)",
+                                                        "reading rows: 20 line(s) (80%)"]
+        store.add("f", path, progress=True)
+        said = capsys.readouterr().err.splitlines()
+        assert len(said) >= 3 and said[-1] == f"reading {path}: 25 line(s) (100%)", said
+        assert all(re.fullmatch(rf"reading {re.escape(str(path))}: \d+ line\(s\) \(\d+%\)", line) for line in said)
+        store.add("quiet", [f"q{i}" for i in range(25)])  # not a terminal: nothing unless asked
+        store.add("i", (f"q{i}" for i in range(25)), progress=True)  # an iterator: no part of all
+    assert capsys.readouterr().err.splitlines() == ["reading rows: 10 line(s)", "reading rows: 20 line(s)"]
+
+
+def test_on_a_terminal_the_reading_line_is_taken_away_before_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "READING_SHOWN_AFTER_S", 0.0)
+    main, side = pty.openpty()
+    with os.fdopen(side, "w") as terminal:
+        display = progress.ReadingDisplay("big.jsonl", stream=terminal)
+        display(500_000, 0.5)
+        display.close()
+    shown = b""
+    while chunk := _read_some(main):
+        shown += chunk
+    os.close(main)
+    text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", shown).decode()
+    assert "reading big.jsonl: 500,000 line(s) (50%)" in text
+    assert shown.rstrip(b"\r\n").endswith(b"\x1b[2K")  # erased: the report prints where it stood
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096) if select.select([fd], [], [], 0.5)[0] else b""
+    except OSError:  # the other side closed
+        return b""
