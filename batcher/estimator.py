@@ -26,7 +26,7 @@ from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, 
                       refuse_file_like)
 from .jobqueue import unfinished_costs
 from .pacer import HEADROOM
-from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks
+from .prepare import ROW_FIELDS, PreparedChunk, Progress, prepare_chunk, prepared_chunks, told
 from .store import Batch, find_batch
 from .validate import Defaults
 
@@ -117,11 +117,16 @@ class _BlockFigures:
     streams_dropped: int
     by_model: dict[str, ModelFigures]
     id_hashes: array[int]  # of the block's custom_ids, sorted
+    lines: int = 0
+    read_to: int = 0  # see PreparedChunk.read_to
 
 
 def _block_figures(block: Block, defaults: Defaults) -> _BlockFigures:
     """Validate a block as import does; keep only its figures (runs in a worker)."""
-    return _chunk_figures(prepare_chunk(list(block_lines(block)), defaults, PreparedChunk(bodies=[])))
+    chunk = prepare_chunk(list(block_lines(block)), defaults, PreparedChunk(bodies=[]))
+    figures = _chunk_figures(chunk)
+    figures.lines, figures.read_to = chunk.lines, block.offset + block.length
+    return figures
 
 
 def _chunk_figures(chunk: PreparedChunk) -> _BlockFigures:
@@ -141,19 +146,21 @@ def _chunk_figures(chunk: PreparedChunk) -> _BlockFigures:
 
 
 def estimate_file(path: str, defaults: Defaults = Defaults(), rpm: float = 500.0,
-                  shown: str | None = None) -> Estimate:
+                  shown: str | None = None, progress: Progress | None = None) -> Estimate:
     """Estimate a job file as a new batch would be run; store nothing.
 
     Raises :class:`ImportRejected` with the same report (the same
     ``FILE:LINE: reason`` lines) an import of the file would give. Memory
     stays flat but for 8 bytes a line: a hash of each custom_id, sorted by
     block and merged at the end to find repeated ones (only then is the file
-    read a second time, to name them as import does).
+    read a second time, to name them as import does). ``progress`` hears
+    how far the reading is as it goes.
     """
     shown = shown or describe(path)  # the input's name, when ``path`` is a copy of stdin or a pipe
     report = ImportReport(batch="", file=shown)
     estimate = Estimate(shown, rpm)
-    repeated = _add_up(prepared_chunks(path, defaults, _block_figures), estimate, report)
+    parts = prepared_chunks(path, defaults, _block_figures)
+    repeated = _add_up(parts if progress is None else told(parts, progress, path), estimate, report)
     if repeated:
         _reject_duplicates(prepared_chunks(path, defaults), repeated, report)
     if report.rejected:
@@ -236,13 +243,14 @@ def estimate_batch(engine: Engine, batch: Batch, rpm: float = 500.0) -> Estimate
 
 
 def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Defaults(),
-             rpm: float = 500.0) -> Estimate:
+             rpm: float = 500.0, progress: Progress | None = None) -> Estimate:
     """Estimate a job file (validated as import would, nothing stored) or a stored batch.
 
     A path to an existing file is read as a job file; anything else names a
     batch in the store ``db`` (see :func:`batcher.db.open_store`), whose
     unfinished jobs are estimated. ``defaults`` fill in a file's lines as on
-    import. Raises :class:`ImportRejected` for a file with bad lines and
+    import, and ``progress`` hears how far its reading is. Raises
+    :class:`ImportRejected` for a file with bad lines and
     :class:`UsageError` for an unknown batch or a bad ``rpm``.
     """
     if not rpm > 0:
@@ -250,7 +258,7 @@ def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Def
     if is_job_input(file_or_batch):  # a file, a FIFO or - (stdin), as import takes them
         ensure_readable(file_or_batch)
         with readable_copy(file_or_batch) as path:
-            return estimate_file(path, defaults, rpm, describe(file_or_batch))
+            return estimate_file(path, defaults, rpm, describe(file_or_batch), progress)
     refuse_file_like(file_or_batch)
     engine = open_store(db, create=False, readonly=True)  # stores nothing: works where the store is read-only
     try:

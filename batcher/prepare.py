@@ -15,7 +15,7 @@ import signal
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import orjson
 
@@ -55,6 +55,11 @@ class PreparedChunk:
     worst_output: int = 0
     #: For a block of a file: the offset after its last line, to tell how far a reading is.
     read_to: int = 0
+
+    @property
+    def lines(self) -> int:
+        """Lines read: valid or not."""
+        return len(self.rows) + len(self.errors)
     #: With a list here, each valid row's request body (a dict) is kept too,
     #: for readers that look into requests (the estimate); import keeps none.
     bodies: list[dict[str, Any]] | None = None
@@ -155,6 +160,26 @@ T = TypeVar("T")
 Progress = Callable[[int, float | None], None]
 
 
+class _Read(Protocol):
+    read_to: int
+
+    @property
+    def lines(self) -> int: ...
+
+
+R = TypeVar("R", bound=_Read)
+
+
+def told(chunks: Iterator[R], progress: Progress, path: str) -> Iterator[R]:
+    """The chunks of ``path`` as they come; each time the reader asks for the next, ``progress`` hears how far."""
+    size = max(1, os.path.getsize(path))
+    lines = 0
+    for chunk in chunks:
+        yield chunk
+        lines += chunk.lines
+        progress(lines, chunk.read_to / size)
+
+
 def prepared_chunks(path: str, defaults: Defaults,
                     work: Callable[[Block, Defaults], T] = prepare_block,  # type: ignore[assignment]
                     reading: Reading | None = None) -> Iterator[T]:
@@ -206,15 +231,7 @@ class FileChunks:
 
     def __iter__(self) -> Iterator[PreparedChunk]:
         chunks = prepared_chunks(self.path, self.defaults, reading=self.reading)
-        return chunks if self.progress is None else self._told(chunks, self.progress)
-
-    def _told(self, chunks: Iterator[PreparedChunk], progress: Progress) -> Iterator[PreparedChunk]:
-        size = max(1, os.path.getsize(self.path))
-        lines = 0
-        for chunk in chunks:
-            yield chunk
-            lines += len(chunk.rows) + len(chunk.errors)
-            progress(lines, chunk.read_to / size)
+        return chunks if self.progress is None else told(chunks, self.progress, self.path)
 
 
 #: A block to prepare, parent to worker: offset, length, first line's number.

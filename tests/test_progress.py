@@ -15,7 +15,9 @@ import pytest
 
 import batcher
 from batcher import _rows, prepare, progress
+from batcher.estimator import estimate
 from batcher.runner import RunSummary, Snapshot
+from batcher.validate import Defaults
 
 
 def snapshot(**changes: Any) -> Snapshot:
@@ -120,6 +122,16 @@ def test_a_long_import_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pyt
         store.add("quiet", [f"q{i}" for i in range(25)])  # not a terminal: nothing unless asked
         store.add("i", (f"q{i}" for i in range(25)), progress=True)  # an iterator: no part of all
     assert capsys.readouterr().err.splitlines() == ["reading rows: 10 line(s)", "reading rows: 20 line(s)"]
+
+
+def test_an_estimate_of_a_file_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 200)
+    path = tmp_path / "e.jsonl"
+    path.write_text("".join(json.dumps({"custom_id": f"j{i}", "prompt": f"question {i}?"}) + "\n" for i in range(25)))
+    heard: list[tuple[int, float | None]] = []
+    found = estimate(str(path), defaults=Defaults("claude-haiku-4.5", 16), progress=lambda *told: heard.append(told))
+    assert found.jobs == 25 and len(heard) >= 3 and heard[-1] == (25, 1.0)
+    assert heard == sorted(heard) and all(0 < part <= 1 for _, part in heard if part is not None)
 
 
 def test_on_a_terminal_the_reading_line_is_taken_away_before_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
