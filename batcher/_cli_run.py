@@ -160,7 +160,8 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     is_file = is_job_input(file_or_batch)
     if not is_file:
         _warn_file_only(file_or_batch, {"--model": model, "--max-tokens": max_tokens, "--system": system})
-    display = reading_display(None, describe(file_or_batch)) if is_file else None
+    display = reading_display(None, describe(file_or_batch) if is_file else f"batch {file_or_batch}",
+                              "line" if is_file else "job")
     try:
         found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm, display)
     except ImportRejected as exc:

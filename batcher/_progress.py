@@ -60,14 +60,14 @@ class NotebookDisplay:
             self._show(self._latest)
 
 
-def reading_display(progress: bool | None, what: str) -> ReadingDisplay | None:
-    """How a long import shows how far it has read ``what``: as :func:`run_display` decides.
+def reading_display(progress: bool | None, what: str, unit: str = "line") -> ReadingDisplay | None:
+    """How a long import shows how far it has read ``what`` (by ``unit``): as :func:`run_display` decides.
 
     A notebook shows nothing while reading: only its run has an output of its own.
     """
     if progress is False or in_notebook() or (progress is None and not sys.stderr.isatty()):
         return None
-    return ReadingDisplay(what)
+    return ReadingDisplay(what, unit)
 
 
 def run_display(progress: bool | None) -> Display | None:

@@ -99,8 +99,8 @@ class ReadingDisplay:
     :data:`READING_SHOWN_AFTER_S`: a short import stays silent.
     """
 
-    def __init__(self, what: str, stream: TextIO | None = None) -> None:
-        self.what = what
+    def __init__(self, what: str, unit: str = "line", stream: TextIO | None = None) -> None:
+        self.what, self.unit = what, unit
         self.stream = stream or sys.stderr
         self.live: Any = None
         self._last_plain = self._started = time.monotonic()
@@ -109,7 +109,7 @@ class ReadingDisplay:
         now = time.monotonic()
         if now - self._started < READING_SHOWN_AFTER_S:
             return
-        line = f"reading {self.what}: {lines:,} line(s)" + (f" ({100 * part:.0f}%)" if part is not None else "")
+        line = f"reading {self.what}: {lines:,} {self.unit}(s)" + (f" ({100 * part:.0f}%)" if part is not None else "")
         if not self.stream.isatty():
             if now - self._last_plain >= PLAIN_EVERY_S:
                 self._last_plain = now

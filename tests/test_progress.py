@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import batcher
-from batcher import _rows, prepare, progress
+from batcher import _rows, estimator, prepare, progress
 from batcher.estimator import estimate
 from batcher.runner import RunSummary, Snapshot
 from batcher.validate import Defaults
@@ -132,6 +132,13 @@ def test_an_estimate_of_a_file_says_how_far_it_has_read(tmp_path: Path, monkeypa
     found = estimate(str(path), defaults=Defaults("claude-haiku-4.5", 16), progress=lambda *told: heard.append(told))
     assert found.jobs == 25 and len(heard) >= 3 and heard[-1] == (25, 1.0)
     assert heard == sorted(heard) and all(0 < part <= 1 for _, part in heard if part is not None)
+
+    monkeypatch.setattr(estimator, "TOLD_EVERY", 10)  # a batch: its jobs are costed one by one
+    with batcher.Store(str(tmp_path / "s.db")) as store:
+        store.add("e", path, progress=False)
+    heard.clear()
+    assert estimate("e", str(tmp_path / "s.db"), progress=lambda *told: heard.append(told)).jobs == 25
+    assert heard == [(10, 0.4), (20, 0.8)]
 
 
 def test_on_a_terminal_the_reading_line_is_taken_away_before_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
