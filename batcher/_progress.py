@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .progress import ProgressDisplay, ReadingDisplay, describe
-from .runconfig import Snapshot
+
+if TYPE_CHECKING:
+    from .runconfig import Snapshot
 
 #: Seconds between two updates of a notebook's output.
 NOTEBOOK_EVERY_S = 0.5

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .runconfig import RunSummary, Snapshot
 from .status import pace_against
+
+if TYPE_CHECKING:  # named only: an import does not load the runner's modules to show how far it is
+    from .runconfig import RunSummary, Snapshot
 
 PLAIN_EVERY_S = 10.0
 #: An import shorter than this shows no reading line.

@@ -47,6 +47,8 @@ API_PARAMS = frozenset(
 
 #: Shorthand keys that are neither sent as they are nor kept as metadata.
 SHORTHAND_KEYS = frozenset({"custom_id", "prompt", "stream"})
+#: The keys of a Message Batches line that are not metadata.
+_LINE_KEYS = frozenset({"custom_id", "params"})
 
 _MISSING = object()
 
@@ -168,13 +170,15 @@ def to_job(obj: Any, line: int, defaults: Defaults = Defaults()) -> Job:
         params = obj["params"]
         if not isinstance(params, dict):
             raise InvalidJob("`params` must be an object")
-        misplaced = sorted(k for k in obj if k in API_PARAMS or k == "prompt")
-        if misplaced:
-            # Kept as metadata it would never be sent, and the job would ask something else.
-            raise InvalidJob(f"`{misplaced[0]}` beside `params` would not be sent: put it inside `params`, "
-                             "or give the job without `params`")
+        extra = None
+        if obj.keys() - _LINE_KEYS:  # most lines hold those two keys alone
+            misplaced = sorted(k for k in obj if k in API_PARAMS or k == "prompt")
+            if misplaced:
+                # Kept as metadata it would never be sent, and the job would ask something else.
+                raise InvalidJob(f"`{misplaced[0]}` beside `params` would not be sent: put it inside `params`, "
+                                 "or give the job without `params`")
+            extra = {k: v for k, v in obj.items() if k not in _LINE_KEYS}
         body = dict(params)
-        extra = {k: v for k, v in obj.items() if k not in ("custom_id", "params")} or None
     else:
         body, extra = {}, {}
         for key, value in obj.items():
