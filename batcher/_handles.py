@@ -95,9 +95,9 @@ class Store:
         made again to resume) are known by that hash and not imported again,
         as an unchanged file is not read again (``report.unread``).
         The returned handle's :attr:`Batch.report` says what was done.
-        An import that takes more than a second shows how far it has read
-        as :meth:`Batch.run` shows a run (``progress``: None on a terminal,
-        True or False to force it).
+        An import that takes more than a second shows how far it has read:
+        with ``progress=None`` on a terminal only, with True also elsewhere (a
+        line every 10 s), with False never; a notebook shows only the run's.
 
         >>> import batcher
         >>> with batcher.Store("example.db") as store:
