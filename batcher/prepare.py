@@ -25,11 +25,11 @@ from .errors import UsageError
 from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
 
-#: Bytes of the file per unit of work: ~1,800 typical lines. Their prepared
-#: rows (about 1.5 times the bytes) then fit a pipe (1 MB, see
-#: :func:`batcher._forking.widen`): a worker hands over its block and goes on
-#: to the next without waiting for the importer to read it. Blocks of 1 MB
-#: made a 1M-line import 15% slower and 5 MB larger.
+#: Bytes of the file per unit of work: ~1,800 typical lines, whose prepared
+#: rows (about 1.5 times the bytes) fit in a pipe (1 MB, see
+#: :func:`batcher._forking.widen`). Against blocks of 1 MB, a 1M-line import
+#: took 15% less time and 17% less CPU, and 5 MB less memory; 256 KB
+#: measured the same as this.
 BLOCK_BYTES = 1 << 19
 #: Files smaller than this are prepared in-process: a worker's start-up
 #: would cost more than it saves.
