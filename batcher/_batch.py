@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -150,7 +151,8 @@ class Batch:
         return iter_results(self._engine, self._record, "all", import_id=import_id)
 
     def export(self, path: str | None = None, format: str = "results", only: str = "all",
-               include_pending: bool = False, *, force: bool = False, notes: Any = None) -> int:
+               include_pending: bool = False, *, force: bool = False, notes: Any = None,
+               progress: bool | None = None) -> int:
         """Write the results as JSONL, like ``batcher export``; return the lines written.
 
         ``format`` is ``results`` (Anthropic's Message Batches result lines),
@@ -160,7 +162,9 @@ class Batch:
         written into. Writing over the batch's own job file needs ``force``.
         ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings;
         without it they are issued as Python warnings (input keys the
-        ``merged`` format replaced).
+        ``merged`` format replaced). An export that takes more than a second
+        shows how far it is as :meth:`Store.add <batcher.Store.add>` does
+        (``progress``), except while it writes to a terminal.
 
         >>> import batcher
         >>> with batcher.Store("example.db") as store:
@@ -169,11 +173,19 @@ class Batch:
         ...     b.export("colours.jsonl", format="text")
         2
         """
+        from ._progress import count_display
         from .export import ExportNotes, default_output, export_batch
 
         kept = ExportNotes() if notes is None else notes
-        written = export_batch(self._engine, self._record, path or default_output(self._record, format), format,
-                               only, include_pending, force=force, notes=kept)
+        path = path or default_output(self._record, format)
+        onto_terminal = path == "-" and sys.stdout is not None and sys.stdout.isatty()
+        display = None if onto_terminal else count_display(progress, f"writing {'stdout' if path == '-' else path}")
+        try:
+            written = export_batch(self._engine, self._record, path, format, only, include_pending, force=force,
+                                   notes=kept, progress=display)
+        finally:
+            if display is not None:
+                display.close()
         if notes is None:
             for warning in kept.warnings():
                 warnings.warn(f"batcher: {warning}", stacklevel=2)

@@ -151,7 +151,7 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     at --rpm, by model. A file is validated as `import` would (bad lines are
     listed, exit 2) and nothing is stored.
     """
-    from ._progress import reading_display
+    from ._progress import count_display
     from .estimator import estimate, estimate_lines
     from .importer import ImportRejected
     from .jobfile import describe, is_job_input
@@ -160,8 +160,8 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     is_file = is_job_input(file_or_batch)
     if not is_file:
         _warn_file_only(file_or_batch, {"--model": model, "--max-tokens": max_tokens, "--system": system})
-    display = reading_display(None, describe(file_or_batch) if is_file else f"batch {file_or_batch}",
-                              "line" if is_file else "job")
+    doing = f"reading {describe(file_or_batch)}" if is_file else f"reading batch {file_or_batch}"
+    display = count_display(None, doing, "line" if is_file else "job")
     try:
         found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm, display)
     except ImportRejected as exc:

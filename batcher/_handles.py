@@ -19,7 +19,7 @@ from .store import check_batch_name, find_batch, list_batches
 # The importer loads on first use, so that the reading commands (status,
 # batches) start quickly.
 if TYPE_CHECKING:
-    from .progress import ReadingDisplay
+    from .progress import CountDisplay
     from .validate import Defaults
 
 
@@ -105,7 +105,7 @@ class Store:
         ...     b.name, b.report.added
         ('rows-...', 1)
         """
-        from ._progress import reading_display
+        from ._progress import count_display
         from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
                             rows_report)
         from .importer import ImportRejected, import_chunks
@@ -116,7 +116,8 @@ class Store:
         defaults = defaults_of(model, max_tokens, system)
         if isinstance(rows, (str, os.PathLike)):
             path = os.fspath(rows)
-            return self._add_file(name, path, defaults, skip_invalid, reading_display(progress, describe(path)))
+            return self._add_file(name, path, defaults, skip_invalid,
+                                  count_display(progress, f"reading {describe(path)}"))
         given = records(rows)
         if name is None and not isinstance(given, Sequence):
             given = list(given)
@@ -125,7 +126,7 @@ class Store:
             derived, fingerprint = name_and_fingerprint(given, defaults)
             name = name or derived
         assert name is not None
-        display = reading_display(progress, "rows")
+        display = count_display(progress, "reading rows")
         try:
             report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE,
                                    prepared_rows(given, defaults, progress=display), skip_invalid,
@@ -138,7 +139,7 @@ class Store:
         return Batch(self._engine, find_batch(self._engine, name), report)
 
     def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool,
-                  display: ReadingDisplay | None) -> Batch:
+                  display: CountDisplay | None) -> Batch:
         from ._rows import InvalidRows
         from .importer import ImportRejected, import_file
         from .jobfile import ensure_readable

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .progress import ProgressDisplay, ReadingDisplay, describe
+from .progress import CountDisplay, ProgressDisplay, describe
 
 if TYPE_CHECKING:
     from .runconfig import Snapshot
@@ -62,14 +62,15 @@ class NotebookDisplay:
             self._show(self._latest)
 
 
-def reading_display(progress: bool | None, what: str, unit: str = "line") -> ReadingDisplay | None:
-    """How a long import shows how far it has read ``what`` (by ``unit``): as :func:`run_display` decides.
+def count_display(progress: bool | None, doing: str, unit: str = "line") -> CountDisplay | None:
+    """How a long import, estimate or export shows how far it is (``doing``, counted by ``unit``).
 
-    A notebook shows nothing while reading: only its run has an output of its own.
+    ``None``: on a terminal, nothing otherwise; True: a line every 10 s
+    elsewhere too; False: nothing. A notebook shows only a run's progress.
     """
     if progress is False or in_notebook() or (progress is None and not sys.stderr.isatty()):
         return None
-    return ReadingDisplay(what, unit)
+    return CountDisplay(doing, unit)
 
 
 def run_display(progress: bool | None) -> Display | None:

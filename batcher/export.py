@@ -32,7 +32,7 @@ from .errors import OutputError, UsageError, option
 from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
 from .schema import ORDER, batches, imports, jobs
-from .store import Batch
+from .store import Batch, status_counts
 
 FORMATS = ("results", "text", "merged")
 ONLY = ("all", "succeeded", "failed")
@@ -148,6 +148,32 @@ def _check_destination(engine: Engine, path: str, shown: str, force: bool) -> No
                                  f"choose another name (or {option('force', switch=True)} to overwrite it)")
 
 
+#: Told how far an export is: lines written so far, and their part of all.
+Progress = Callable[[int, float | None], None]
+
+
+def _lines_to_export(engine: Engine, batch: Batch, only: str, include_pending: bool) -> int:
+    """How many lines the export will write, from the batch's tally (a live run may change it meanwhile)."""
+    statuses = _statuses(only, include_pending)
+    with engine.connect() as conn:
+        counts = status_counts(conn, batch.id)
+    return sum(n for status, n in counts.items() if statuses is None or status in statuses)
+
+
+def _told(chunks: Iterator[Chunk], progress: Progress, total: int) -> Iterator[Chunk]:
+    """The chunks as they come; each time the writer asks for the next, ``progress`` hears how far."""
+    written = 0
+    try:
+        for chunk in chunks:
+            yield chunk
+            written += chunk[1]
+            progress(written, min(1.0, written / total) if total else None)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # the read transaction and the workers end with the writing
+            close()
+
+
 def is_stream_destination(out: str) -> bool:
     """``-`` or a path written into directly: a report of the export belongs on stderr."""
     return out == "-" or stream_destination(out)
@@ -155,7 +181,7 @@ def is_stream_destination(out: str) -> bool:
 
 def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: str = "results",
                  only: str = "all", include_pending: bool = False, force: bool = False,
-                 notes: ExportNotes | None = None) -> int:
+                 notes: ExportNotes | None = None, progress: Progress | None = None) -> int:
     """Export ``batch`` to a file path, ``"-"`` (stdout) or a binary stream.
 
     Returns the number of lines written. A regular file is written
@@ -163,8 +189,11 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
     keeps whatever was written before a failure. Writing over the job file
     of any batch in the store needs ``force``. Failures to write are
     :class:`~batcher.errors.OutputError` (a closed pipe stays BrokenPipeError).
+    ``progress`` hears the lines written so far, and their part of all.
     """
     chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
+    if progress is not None:
+        chunks = _told(chunks, progress, _lines_to_export(engine, batch, only, include_pending))
     if isinstance(out, str):
         if out == "-":
             if sys.stdout is None:

@@ -16,8 +16,8 @@ if TYPE_CHECKING:  # named only: an import does not load the runner's modules to
     from .runconfig import RunSummary, Snapshot
 
 PLAIN_EVERY_S = 10.0
-#: An import shorter than this shows no reading line.
-READING_SHOWN_AFTER_S = 1.0
+#: An import or export shorter than this shows no line of how far it is.
+COUNT_SHOWN_AFTER_S = 1.0
 
 
 def _duration(seconds: float | None) -> str:
@@ -93,25 +93,25 @@ class ProgressDisplay:
             self.live = None
 
 
-class ReadingDisplay:
-    """How far a long import has read: a transient line on a terminal, a line every 10 s otherwise.
+class CountDisplay:
+    """How far a long reading or writing is: a transient line on a terminal, a line every 10 s otherwise.
 
-    Called with the lines read so far and their part of the input (None
-    when its length is not known). Nothing shows for the first
-    :data:`READING_SHOWN_AFTER_S`: a short import stays silent.
+    Called with the lines (or jobs) done so far and their part of all (None
+    when the whole is not known). Nothing shows for the first
+    :data:`COUNT_SHOWN_AFTER_S`: a short import or export stays silent.
     """
 
-    def __init__(self, what: str, unit: str = "line", stream: TextIO | None = None) -> None:
-        self.what, self.unit = what, unit
+    def __init__(self, doing: str, unit: str = "line", stream: TextIO | None = None) -> None:
+        self.doing, self.unit = doing, unit
         self.stream = stream or sys.stderr
         self.live: Any = None
         self._last_plain = self._started = time.monotonic()
 
     def __call__(self, lines: int, part: float | None) -> None:
         now = time.monotonic()
-        if now - self._started < READING_SHOWN_AFTER_S:
+        if now - self._started < COUNT_SHOWN_AFTER_S:
             return
-        line = f"reading {self.what}: {lines:,} {self.unit}(s)" + (f" ({100 * part:.0f}%)" if part is not None else "")
+        line = f"{self.doing}: {lines:,} {self.unit}(s)" + (f" ({100 * part:.0f}%)" if part is not None else "")
         if not self.stream.isatty():
             if now - self._last_plain >= PLAIN_EVERY_S:
                 self._last_plain = now
@@ -126,7 +126,7 @@ class ReadingDisplay:
         self.live.update(line)
 
     def close(self) -> None:
-        """Take the line away: the import's report follows."""
+        """Take the line away: the report follows."""
         if self.live is not None:
             self.live.stop()
             self.live = None

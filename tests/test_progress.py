@@ -105,7 +105,7 @@ def test_a_long_import_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pyt
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """Through Store.add, the path of `batcher import` and `batcher run FILE`: rows and a job file tell the
     lines read and their part of all; not on a terminal, only when asked (a line every 10 s then)."""
-    monkeypatch.setattr(progress, "READING_SHOWN_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "COUNT_SHOWN_AFTER_S", 0.0)
     monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
     monkeypatch.setattr(_rows, "ROWS_PER_CHUNK", 10)
     monkeypatch.setattr(prepare, "BLOCK_BYTES", 200)
@@ -122,6 +122,21 @@ def test_a_long_import_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pyt
         store.add("quiet", [f"q{i}" for i in range(25)])  # not a terminal: nothing unless asked
         store.add("i", (f"q{i}" for i in range(25)), progress=True)  # an iterator: no part of all
     assert capsys.readouterr().err.splitlines() == ["reading rows: 10 line(s)", "reading rows: 20 line(s)"]
+
+
+def test_a_long_export_says_how_far_it_has_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(progress, "COUNT_SHOWN_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    out = tmp_path / "out.jsonl"
+    with batcher.Store(str(tmp_path / "s.db")) as store:
+        batch = store.add("x", [f"q{i}" for i in range(1200)], progress=False)
+        assert batch.export(str(out), include_pending=True, progress=True) == 1200  # written 500 lines at a time
+        assert capsys.readouterr().err.splitlines() == [f"writing {out}: 500 line(s) (42%)",
+                                                        f"writing {out}: 1,000 line(s) (83%)",
+                                                        f"writing {out}: 1,200 line(s) (100%)"]
+        assert batch.export(str(out), include_pending=True) == 1200  # not a terminal: nothing unless asked
+    assert capsys.readouterr().err == "" and len(out.read_bytes().splitlines()) == 1200
 
 
 def test_an_estimate_of_a_file_says_how_far_it_has_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,10 +157,10 @@ def test_an_estimate_of_a_file_says_how_far_it_has_read(tmp_path: Path, monkeypa
 
 
 def test_on_a_terminal_the_reading_line_is_taken_away_before_the_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(progress, "READING_SHOWN_AFTER_S", 0.0)
+    monkeypatch.setattr(progress, "COUNT_SHOWN_AFTER_S", 0.0)
     main, side = pty.openpty()
     with os.fdopen(side, "w") as terminal:
-        display = progress.ReadingDisplay("big.jsonl", stream=terminal)
+        display = progress.CountDisplay("reading big.jsonl", stream=terminal)
         display(500_000, 0.5)
         display.close()
     shown = b""
