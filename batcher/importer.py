@@ -325,7 +325,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         worst: tuple[int | None, int | None] = (importer.worst_input, importer.worst_output)
         if last is not None:  # the lines read then count too; unknown if they were never costed
             worst = (None, None) if last.worst_input_tokens is None else (
-                max(last.worst_input_tokens, importer.worst_input), max(last.worst_output_tokens, importer.worst_output))
+                max(last.worst_input_tokens, importer.worst_input),
+                max(last.worst_output_tokens, importer.worst_output))
         # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,

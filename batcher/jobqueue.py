@@ -322,9 +322,10 @@ def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
 
 
 def unfinished_costs(engine: Engine, batch_id: int, limit: int | None = None) -> Iterator[tuple[str, int, str, Cost]]:
-    """``(custom_id, line, model, cost)`` of the batch's unfinished jobs, in input order (see :func:`unfinished_bodies`).
+    """``(custom_id, line, model, cost)`` of the batch's unfinished jobs, in input order.
 
-    ``model`` is "" for a request that names none (an API batch's requests are stored as given).
+    Read as :func:`unfinished_bodies` reads them; ``model`` is "" for a
+    request that names none (an API batch's requests are stored as given).
     """
     for custom_id, line, body in unfinished_bodies(engine, batch_id, limit):
         payload = orjson.loads(body)
