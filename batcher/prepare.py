@@ -178,10 +178,15 @@ def told(chunks: Iterator[R], progress: Progress, path: str) -> Iterator[R]:
     """The chunks of ``path`` as they come; each time the reader asks for the next, ``progress`` hears how far."""
     size = max(1, os.path.getsize(path))
     lines = 0
-    for chunk in chunks:
-        yield chunk
-        lines += chunk.lines
-        progress(lines, chunk.read_to / size)
+    try:
+        for chunk in chunks:
+            yield chunk
+            lines += chunk.lines
+            progress(lines, chunk.read_to / size)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:  # the workers end with the reading, however it ends
+            close()
 
 
 def prepared_chunks(path: str, defaults: Defaults,
