@@ -173,19 +173,15 @@ class Batch:
         ...     b.export("colours.jsonl", format="text")
         2
         """
-        from ._progress import count_display
+        from ._progress import counting
         from .export import ExportNotes, default_output, export_batch
 
         kept = ExportNotes() if notes is None else notes
         path = path or default_output(self._record, format)
         onto_terminal = path == "-" and sys.stdout is not None and sys.stdout.isatty()
-        display = None if onto_terminal else count_display(progress, f"writing {'stdout' if path == '-' else path}")
-        try:
+        with counting(False if onto_terminal else progress, f"writing {'stdout' if path == '-' else path}") as display:
             written = export_batch(self._engine, self._record, path, format, only, include_pending, force=force,
                                    notes=kept, progress=display)
-        finally:
-            if display is not None:
-                display.close()
         if notes is None:
             for warning in kept.warnings():
                 warnings.warn(f"batcher: {warning}", stacklevel=2)

@@ -151,7 +151,7 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     at --rpm, by model. A file is validated as `import` would (bad lines are
     listed, exit 2) and nothing is stored.
     """
-    from ._progress import count_display
+    from ._progress import counting
     from .estimator import estimate, estimate_lines
     from .importer import ImportRejected
     from .jobfile import describe, is_job_input
@@ -161,16 +161,13 @@ def estimate_command(file_or_batch: str, db: str | None, model: str | None, max_
     if not is_file:
         _warn_file_only(file_or_batch, {"--model": model, "--max-tokens": max_tokens, "--system": system})
     doing = f"reading {describe(file_or_batch)}" if is_file else f"reading batch {file_or_batch}"
-    display = count_display(None, doing, "line" if is_file else "job")
     try:
-        found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm, display)
+        with counting(None, doing, "line" if is_file else "job") as display:
+            found = estimate(file_or_batch, db, Defaults(model, max_tokens, system), rpm, display)
     except ImportRejected as exc:
         for line in exc.report.error_lines():
             click.echo(line, err=True)
         fail("the file would not import; fix the lines above", exc.exit_code)
-    finally:
-        if display is not None:
-            display.close()
     for warning in found.warnings:
         click.echo(f"batcher: warning: {warning}", err=True)
     if as_json:

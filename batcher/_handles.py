@@ -19,7 +19,6 @@ from .store import check_batch_name, find_batch, list_batches
 # The importer loads on first use, so that the reading commands (status,
 # batches) start quickly.
 if TYPE_CHECKING:
-    from .progress import CountDisplay
     from .validate import Defaults
 
 
@@ -105,19 +104,16 @@ class Store:
         ...     b.name, b.report.added
         ('rows-...', 1)
         """
-        from ._progress import count_display
+        from ._progress import counting
         from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
                             rows_report)
         from .importer import ImportRejected, import_chunks
-        from .jobfile import describe
 
         if name is not None:
             check_batch_name(name)
         defaults = defaults_of(model, max_tokens, system)
         if isinstance(rows, (str, os.PathLike)):
-            path = os.fspath(rows)
-            return self._add_file(name, path, defaults, skip_invalid,
-                                  count_display(progress, f"reading {describe(path)}"))
+            return self._add_file(name, os.fspath(rows), defaults, skip_invalid, progress)
         given = records(rows)
         if name is None and not isinstance(given, Sequence):
             given = list(given)
@@ -126,32 +122,28 @@ class Store:
             derived, fingerprint = name_and_fingerprint(given, defaults)
             name = name or derived
         assert name is not None
-        display = count_display(progress, "reading rows")
         try:
-            report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE,
-                                   prepared_rows(given, defaults, progress=display), skip_invalid,
-                                   defaults=defaults, fingerprint=fingerprint)
+            with counting(progress, "reading rows") as display:
+                report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE,
+                                       prepared_rows(given, defaults, progress=display), skip_invalid,
+                                       defaults=defaults, fingerprint=fingerprint)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
-        finally:
-            if display is not None:
-                display.close()
         return Batch(self._engine, find_batch(self._engine, name), report)
 
     def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool,
-                  display: CountDisplay | None) -> Batch:
+                  progress: bool | None) -> Batch:
+        from ._progress import counting
         from ._rows import InvalidRows
         from .importer import ImportRejected, import_file
-        from .jobfile import ensure_readable
+        from .jobfile import describe, ensure_readable
 
         ensure_readable(path)
         try:
-            report = import_file(self._engine, path, name, defaults, skip_invalid, display)
+            with counting(progress, f"reading {describe(path)}") as display:
+                report = import_file(self._engine, path, name, defaults, skip_invalid, display)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=False) from None
-        finally:
-            if display is not None:
-                display.close()
         return Batch(self._engine, find_batch(self._engine, report.batch), report)
 
     def batch(self, name: str | None = None) -> Batch:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from .progress import CountDisplay, ProgressDisplay, describe
 
@@ -62,15 +63,22 @@ class NotebookDisplay:
             self._show(self._latest)
 
 
-def count_display(progress: bool | None, doing: str, unit: str = "line") -> CountDisplay | None:
+@contextmanager
+def counting(progress: bool | None, doing: str, unit: str = "line") -> Iterator[CountDisplay | None]:
     """How a long import, estimate or export shows how far it is (``doing``, counted by ``unit``).
 
     ``None``: on a terminal, nothing otherwise; True: a line every 10 s
     elsewhere too; False: nothing. A notebook shows only a run's progress.
+    The line is taken away when the block ends, however it ends.
     """
     if progress is False or in_notebook() or (progress is None and not sys.stderr.isatty()):
-        return None
-    return CountDisplay(doing, unit)
+        yield None
+        return
+    display = CountDisplay(doing, unit)
+    try:
+        yield display
+    finally:
+        display.close()
 
 
 def run_display(progress: bool | None) -> Display | None:
