@@ -17,10 +17,11 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
+from ._told import Progress
 from .errors import UsageError
 from .importer import ImportRejected, ImportReport
 from .jobfile import LineError
-from .prepare import PreparedChunk, Progress, prepare_object
+from .prepare import PreparedChunk, prepare_object
 from .validate import Defaults
 
 #: Rows per prepared chunk handed to the importer.

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 from sqlalchemy import Engine
 
+from ._told import Progress
 from .cost import BYTES_PER_TOKEN, Cost, request_cost
 from .db import open_store
 from .errors import UsageError, option
@@ -26,7 +27,7 @@ from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, 
                       refuse_file_like)
 from .jobqueue import batch_counts, unfinished_costs
 from .pacer import HEADROOM
-from .prepare import ROW_FIELDS, PreparedChunk, Progress, prepare_chunk, prepared_chunks, told
+from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks, told_reading
 from .store import Batch, find_batch
 from .validate import Defaults
 
@@ -162,7 +163,7 @@ def estimate_file(path: str, defaults: Defaults = Defaults(), rpm: float = 500.0
     report = ImportReport(batch="", file=shown)
     estimate = Estimate(shown, rpm)
     parts = prepared_chunks(path, defaults, _block_figures)
-    repeated = _add_up(parts if progress is None else told(parts, progress, path), estimate, report)
+    repeated = _add_up(parts if progress is None else told_reading(parts, progress, path), estimate, report)
     if repeated:
         _reject_duplicates(prepared_chunks(path, defaults), repeated, report)
     if report.rejected:

@@ -26,6 +26,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import _export_workers
+from ._told import Progress, told
 from ._render import RENDERERS, ExportNotes, renderer
 from .db import read_failure
 from .errors import OutputError, UsageError, option
@@ -148,30 +149,12 @@ def _check_destination(engine: Engine, path: str, shown: str, force: bool) -> No
                                  f"choose another name (or {option('force', switch=True)} to overwrite it)")
 
 
-#: Told how far an export is: lines written so far, and their part of all.
-Progress = Callable[[int, float | None], None]
-
-
 def _lines_to_export(engine: Engine, batch: Batch, only: str, include_pending: bool) -> int:
     """How many lines the export will write, from the batch's tally (a live run may change it meanwhile)."""
     statuses = _statuses(only, include_pending)
     with engine.connect() as conn:
         counts = status_counts(conn, batch.id)
     return sum(n for status, n in counts.items() if statuses is None or status in statuses)
-
-
-def _told(chunks: Iterator[Chunk], progress: Progress, total: int) -> Iterator[Chunk]:
-    """The chunks as they come; each time the writer asks for the next, ``progress`` hears how far."""
-    written = 0
-    try:
-        for chunk in chunks:
-            yield chunk
-            written += chunk[1]
-            progress(written, min(1.0, written / total) if total else None)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:  # the read transaction and the workers end with the writing
-            close()
 
 
 def is_stream_destination(out: str) -> bool:
@@ -193,7 +176,9 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
     """
     chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
     if progress is not None:
-        chunks = _told(chunks, progress, _lines_to_export(engine, batch, only, include_pending))
+        total = _lines_to_export(engine, batch, only, include_pending)
+        chunks = told(chunks, progress, lambda chunk: chunk[1],
+                      lambda _, written: min(1.0, written / total) if total else None)
     if isinstance(out, str):
         if out == "-":
             if sys.stdout is None:

@@ -23,12 +23,13 @@ from typing import Any, Iterable
 from sqlalchemy import Connection, Engine, bindparam, func, literal_column, select
 
 from . import tally
+from ._told import Progress
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
 from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
-from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, Progress, defaults_text
+from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
 from .schema import imports, jobs
 from .store import Batch, check_batch_name, get_or_create_batch
 from .validate import Defaults

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Protocol, TypeVar
 import orjson
 
 from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, widen, write_all
+from ._told import Progress, told
 from .cost import input_tokens_estimate
 from .errors import UsageError
 from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
@@ -59,14 +60,14 @@ class PreparedChunk:
     worst_output: int = 0
     #: For a block of a file: the offset after its last line, to tell how far a reading is.
     read_to: int = 0
+    #: With a list here, each valid row's request body (a dict) is kept too,
+    #: for readers that look into requests (the estimate); import keeps none.
+    bodies: list[dict[str, Any]] | None = None
 
     @property
     def lines(self) -> int:
         """Lines read: valid or not."""
         return len(self.rows) + len(self.errors)
-    #: With a list here, each valid row's request body (a dict) is kept too,
-    #: for readers that look into requests (the estimate); import keeps none.
-    bodies: list[dict[str, Any]] | None = None
 
 
 def prepare_chunk(lines: list[tuple[int, bytes]], defaults: Defaults,
@@ -159,11 +160,6 @@ def _parallel_worthwhile(path: str, start: int) -> bool:
 
 T = TypeVar("T")
 
-#: Told how far a reading is: lines read so far, and the part of the input
-#: they reach (None when the input's length is not known).
-Progress = Callable[[int, float | None], None]
-
-
 class _Read(Protocol):
     read_to: int
 
@@ -174,19 +170,10 @@ class _Read(Protocol):
 R = TypeVar("R", bound=_Read)
 
 
-def told(chunks: Iterator[R], progress: Progress, path: str) -> Iterator[R]:
-    """The chunks of ``path`` as they come; each time the reader asks for the next, ``progress`` hears how far."""
+def told_reading(chunks: Iterator[R], progress: Progress, path: str) -> Iterator[R]:
+    """The chunks of ``path``, telling ``progress`` the lines read and the part of the file they reach."""
     size = max(1, os.path.getsize(path))
-    lines = 0
-    try:
-        for chunk in chunks:
-            yield chunk
-            lines += chunk.lines
-            progress(lines, chunk.read_to / size)
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:  # the workers end with the reading, however it ends
-            close()
+    return told(chunks, progress, lambda chunk: chunk.lines, lambda chunk, _: chunk.read_to / size)
 
 
 def prepared_chunks(path: str, defaults: Defaults,
@@ -240,7 +227,7 @@ class FileChunks:
 
     def __iter__(self) -> Iterator[PreparedChunk]:
         chunks = prepared_chunks(self.path, self.defaults, reading=self.reading)
-        return chunks if self.progress is None else told(chunks, self.progress, self.path)
+        return chunks if self.progress is None else told_reading(chunks, self.progress, self.path)
 
 
 #: A block to prepare, parent to worker: offset, length, first line's number.
