@@ -5,6 +5,10 @@ Runs the real CLI in a subprocess so peak RSS is the import's alone, then
 the same command again, as a resume of ``batcher run FILE`` would, and
 again once ten lines are appended to the file; then the same number of
 rows given twice to ``Store.add`` from Python, as a call made again does.
+Last, the import's ceiling on this machine: the file's rows prepared
+beforehand and kept on disk, then stored by the importer alone, in a process
+of its own. The workers prepare while the importer stores, so no import of
+the file can be faster than that store step.
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ def main() -> None:
         print(f"after 10 lines appended: {time.perf_counter() - start:.2f} s ({grown.split(': ', 1)[1]})")
         print(subprocess.run([sys.executable, "-c", ROWS_AGAIN, str(lines), os.path.join(tmp, "rows.db")],
                              check=True, capture_output=True, text=True).stdout.strip())
+        print(subprocess.run([sys.executable, "-c", STORE_ONLY, path, tmp], check=True, capture_output=True,
+                             text=True).stdout.strip())
 
 
 #: The same rows given twice from Python, as a call made again to resume does.
@@ -79,6 +85,36 @@ with batcher.Store(sys.argv[2]) as store:
         took.append(time.perf_counter() - start)
 print(f"Store.add of {len(rows):,} rows: {took[0]:.1f} s; the same rows again: {took[1]:.2f} s "
       f"(unread: {report.unread})")
+"""
+
+
+#: The importer's own part: rows prepared first (pickled to a file), then
+#: timed from unpickling to commit, as the importer receives them from its workers.
+STORE_ONLY = """
+import os, pickle, sys, time
+from batcher.db import open_store
+from batcher.importer import ImportReport, import_chunks
+from batcher.prepare import prepared_chunks
+from batcher.validate import Defaults
+path, tmp = sys.argv[1], sys.argv[2]
+defaults = Defaults("claude-haiku-4.5", 256)
+kept = os.path.join(tmp, "prepared.pickle")
+with open(kept, "wb") as out:
+    for chunk in prepared_chunks(path, defaults):
+        pickle.dump(chunk, out, pickle.HIGHEST_PROTOCOL)
+def chunks():
+    with open(kept, "rb") as given:
+        while True:
+            try:
+                yield pickle.load(given)
+            except EOFError:
+                return
+engine = open_store(os.path.join(tmp, "store-only.db"))
+start = time.perf_counter()
+report = import_chunks(engine, ImportReport("b", path), path, chunks(), defaults=defaults)
+took = time.perf_counter() - start
+print(f"ceiling: the importer storing {report.added:,} rows prepared beforehand takes {took:.1f} s "
+      f"= {report.added / took:,.0f} rows/s, however fast the preparing")
 """
 
 
