@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 import anyio
 from sqlalchemy import Engine
 
-from .errors import StoreFull
+from .errors import StoreStalled
 from .jobqueue import CLAIM_CHUNK, FULL_RETRY_S, START, ClaimedJob, claim
 
 
@@ -32,12 +32,12 @@ class Claims:
     """
 
     def __init__(self, engine: Engine, batch_id: int, run_id: int, ahead: int = 2, limit: int | None = None,
-                 on_full: Callable[[StoreFull | None], object] | None = None) -> None:
-        """``on_full`` hears of a claim that found the store full (tried again until it goes
-        through), and with None of the first that went through after it."""
+                 on_stall: Callable[[StoreStalled | None], object] | None = None) -> None:
+        """``on_stall`` hears of a claim that found the store full or locked (tried again until it
+        goes through), and with None of the first that went through after it."""
         self.engine, self.batch_id, self.run_id, self.ahead, self.limit = engine, batch_id, run_id, ahead, limit
-        self.on_full = on_full
-        self._full = False
+        self.on_stall = on_stall
+        self._stalled = False
         self.taken = 0  # jobs claimed in all, against the limit
         self.after = START
         self.ready: deque[ClaimedJob] = deque()
@@ -79,16 +79,16 @@ class Claims:
             try:
                 chunk = await anyio.to_thread.run_sync(
                     claim, self.engine, self.batch_id, self.run_id, size, self.after) if size > 0 else []
-            except StoreFull as exc:
-                if self.on_full is None:
+            except StoreStalled as exc:
+                if self.on_stall is None:
                     raise
-                self._full = True
-                self.on_full(exc)
+                self._stalled = True
+                self.on_stall(exc)
                 await anyio.sleep(FULL_RETRY_S)
                 continue
-            if self._full and self.on_full is not None:
-                self._full = False
-                self.on_full(None)
+            if self._stalled and self.on_stall is not None:
+                self._stalled = False
+                self.on_stall(None)
             if chunk:
                 self.after = chunk[-1].place
                 self.taken += len(chunk)

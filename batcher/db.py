@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .errors import StoreError, StoreFull, UsageError, option
+from .errors import StoreBusy, StoreError, StoreFull, UsageError, option
 
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
@@ -117,7 +117,7 @@ def _setup_sqlite(engine: Engine, readonly: bool = False) -> None:
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         # Larger pages suit rows of a few hundred bytes (a no-op once the
         # file has content): about 15% faster bulk import.
         if not readonly:
@@ -295,6 +295,9 @@ def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenat
             return fn(engine, *args, **kwargs)
         except DBAPIError as exc:
             where = display_name(engine.url.render_as_string(hide_password=False))
+            if is_busy(exc):
+                raise StoreBusy(f"{where}: cannot use the job store: database is locked: another process has "
+                                f"been writing to it for over {BUSY_TIMEOUT_S:g} s") from None
             kind = StoreFull if is_full(exc) else StoreError
             raise kind(f"{where}: cannot use the job store: {exc.orig}") from None
 
@@ -303,6 +306,14 @@ def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenat
 
 #: SQLite's "database or disk is full" (a full disk, or max_page_count reached), PostgreSQL's disk_full.
 _SQLITE_FULL, _PG_DISK_FULL = 13, "53100"
+#: SQLite's "database is locked" (its base code, whatever the extended one).
+_SQLITE_BUSY = 5
+
+
+def is_busy(exc: DBAPIError) -> bool:
+    """Whether another connection held the write lock past the busy timeout: waiting longer mends it."""
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == _SQLITE_BUSY
 
 
 def is_full(exc: DBAPIError) -> bool:

@@ -61,13 +61,42 @@ class StoreError(BatcherError):
     exit_code = EXIT_STORE
 
 
-class StoreFull(StoreError):
-    """The store's disk (or its size cap) is full: nothing more fits until room is made.
+class StoreStalled(StoreError):
+    """The store takes no write for now, and will again once room is made or another writer is done.
 
-    Unlike a locked or read-only store it mends itself once space is freed,
-    so a run holds its answers and waits rather than end (see
-    :func:`batcher.writer.run_writer`). Catch :class:`StoreError` for both.
+    Unlike a read-only or broken store it mends without the run doing
+    anything, so a run holds its answers and waits rather than end (see
+    :func:`batcher.writer.run_writer`); any other command ends with it.
+    Catch :class:`StoreError` for every failure of the store.
     """
+
+    #: What the store is, how long the run waits, and what ends the wait: for the run's messages.
+    kind, until, again = "stalled", "until it takes writes again", "takes writes again"
+
+    def pause_note(self, held: int) -> str:
+        """The run's progress line while it waits, with ``held`` outcomes in memory.
+
+        >>> StoreFull("x").pause_note(7)
+        'store full: paused, 7 outcome(s) held until there is room'
+        """
+        return f"store {self.kind}: paused, {held:,} outcome(s) held {self.until}"
+
+
+class StoreFull(StoreStalled):
+    """The store's disk (or its size cap) is full: nothing more fits until room is made."""
+
+    kind, until, again = "full", "until there is room", "has room again"
+
+
+class StoreBusy(StoreStalled):
+    """Another process has held the store's write lock longer than batcher waits for it.
+
+    SQLite lets one process write at a time; a large import, cancel or retry
+    into the same store holds the lock from its start to its commit, all
+    or nothing: a million lines hold it for about 20 s here.
+    """
+
+    kind, until, again = "locked", "until it is free", "is free again"
 
 
 class APIStopped(BatcherError):

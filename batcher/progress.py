@@ -51,8 +51,8 @@ def describe(s: Snapshot) -> str:
     ]
     if s.pace_reason and s.max_rpm and s.paused_s <= 0.5:
         parts.insert(6, f"{s.pace_reason}: {pace_against(s.target_rpm, s.max_rpm)}")
-    if s.held is not None:
-        parts.append(f"store full: paused, {s.held:,} outcome(s) held until there is room")
+    if s.stall is not None:
+        parts.append(s.stall)
     elif s.paused_s > 0.5:
         parts.append(f"paused {s.paused_s:.0f}s by the rate limit")
     if s.stopping:

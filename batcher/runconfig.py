@@ -116,8 +116,10 @@ class Snapshot:
     #: --rpm, and why the pace (target_rpm) is lower when it is.
     max_rpm: float | None = None
     pace_reason: str | None = None
-    #: While the store is full: jobs whose outcome waits in memory for room (sending is paused).
+    #: While the store takes no write (full, or locked by another process): jobs whose
+    #: outcome waits in memory (sending is paused), and the pause as the progress line says it.
     held: int | None = None
+    stall: str | None = None
 
 
 def exit_code_for(outcome: str, failed_in_batch: int, left: int, canceled_in_batch: int = 0) -> int:

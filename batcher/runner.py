@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from ._records import attempt_row, failed, refusal, succeeded
 from .claims import Claims
 from .client import Attempt, MessagesClient
-from .errors import EXIT_INTERRUPTED, StoreError, StoreFull, first_user_error, option
+from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
 from .cost import request_cost
 from .guard import ConfigGuard
 from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
@@ -51,8 +51,8 @@ class _State:
     fatal: tuple[str, str] | None = None  # (outcome, message) of a run that cannot go on
     retrying: int = 0
     in_flight: int = 0
-    full: str | None = None  # why the store takes no write, while it does not
-    held: int = 0  # jobs whose outcome waits in memory for room in the store
+    stalled: StoreStalled | None = None  # why the store takes no write, while it does not
+    held: int = 0  # jobs whose outcome waits in memory until the store takes writes
 
 
 class Runner:
@@ -112,7 +112,7 @@ class Runner:
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
         claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers),
-                        limit=self.config.limit, on_full=lambda exc: self._store_full(exc, self.state.held))
+                        limit=self.config.limit, on_stall=lambda exc: self._stalled(exc, self.state.held))
         try:
             return await self._flow(claims, on_progress)
         finally:
@@ -122,7 +122,7 @@ class Runner:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
         async with anyio.create_task_group() as outer:
             outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace,
-                             self._store_full)
+                             self._stalled)
             async with anyio.create_task_group() as watchers:
                 if self.config.handle_signals:
                     watchers.start_soon(self._watch_signals)
@@ -274,22 +274,23 @@ class Runner:
     def _tell_pacer(self, attempt: Attempt, sent_at: float) -> None:
         tell_pacer(self.pacer, attempt, sent_at)
 
-    def _store_full(self, error: StoreFull | None, held: int) -> bool:
-        """The store has no room (``error``), or has room again (None).
+    def _stalled(self, error: StoreStalled | None, held: int) -> bool:
+        """The store takes no write (``error``: it is full, or another process keeps it locked), or does again (None).
 
         No request starts meanwhile, and the outcomes of those in flight wait
-        in memory: freeing space lets the run store them and go on, with
-        nothing paid for twice. Once the run is stopping, they are given up
-        when the last arrives (the next run sends those jobs again): True
-        while they are worth holding.
+        in memory: freeing space, or the other writer's end, lets the run
+        store them and go on, with nothing paid for twice. Once the run is
+        stopping, they are given up when the last arrives (the next run
+        sends those jobs again): True while they are worth holding.
         """
-        was, self.state.full, self.state.held = self.state.full, (str(error) if error else None), held
+        was, self.state.stalled, self.state.held = self.state.stalled, error, held
         if error is not None:
             self.pacer.pause(2 * FULL_RETRY_S)
-        if (was is None) != (error is None):
-            print(f"{self._newline()}batcher: the store has room again; sending resumes" if error is None else
-                  f"{self._newline()}batcher: {error}: no request starts until there is room; the answers "
-                  "of those in flight wait in memory (Ctrl-C gives them up)", file=sys.stderr, flush=True)
+        if was is not None and error is None:
+            print(f"{self._newline()}batcher: the store {was.again}; sending resumes", file=sys.stderr, flush=True)
+        elif was is None and error is not None:
+            print(f"{self._newline()}batcher: {error}: no request starts {error.until}; the answers of those in "
+                  "flight wait in memory (Ctrl-C gives them up)", file=sys.stderr, flush=True)
         return not self.state.stopping
 
     # --- stopping ------------------------------------------------------------
@@ -320,8 +321,8 @@ class Runner:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 if self.state.stopping:
-                    done, held = self.tally.done, self.state.held if self.state.full else 0
-                    lost = f"; {held:,} held for a full store are not, and are sent again" if held else ""
+                    done, held = self.tally.done, self.state.held if self.state.stalled else 0
+                    lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
                     print(f"{self._newline()}batcher: stopped at once; {done:,} done are safely stored{lost}, "
                           "the rest resumes on the next run", file=sys.stderr, flush=True)
                     os._exit(EXIT_INTERRUPTED)
@@ -351,7 +352,8 @@ class Runner:
             in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.shown_rpm, eta_s=eta,
             input_tokens=self.tally.input_tokens, output_tokens=self.tally.output_tokens,
             paused_s=self.pacer.paused_for, stopping=self.state.stopping, max_rpm=self.pacer.max_rpm,
-            pace_reason=self.pacer.reason, held=self.state.held if self.state.full else None)
+            pace_reason=self.pacer.reason, held=self.state.held if self.state.stalled else None,
+            stall=self.state.stalled.pause_note(self.state.held) if self.state.stalled else None)
 
     def _request_rate(self, now: float) -> float:
         """Requests per minute sent over the last minute (or since the first, if sooner)."""

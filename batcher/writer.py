@@ -3,8 +3,9 @@
 Workers hand it records through a memory stream; it commits whatever arrived
 within ~100 ms in one transaction (run in a thread so the event loop keeps
 sending), and only then counts a job as done. Grouping keeps SQLite's commit
-cost per second constant however fast answers arrive. A full store makes it
-hold what it has until there is room, rather than drop answers paid for.
+cost per second constant however fast answers arrive. A full store, or one
+another process keeps locked, makes it hold what it has until it can write,
+rather than drop answers paid for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream
 from sqlalchemy import Engine
 
-from .errors import StoreFull
+from .errors import StoreStalled
 from .jobqueue import FULL_RETRY_S, HEARTBEAT_S, AttemptRow, Outcome, record
 
 FLUSH_EVERY_S = 0.1
@@ -44,18 +45,19 @@ class Tally:
 async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[AttemptRow | Outcome],
                      tally: Tally, on_commit: Callable[[], None] | None = None,
                      on_beat: Callable[[], dict[str, Any]] | None = None,
-                     on_full: Callable[[StoreFull | None, int], bool] | None = None) -> None:
+                     on_stall: Callable[[StoreStalled | None, int], bool] | None = None) -> None:
     """Commit records from ``inbox`` until it is closed and drained.
 
     ``on_beat`` gives values for the run's row, written with each heartbeat.
 
-    A store with no room (:class:`~batcher.errors.StoreFull`) does not cost
-    the answers taken: they are held, later ones gathered with them, and the
-    write tried again every ``FULL_RETRY_S``, telling ``on_full(error, jobs
-    held)`` each time and ``on_full(None, 0)`` once a write goes through.
-    After the inbox is closed, holding goes on while ``on_full`` returns
-    True; without ``on_full`` or once it says False, the error ends the
-    writer, naming the outcomes it could not store.
+    A store that takes no write for now (:class:`~batcher.errors.StoreStalled`:
+    full, or locked by another process) does not cost the answers taken:
+    they are held, later ones gathered with them, and the write tried again
+    every ``FULL_RETRY_S``, telling ``on_stall(error, jobs held)`` each time
+    and ``on_stall(None, 0)`` once a write goes through. After the inbox is
+    closed, holding goes on while ``on_stall`` returns True; without
+    ``on_stall`` or once it says False, the error ends the writer, naming
+    the outcomes it could not store.
     """
     last_beat = 0.0
     attempt_rows: list[AttemptRow] = []
@@ -80,16 +82,16 @@ async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[Att
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(record, engine, run_id, attempt_rows, outcomes, beat,
                                                    on_beat() if beat and on_beat else None)
-            except StoreFull as exc:
-                keep = on_full is not None and on_full(exc, len(outcomes))
-                if on_full is None or (closed and not keep):
+            except StoreStalled as exc:
+                keep = on_stall is not None and on_stall(exc, len(outcomes))
+                if on_stall is None or (closed and not keep):
                     raise _lost(exc, outcomes) from None
                 holding = True
                 continue
             if holding:
                 holding = False
-                if on_full is not None:
-                    on_full(None, 0)
+                if on_stall is not None:
+                    on_stall(None, 0)
             _count(tally, attempt_rows, outcomes)
             attempt_rows, outcomes = [], []
             if on_commit is not None:
@@ -120,11 +122,11 @@ async def _gather(inbox: ObjectReceiveStream[AttemptRow | Outcome], attempt_rows
     return False
 
 
-def _lost(exc: StoreFull, outcomes: list[Outcome]) -> StoreFull:
-    """The store-full error, saying what it cost when outcomes could not be stored."""
+def _lost(exc: StoreStalled, outcomes: list[Outcome]) -> StoreStalled:
+    """The store's error, saying what it cost when outcomes could not be stored."""
     if not outcomes:
         return exc
-    return StoreFull(f"{exc}; the outcome of {len(outcomes)} job(s) could not be stored: "
+    return type(exc)(f"{exc}; the outcome of {len(outcomes)} job(s) could not be stored: "
                      "the next run sends them again")
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from batcher.db import DEFAULT_DB, _setup_sqlite, open_store, resolve_url, write
-from batcher.errors import StoreError, UsageError
+from batcher.errors import StoreBusy, StoreError, UsageError
 from batcher.importer import import_file
 from batcher.jobfile import numbered_lines
 from batcher.prepare import defaults_text, prepare_chunk, request_body
@@ -211,6 +211,23 @@ def test_busy_store_is_waited_for_not_failed(tmp_path: Path) -> None:
         blocker.close()
     assert report.added == 2
     assert waited >= 0.4  # ...and the import waited for it instead of failing with "database is locked"
+
+
+def test_a_lock_held_past_the_wait_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("batcher.db.BUSY_TIMEOUT_S", 0.2)
+    db = tmp_path / "store.db"
+    engine = open_store(str(db))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(StoreBusy) as caught:
+            import_file(engine, str(write_jobs(tmp_path / "a.jsonl", 2)), "a", DEFAULTS)
+    finally:
+        blocker.close()
+    assert str(caught.value) == (f"{db}: cannot use the job store: database is locked: another process has been "
+                                 "writing to it for over 0.2 s")
+    assert caught.value.exit_code == 4
+    assert import_file(engine, str(tmp_path / "a.jsonl"), "a", DEFAULTS).added == 2  # nothing was half-written
 
 
 # --- errors as one line -----------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 import batcher
 from batcher import _rows, estimator, prepare, progress
+from batcher.errors import StoreBusy, StoreFull, StoreStalled
 from batcher.estimator import estimate
 from batcher.runner import RunSummary, Snapshot
 from batcher.validate import Defaults
@@ -75,9 +76,12 @@ def test_a_run_of_one_request_or_none_shows_no_rate(attempts: int, said: str) ->
     assert f"2 left; {said}; tokens 0 in / 0 out" in progress.summary_lines(summary)[0]
 
 
-def test_a_full_store_is_named_on_the_line_instead_of_a_rate_limit_pause() -> None:
-    line = progress.describe(snapshot(paused_s=1.5, held=7))
-    assert line.endswith(" | store full: paused, 7 outcome(s) held until there is room")
+@pytest.mark.parametrize("error, said", [
+    (StoreFull("x"), "store full: paused, 7 outcome(s) held until there is room"),
+    (StoreBusy("x"), "store locked: paused, 7 outcome(s) held until it is free")])
+def test_a_stalled_store_is_named_on_the_line_instead_of_a_rate_limit_pause(error: StoreStalled, said: str) -> None:
+    line = progress.describe(snapshot(paused_s=1.5, held=7, stall=error.pause_note(7)))
+    assert line.endswith(f" | {said}")
     assert "by the rate limit" not in line
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,42 @@ def test_a_full_store_holds_the_answers_and_the_run_goes_on_once_there_is_room(
     err = capfd.readouterr().err
     assert "full.db: cannot use the job store: database or disk is full: no request starts until there is room" in err
     assert "the store has room again; sending resumes" in err
+
+
+def test_a_store_another_process_keeps_locked_holds_the_answers_and_the_run_goes_on_once_it_is_free(
+        tmp_path: Path, simulator: Any, capfd: Any, monkeypatch: Any) -> None:
+    """A large import into the same store holds its write lock from start to commit: past the
+    wait for it, the run must neither end nor drop the answers it has paid for."""
+    monkeypatch.setattr("batcher.db.BUSY_TIMEOUT_S", 0.3)
+    sim = simulator()
+    store = CappedStore(tmp_path, 150)
+    store.make_room()
+    holder: list[threading.Thread] = []
+    seen: list[tuple[int | None, str | None]] = []
+
+    def hold_the_lock() -> None:
+        conn = sqlite3.connect(store.db, isolation_level=None, timeout=10)
+        conn.execute("BEGIN IMMEDIATE")
+        time.sleep(2.5)
+        conn.execute("COMMIT")
+        conn.close()
+
+    def watch(snapshot: Any) -> None:
+        seen.append((snapshot.held, snapshot.stall))
+        if snapshot.done >= 20 and not holder:
+            holder.append(threading.Thread(target=hold_the_lock))
+            holder[0].start()
+
+    summary = anyio.run(store.runner(sim).run, watch)
+    holder[0].join()
+    assert summary.exit_code == 0
+    assert {r.status for r in stored(store.engine).values()} == {"succeeded"}
+    assert sim.stats()["requests"] == 150  # no answer lost, none paid for twice
+    assert any(stall and stall.startswith("store locked: paused, ") for _, stall in seen)
+    err = capfd.readouterr().err
+    assert ("full.db: cannot use the job store: database is locked: another process has been writing to it for "
+            "over 0.3 s: no request starts until it is free") in err
+    assert "the store is free again; sending resumes" in err
 
 
 def test_a_run_stopped_while_the_store_is_full_says_in_one_line_what_it_could_not_store(
