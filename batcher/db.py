@@ -117,7 +117,6 @@ def _setup_sqlite(engine: Engine, readonly: bool = False) -> None:
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         # Larger pages suit rows of a few hundred bytes (a no-op once the
         # file has content): about 15% faster bulk import.
         if not readonly:
@@ -127,8 +126,11 @@ def _setup_sqlite(engine: Engine, readonly: bool = False) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("batcher_immediate")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        given = conn.get_execution_options()
+        # Set for each transaction: pooled connections serve callers who wait differently.
+        wait_s = given.get("batcher_wait_s") or BUSY_TIMEOUT_S
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if given.get("batcher_immediate") else "BEGIN")
 
 
 def _newest_revision() -> str:
@@ -296,8 +298,8 @@ def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenat
         except DBAPIError as exc:
             where = display_name(engine.url.render_as_string(hide_password=False))
             if is_busy(exc):
-                raise StoreBusy(f"{where}: cannot use the job store: database is locked: another process has "
-                                f"been writing to it for over {BUSY_TIMEOUT_S:g} s") from None
+                raise StoreBusy(f"{where}: cannot use the job store: database is locked: another process is "
+                                "writing to it") from None
             kind = StoreFull if is_full(exc) else StoreError
             raise kind(f"{where}: cannot use the job store: {exc.orig}") from None
 
@@ -324,8 +326,12 @@ def is_full(exc: DBAPIError) -> bool:
 
 
 @contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """A write transaction that takes the write lock up front (SQLite)."""
-    with engine.connect().execution_options(batcher_immediate=True) as conn:
+def write(engine: Engine, wait_s: float | None = None) -> Iterator[Connection]:
+    """A write transaction that takes the write lock up front (SQLite).
+
+    Another process's write is waited for up to ``wait_s`` (by default
+    :data:`BUSY_TIMEOUT_S`); then the store is :class:`~batcher.errors.StoreBusy`.
+    """
+    with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=wait_s) as conn:
         with conn.begin():
             yield conn

@@ -32,8 +32,13 @@ CLAIM_CHUNK = 100
 #: A run whose heartbeat is older than this is taken for dead.
 STALE_AFTER_S = 30.0
 HEARTBEAT_S = 5.0
-#: While the store is full, how often a write (a claim, the writer's records) is tried again.
+#: While the store takes no write, how often a write (a claim, the writer's records) is tried again.
 FULL_RETRY_S = 1.0
+#: How long a run's claim or record waits for another process's write (an
+#: import into the same store, say) before the run says so and holds its
+#: answers until the store is free (see :class:`~batcher.errors.StoreBusy`):
+#: a frozen progress line would not tell why.
+RUN_WAIT_S = 2.0
 
 
 #: Before every job of a batch in its order: ``(part, line, id)``.
@@ -105,7 +110,7 @@ def claim(engine: Engine, batch_id: int, run_id: int, limit: int,
     jobs before them are done.
     """
     now = time.time()
-    with write(engine) as conn:
+    with write(engine, RUN_WAIT_S) as conn:
         rows = conn.execute(
             select(jobs.c.id, jobs.c.part, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash,
                    jobs.c.source, jobs.c.attempts, imports.c.defaults)
@@ -195,7 +200,7 @@ def record(engine: Engine, run_id: int, attempt_rows: list[AttemptRow], outcomes
     now = time.time()
     stored = 0
     delta = tally.TallyDelta()
-    with write(engine) as conn:
+    with write(engine, RUN_WAIT_S) as conn:
         batch_id = conn.execute(select(runs.c.batch_id).where(runs.c.id == run_id)).scalar_one()
         if attempt_rows:
             conn.execute(attempts.insert(), [

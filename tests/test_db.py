@@ -224,8 +224,7 @@ def test_a_lock_held_past_the_wait_is_one_line_naming_it(tmp_path: Path, monkeyp
             import_file(engine, str(write_jobs(tmp_path / "a.jsonl", 2)), "a", DEFAULTS)
     finally:
         blocker.close()
-    assert str(caught.value) == (f"{db}: cannot use the job store: database is locked: another process has been "
-                                 "writing to it for over 0.2 s")
+    assert str(caught.value) == f"{db}: cannot use the job store: database is locked: another process is writing to it"
     assert caught.value.exit_code == 4
     assert import_file(engine, str(tmp_path / "a.jsonl"), "a", DEFAULTS).added == 2  # nothing was half-written
 
