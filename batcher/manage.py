@@ -53,7 +53,10 @@ def retry(engine: Engine, batch: Batch, error_types: Iterable[str] = (), status_
             delta.budget -= spent
             if not canceled:
                 delta.failures[error_type, status_code] -= n
-        moved = conn.execute(jobs.update().where(chosen).values(
+        # The chosen jobs are found as the failed jobs' partial index orders them: else
+        # SQLite's planner walks the batch's whole order index (3.6 s for 20,000 of 1M jobs).
+        found = select(jobs.c.id).where(chosen).order_by(jobs.c.error_type, jobs.c.status_code)
+        moved = conn.execute(jobs.update().where(jobs.c.id.in_(found)).values(
             status="pending", attempts=0, error=None, error_type=None, status_code=None, finished_at=None,
             updated_at=time.time())).rowcount
         tally.apply(conn, batch.id, delta)

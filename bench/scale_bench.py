@@ -14,7 +14,8 @@ by default). Then prints:
   at the simulator, for a fresh batch (also under token caps, which must
   know that no job exceeds one), one left ``running`` by a run killed with
   SIGKILL, and one half done;
-- bytes per job and what takes the room (SQLite's dbstat).
+- bytes per job and what takes the room (SQLite's dbstat);
+- last, ``batcher retry`` of the failed jobs, and again with none left.
 """
 
 from __future__ import annotations
@@ -242,6 +243,10 @@ def main() -> None:
         counts = batch_status(engine, find_batch(engine, "bench"), detail=False)
         print(f"  {counts['succeeded']:,} succeeded, {counts['failed']:,} failed, {counts['pending']:,} pending")
         room(db, args.jobs)
+        if counts["failed"] and not args.keep:  # last: it changes the batch
+            took = cli_seconds("retry", "bench", "--db", db, repeat=1)
+            print(f"  retry of the {counts['failed']:,} failed jobs: {took:.2f} s; again, with none left: "
+                  f"{cli_seconds('retry', 'bench', '--db', db):.2f} s (CLI)")
         engine.dispose()
 
 
