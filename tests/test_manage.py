@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from batcher.errors import UsageError
 from batcher.manage import cancel, retry
 from batcher.schema import attempts, jobs
 
-from batchdata import mixed_batch, statuses
+from batchdata import fail, make_batch, mixed_batch, statuses
 
 
 @pytest.fixture
@@ -51,6 +51,26 @@ def test_retry_all_failed_resets_budget_and_error_keeps_history(mixed: Any) -> N
     assert (row.attempts, row.error, row.error_type, row.status_code, row.finished_at) == (0, None, None, None, None)
     assert attempt_rows(engine) == before
     assert retry(engine, batch) == 0
+
+
+def test_retry_reads_the_failed_jobs_not_the_whole_batch(tmp_path: Path) -> None:
+    """On a big batch with few failures, retry must find them through their index. SQLite's
+    own count of the instructions it ran tells, whatever the machine's speed."""
+    engine, batch, _ = make_batch(tmp_path, 5000)
+    fail(engine, batch, "job-2500")
+    fail(engine, batch, "job-4000", "overloaded_error", 529, "Overloaded")
+    steps = [0]
+
+    def count(dbapi_conn: Any, *_: Any) -> None:
+        dbapi_conn.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 100)
+
+    event.listen(engine, "checkout", count)
+    assert retry(engine, batch, status_codes=[529]) == 1
+    assert retry(engine, batch) == 1
+    assert retry(engine, batch) == 0
+    # Walking the batch's 5,000 jobs costs about 250 hundreds of instructions a retry; the index, a few.
+    assert steps[0] < 60
+    assert statuses(engine, batch)["job-2500"] == statuses(engine, batch)["job-4000"] == "pending"
 
 
 @pytest.mark.parametrize("options, moved", [
