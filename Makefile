@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fuzz demo bench clean
+.PHONY: test fuzz demo bench clean compiled
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,25 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The package's bytecode, written as pip writes it for a regular install:
+# where PYTHONDONTWRITEBYTECODE is set, the editable install would otherwise
+# compile every module it loads at each start (about 40 ms of each command).
+# Only what changed since is compiled again.
+compiled: $(STAMP)
+	$(BIN)/python -m compileall -q batcher
+
 # The suite spends most of its time in subprocesses and waits: one worker per
 # core halves it. A file's tests stay together, sharing their servers.
-test: $(STAMP)
+test: compiled
 	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
-fuzz: $(STAMP)
+fuzz: compiled
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -m property
 
-demo: $(STAMP)
+demo: compiled
 	$(BIN)/python -m batcher.demo
 
-bench: $(STAMP)
+bench: compiled
 	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/estimate_bench.py
