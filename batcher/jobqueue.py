@@ -23,14 +23,13 @@ from . import tally
 from .cost import Cost, request_cost
 from .db import store_errors, write
 from .errors import StoreError, UsageError
+from .liveness import run_is_alive
 from .prepare import body_hash, request_body
 from .schema import ORDER, answers, attempts, imports, in_status, jobs, runs
 from .store import status_counts
 
 #: Most jobs one claim transaction takes (one per worker waiting for a job).
 CLAIM_CHUNK = 100
-#: A run whose heartbeat is older than this is taken for dead.
-STALE_AFTER_S = 30.0
 HEARTBEAT_S = 5.0
 #: While the store takes no write, how often a write (a claim, the writer's records) is tried again.
 FULL_RETRY_S = 1.0
@@ -62,21 +61,6 @@ class ClaimedJob:
 
 class BatchBusy(UsageError):
     """Another live run owns the batch."""
-
-
-def run_is_alive(row: Any, now: float) -> bool:
-    """A run row belongs to a live process: fresh heartbeat, and on this host, the pid exists."""
-    if now - row.heartbeat_at > STALE_AFTER_S:
-        return False
-    if row.host != socket.gethostname():
-        return True
-    try:
-        os.kill(row.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @store_errors

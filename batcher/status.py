@@ -15,12 +15,9 @@ from sqlalchemy import Connection, Engine, select
 
 from . import tally
 from ._render import error_parts
-from .jobqueue import run_is_alive
+from .liveness import run_is_alive, silent_for
 from .schema import in_status, jobs, runs
 from .store import Batch
-
-#: A run whose heartbeat is older than this is dead, whatever its row says.
-LIVE_HEARTBEAT_S = 30.0
 
 
 def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail: bool = True) -> dict[str, Any]:
@@ -33,7 +30,9 @@ def batch_status(engine: Engine, batch: Batch, now: float | None = None, detail:
     example), started_at/ended_at, achieved_rpm, run (the live run, with
     rpm_limit, pace_rpm and pace_reason (the pace the server allows now and
     why it is under rpm_limit, None when it is not), current_rpm, in_flight,
-    eta_s; else None) and streaming (medians; None
+    eta_s, and silent_s (seconds since its last word, when it has written
+    none for a while: it waits for its store to take writes, or is
+    stopped); else None) and streaming (medians; None
     when nothing was streamed). ``detail=False`` stops after the token
     totals, for listings of many batches. Times are Unix seconds.
     """
@@ -118,19 +117,20 @@ def _failures(conn: Connection, batch_id: int, kept: tally.Tally) -> list[dict[s
 
 
 def _live_run(conn: Connection, batch_id: int, now: float) -> dict[str, Any] | None:
-    """The run sending this batch now: not ended, heartbeat fresh."""
+    """The run sending this batch now: not ended, and alive (see :func:`batcher.liveness.run_is_alive`)."""
     row = conn.execute(
         select(runs.c.id, runs.c.pid, runs.c.host, runs.c.started_at, runs.c.heartbeat_at, runs.c.rpm,
                runs.c.pace_rpm, runs.c.pace_reason, runs.c.recent_rpm)
-        .where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None),
-               runs.c.heartbeat_at >= now - LIVE_HEARTBEAT_S)
+        .where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))
         .order_by(runs.c.heartbeat_at.desc()).limit(1)
     ).first()
     if row is None or not run_is_alive(row, now):
         return None
+    silent = silent_for(row, now)
     return {"id": row.id, "pid": row.pid, "host": row.host, "started_at": row.started_at,
             "heartbeat_at": row.heartbeat_at, "rpm_limit": row.rpm, "pace_rpm": row.pace_rpm,
-            "pace_reason": row.pace_reason, "current_rpm": round(row.recent_rpm or 0)}
+            "pace_reason": row.pace_reason, "current_rpm": 0 if silent else round(row.recent_rpm or 0),
+            "silent_s": None if silent is None else round(silent)}
 
 
 def pace_against(pace_rpm: float, max_rpm: float) -> str:
@@ -197,8 +197,13 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
     run = s["run"]
     if run:
         eta = _duration(run["eta_s"]) if run["eta_s"] is not None else "unknown"
-        lines.append(label("running") + f"pid {run['pid']} on {run['host']}: {run['current_rpm']:,} requests/min "
-                     f"now, {run['in_flight']:,} in flight, ETA {eta}")
+        if run["silent_s"] is not None:
+            lines.append(label("running") + f"pid {run['pid']} on {run['host']}: silent for "
+                         f"{_duration(run['silent_s'])}, waiting for its store to take writes (full, or locked by "
+                         f"another process) or stopped; {run['in_flight']:,} in flight")
+        else:
+            lines.append(label("running") + f"pid {run['pid']} on {run['host']}: {run['current_rpm']:,} "
+                         f"requests/min now, {run['in_flight']:,} in flight, ETA {eta}")
         if run["pace_reason"] and run["pace_rpm"] is not None and run["rpm_limit"]:
             lines.append(label("pace") + f"{run['pace_reason']}: {pace_against(run['pace_rpm'], run['rpm_limit'])}")
     elif s["running"]:

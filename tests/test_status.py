@@ -15,6 +15,7 @@ import pytest
 
 from batcher.db import write
 from batcher.importer import import_file
+from batcher.jobqueue import BatchBusy, start_run
 from batcher.schema import runs
 from batcher.status import batch_status, status_lines
 from batcher.store import find_batch
@@ -29,11 +30,20 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "batcher", *args], capture_output=True, text=True, timeout=60)
 
 
-def add_run(engine: Any, batch: Any, heartbeat_ago: float = 2.0, ended: bool = False, pid: int = 4242,
-            recent_rpm: float | None = None) -> None:
+def gone_pid() -> int:
+    """The id of a process that has ended (and been collected)."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def add_run(engine: Any, batch: Any, heartbeat_ago: float = 2.0, ended: bool = False, pid: int | None = None,
+            recent_rpm: float | None = None, started_ago: float = 600) -> None:
     now = time.time()
+    pid = gone_pid() if pid is None else pid
     with write(engine) as conn:
-        conn.execute(runs.insert().values(batch_id=batch.id, pid=pid, host=socket.gethostname(), started_at=now - 600,
+        conn.execute(runs.insert().values(batch_id=batch.id, pid=pid, host=socket.gethostname(),
+                                          started_at=now - started_ago,
                                           heartbeat_at=now - heartbeat_ago, ended_at=now if ended else None,
                                           outcome="completed" if ended else None, rpm=500,
                                           recent_rpm=recent_rpm))
@@ -131,9 +141,7 @@ def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
     add_run(engine, batch, heartbeat_ago=40)  # dead: heartbeat too old
     add_run(engine, batch, ended=True)  # over
     assert batch_status(engine, batch)["run"] is None
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    add_run(engine, batch, heartbeat_ago=3, pid=dead.pid)  # fresh heartbeat, but its process is gone
+    add_run(engine, batch, heartbeat_ago=3)  # fresh heartbeat, but its process is gone
     assert batch_status(engine, batch)["run"] is None
     add_run(engine, batch, heartbeat_ago=3, pid=os.getpid(), recent_rpm=3.2)  # the rate the run last wrote
     s = batch_status(engine, batch)
@@ -144,6 +152,39 @@ def test_live_run_rate_eta_and_in_flight(tmp_path: Path) -> None:
     assert s["ended_at"] is None
     line = next(x for x in status_lines(s) if x.strip().startswith("running"))
     assert f"pid {os.getpid()}" in line and "3 requests/min now" in line and "1 in flight" in line and "ETA 2m 00s" in line
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="only Linux tells when a process started")
+def test_a_run_silent_while_its_store_takes_no_write_is_alive_if_its_process_is(tmp_path: Path) -> None:
+    """A run waiting out a full or locked store writes no heartbeat: neither status nor the
+    next run may take it for dead while its process lives; a process id given since to a
+    later program does not pass for it."""
+    engine, batch, _ = make_batch(tmp_path, 4)
+    set_status(engine, batch, "job-1", "running")
+    paused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.05)
+        add_run(engine, batch, heartbeat_ago=95, pid=paused.pid, started_ago=0, recent_rpm=480)
+        s = batch_status(engine, batch)
+        assert s["run"]["pid"] == paused.pid and s["run"]["silent_s"] == 95 and s["run"]["current_rpm"] == 0
+        line = next(x for x in status_lines(s) if x.strip().startswith("running"))
+        assert line.endswith(f"pid {paused.pid} on {socket.gethostname()}: silent for 1m 35s, waiting for its store "
+                             "to take writes (full, or locked by another process) or stopped; 1 in flight")
+        with pytest.raises(BatchBusy, match=f"process {paused.pid}"):
+            start_run(engine, batch.id, batch.name, 500, "http://x")
+    finally:
+        paused.kill()
+        paused.wait()
+    assert batch_status(engine, batch)["run"] is None  # its process ended: the run is over
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process, but one started after the run it is named in
+        add_run(engine, batch, heartbeat_ago=95, pid=later.pid, started_ago=120)
+        assert batch_status(engine, batch)["run"] is None
+        start_run(engine, batch.id, batch.name, 500, "http://x")  # takes the batch over
+        assert batch_status(engine, batch)["running"] == 0
+    finally:
+        later.kill()
+        later.wait()
 
 
 def test_streaming_medians_only_successful_streamed_attempts(tmp_path: Path) -> None:
