@@ -119,6 +119,16 @@ class Claims:
         self._let_go()
         return job
 
+    def stop(self) -> None:
+        """Hand out no more jobs: workers waiting for one are let go at once.
+
+        While the store takes no write, a claim cannot come: without this, a
+        stop would keep them waiting until its grace ran out.
+        """
+        self.exhausted = True
+        self._claimed.set()
+        self._let_go()
+
     def _drained(self) -> bool:
         return self.exhausted and not self.ready
 

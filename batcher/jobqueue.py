@@ -240,10 +240,10 @@ def _tally_outcome(delta: tally.TallyDelta, outcome: Outcome) -> None:
 
 
 @store_errors
-def finish_run(engine: Engine, run_id: int, outcome: str) -> int:
-    """Put this run's unfinished jobs back to pending and close the run."""
+def finish_run(engine: Engine, run_id: int, outcome: str, wait_s: float | None = None) -> int:
+    """Put this run's unfinished jobs back to pending and close the run (waiting up to ``wait_s`` for the store)."""
     now = time.time()
-    with write(engine) as conn:
+    with write(engine, wait_s) as conn:
         batch_id = conn.execute(select(runs.c.batch_id).where(runs.c.id == run_id)).scalar_one()
         released = _release(conn, batch_id, run_id, now)
         conn.execute(update(runs).where(runs.c.id == run_id).values(ended_at=now, heartbeat_at=now, outcome=outcome))

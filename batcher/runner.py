@@ -31,7 +31,7 @@ from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
 from .cost import request_cost
 from .guard import ConfigGuard
-from .jobqueue import FULL_RETRY_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
+from .jobqueue import FULL_RETRY_S, RUN_WAIT_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key
@@ -74,6 +74,7 @@ class Runner:
         self.state = _State()
         self.stop_event = anyio.Event()
         self.work_scope: anyio.CancelScope | None = None
+        self.claims: Claims | None = None
         self.run_id = 0
         self.total = 0
         self.left_at_start = 0
@@ -102,17 +103,21 @@ class Runner:
         except BaseExceptionGroup as group:
             raise first_user_error(group) from None
         finally:
+            # A run stopped or failing waits little to close its row: left open, the next run closes it.
+            quick = outcome == "failed" or self.state.stopping
             with anyio.CancelScope(shield=True):
                 try:
-                    await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome)
-                except StoreError:
-                    if outcome != "failed":  # else the first error is the one to report
+                    await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome,
+                                                   RUN_WAIT_S if quick else None)
+                except StoreError as exc:
+                    if not quick or (outcome != "failed" and not isinstance(exc, StoreStalled)):
                         raise
         return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
-        claims = Claims(self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers),
-                        limit=self.config.limit, on_stall=lambda exc: self._stalled(exc, self.state.held))
+        self.claims = claims = Claims(
+            self.engine, self.batch.id, self.run_id, claim_ahead(self.config.rpm, self.config.workers),
+            limit=self.config.limit, on_stall=lambda exc: self._stalled(exc, self.state.held))
         try:
             return await self._flow(claims, on_progress)
         finally:
@@ -312,6 +317,8 @@ class Runner:
             self.state.stopping = True
             self.pacer.stop()
             self.stop_event.set()
+            if self.claims is not None:
+                self.claims.stop()
         if self.work_scope is not None:  # else the workers see ``stopping`` and send nothing
             # A later, shorter grace (a shutdown during a cancel) wins.
             deadline = anyio.current_time() + (self.config.grace_s if grace_s is None else grace_s)
@@ -380,8 +387,7 @@ class Runner:
         return RunSummary(self.batch.name, outcome, code, self.tally.succeeded, self.tally.failed, left,
                           self.tally.attempts, self.pacer.rate_limited, elapsed, self.tally.input_tokens,
                           self.tally.output_tokens, message, failed_in_batch=counts["failed"],
-                          canceled_in_batch=counts["canceled"],
-                          reused=self.tally.reused)
+                          canceled_in_batch=counts["canceled"], reused=self.tally.reused)
 
 
 def tell_pacer(pacer: Pacer, attempt: Attempt, sent_at: float) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event
 
 from batcher.db import open_store
-from batcher.errors import StoreFull
+from batcher.errors import StoreBusy, StoreFull
 from batcher.runner import RunConfig, Runner, run_batch
 from batcher.store import find_batch
 from test_runner import PROMPTS, run, stored, write_jobs
@@ -158,6 +158,50 @@ def test_a_store_another_process_keeps_locked_holds_the_answers_and_the_run_goes
     assert ("full.db: cannot use the job store: database is locked: another process is writing to it: "
             "no request starts until it is free") in err
     assert "the store is free again; sending resumes" in err
+
+
+def test_a_stop_while_another_process_keeps_the_store_locked_ends_at_once(
+        tmp_path: Path, simulator: Any, monkeypatch: Any) -> None:
+    """No request is in flight and no claim can come: the stop must not wait out the grace, nor
+    the lock to close the run's row (the next run closes it)."""
+    monkeypatch.setattr("batcher.jobqueue.RUN_WAIT_S", 0.3)
+    sim = simulator()
+    store = CappedStore(tmp_path, 150)
+    store.make_room()
+    runner = store.runner(sim)
+    release = threading.Event()
+    stopped_at: list[float] = []
+
+    def hold_the_lock() -> None:
+        conn = sqlite3.connect(store.db, isolation_level=None, timeout=10)
+        conn.execute("BEGIN IMMEDIATE")
+        release.wait(20)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold_the_lock)
+
+    def watch(snapshot: Any) -> None:
+        if snapshot.done >= 20 and not holder.is_alive() and not stopped_at:
+            holder.start()
+        if snapshot.stall and not stopped_at:
+            stopped_at.append(time.monotonic())
+            runner.request_stop()
+
+    try:
+        with pytest.raises(StoreBusy) as caught:
+            anyio.run(runner.run, watch)
+        took = time.monotonic() - stopped_at[0]
+    finally:
+        release.set()
+        holder.join()
+    assert took < 5  # the grace alone is 10 s, the store's own wait 30 s
+    message = str(caught.value)
+    assert message.startswith(f"{store.db}: cannot use the job store: database is locked: another process is "
+                              "writing to it; the outcome of ")
+    given_up = int(message.split("the outcome of ")[1].split(" ")[0])
+    answered = sum(r.status == "succeeded" for r in stored(store.engine).values())
+    assert sim.stats()["requests"] == answered + given_up  # every request paid for is stored or named
 
 
 def test_a_run_stopped_while_the_store_is_full_says_in_one_line_what_it_could_not_store(
