@@ -124,6 +124,19 @@ def test_a_full_store_holds_the_answers_and_the_run_goes_on_once_there_is_room(
     assert "the store has room again; sending resumes" in err
 
 
+def lock_holder(db: str, release: threading.Event, most_s: float) -> threading.Thread:
+    """Another connection holding the store's write lock, as a large import does, until
+    ``release`` is set or ``most_s`` have passed (start the thread to take it)."""
+    def hold() -> None:
+        conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+        conn.execute("BEGIN IMMEDIATE")
+        release.wait(most_s)
+        conn.execute("COMMIT")
+        conn.close()
+
+    return threading.Thread(target=hold)
+
+
 def test_a_store_another_process_keeps_locked_holds_the_answers_and_the_run_goes_on_once_it_is_free(
         tmp_path: Path, simulator: Any, capfd: Any, monkeypatch: Any) -> None:
     """A large import into the same store holds its write lock from start to commit: past the
@@ -132,24 +145,16 @@ def test_a_store_another_process_keeps_locked_holds_the_answers_and_the_run_goes
     sim = simulator()
     store = CappedStore(tmp_path, 150)
     store.make_room()
-    holder: list[threading.Thread] = []
+    holder = lock_holder(store.db, threading.Event(), 2.5)
     seen: list[tuple[int | None, str | None]] = []
-
-    def hold_the_lock() -> None:
-        conn = sqlite3.connect(store.db, isolation_level=None, timeout=10)
-        conn.execute("BEGIN IMMEDIATE")
-        time.sleep(2.5)
-        conn.execute("COMMIT")
-        conn.close()
 
     def watch(snapshot: Any) -> None:
         seen.append((snapshot.held, snapshot.stall))
-        if snapshot.done >= 20 and not holder:
-            holder.append(threading.Thread(target=hold_the_lock))
-            holder[0].start()
+        if snapshot.done >= 20 and holder.ident is None:
+            holder.start()
 
     summary = anyio.run(store.runner(sim).run, watch)
-    holder[0].join()
+    holder.join()
     assert summary.exit_code == 0
     assert {r.status for r in stored(store.engine).values()} == {"succeeded"}
     assert sim.stats()["requests"] == 150  # no answer lost, none paid for twice
@@ -170,19 +175,11 @@ def test_a_stop_while_another_process_keeps_the_store_locked_ends_at_once(
     store.make_room()
     runner = store.runner(sim)
     release = threading.Event()
+    holder = lock_holder(store.db, release, 20)
     stopped_at: list[float] = []
 
-    def hold_the_lock() -> None:
-        conn = sqlite3.connect(store.db, isolation_level=None, timeout=10)
-        conn.execute("BEGIN IMMEDIATE")
-        release.wait(20)
-        conn.execute("COMMIT")
-        conn.close()
-
-    holder = threading.Thread(target=hold_the_lock)
-
     def watch(snapshot: Any) -> None:
-        if snapshot.done >= 20 and not holder.is_alive() and not stopped_at:
+        if snapshot.done >= 20 and holder.ident is None:
             holder.start()
         if snapshot.stall and not stopped_at:
             stopped_at.append(time.monotonic())
