@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_
 from . import tally
 from .cost import Cost, request_cost
 from .db import store_errors, write
-from .errors import StoreError, UsageError
+from .errors import StoreError, StoreStalled, UsageError
 from .liveness import run_is_alive
 from .prepare import body_hash, request_body
 from .schema import ORDER, answers, attempts, imports, in_status, jobs, runs
@@ -248,6 +249,29 @@ def finish_run(engine: Engine, run_id: int, outcome: str, wait_s: float | None =
         released = _release(conn, batch_id, run_id, now)
         conn.execute(update(runs).where(runs.c.id == run_id).values(ended_at=now, heartbeat_at=now, outcome=outcome))
     return released
+
+
+def close_later(engine: Engine, run_id: int, outcome: str) -> None:
+    """Close the run's row once the store takes writes again, from a thread of its own.
+
+    A run stopped while its store is full or locked leaves its row open, and
+    its process is taken for the run's while it lives (see
+    :mod:`batcher.liveness`): in a process that goes on, a notebook, runs of
+    the batch from other processes would be refused meanwhile. A process
+    that exits leaves the row to the next run, which finds it gone.
+    """
+    def close() -> None:
+        while True:
+            time.sleep(FULL_RETRY_S)
+            try:
+                finish_run(engine, run_id, outcome)
+                return
+            except StoreStalled:
+                continue
+            except StoreError:
+                return
+
+    threading.Thread(target=close, name=f"batcher-close-run-{run_id}", daemon=True).start()
 
 
 #: The columns of a stored answer that a reusing job copies.

@@ -31,7 +31,8 @@ from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
 from .cost import request_cost
 from .guard import ConfigGuard
-from .jobqueue import FULL_RETRY_S, RUN_WAIT_S, AttemptRow, ClaimedJob, Outcome, batch_counts, finish_run, start_run
+from .jobqueue import (FULL_RETRY_S, RUN_WAIT_S, AttemptRow, ClaimedJob, Outcome, batch_counts, close_later,
+                       finish_run, start_run)
 from .pacer import Pacer, Stopped
 from .retry import Decision, Verdict, backoff, decide, server_delay
 from .reuse import Twins, request_key
@@ -103,14 +104,18 @@ class Runner:
         except BaseExceptionGroup as group:
             raise first_user_error(group) from None
         finally:
-            # A run stopped or failing waits little to close its row: left open, the next run closes it.
+            # A run stopped or failing waits little to close its row: it is closed later (see close_later).
             quick = outcome == "failed" or self.state.stopping
             with anyio.CancelScope(shield=True):
                 try:
                     await anyio.to_thread.run_sync(finish_run, self.engine, self.run_id, outcome,
                                                    RUN_WAIT_S if quick else None)
-                except StoreError as exc:
-                    if not quick or (outcome != "failed" and not isinstance(exc, StoreStalled)):
+                except StoreStalled:
+                    if not quick:
+                        raise
+                    close_later(self.engine, self.run_id, outcome)
+                except StoreError:
+                    if not quick or outcome != "failed":  # else the first error is the one to report
                         raise
         return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
@@ -232,7 +237,7 @@ class Runner:
             finally:
                 self.state.in_flight -= 1
                 self.spend.settle(cost, attempt.message if attempt is not None and attempt.ok else None)
-            self._tell_pacer(attempt, sent_at)
+            tell_pacer(self.pacer, attempt, sent_at)
             problem = self.guard.problem(attempt)
             counts = attempt.status_code != 429
             decision = decide(attempt, used + counts, self.config.max_attempts)
@@ -275,9 +280,6 @@ class Runner:
         # the API, not this guess, says what is wrong with it.
         max_tokens = payload.get("max_tokens") if isinstance(payload, dict) else None
         return isinstance(max_tokens, int) and max_tokens > STREAM_ABOVE_MAX_TOKENS
-
-    def _tell_pacer(self, attempt: Attempt, sent_at: float) -> None:
-        tell_pacer(self.pacer, attempt, sent_at)
 
     def _stalled(self, error: StoreStalled | None, held: int) -> bool:
         """The store takes no write (``error``: it is full, or another process keeps it locked), or does again (None).
