@@ -200,7 +200,7 @@ def test_a_stop_while_another_process_keeps_the_store_locked_ends_at_once(
     finally:
         release.set()
         holder.join()
-    assert took < 5  # the grace alone is 10 s, the store's own wait 30 s
+    assert took < 7  # about 3 s of retries spaced 1 s apart; the grace alone is 10 s, the store's own wait 30 s
     answered = sum(r.status == "succeeded" for r in stored(store.engine).values())
     assert sim.stats()["requests"] == answered + given_up  # every request paid for is stored or named
     # Once the store is free, the row left open is closed from this process, which lives on
