@@ -36,7 +36,7 @@ def run_is_alive(row: Any, now: float) -> bool:
     if row.host != socket.gethostname():
         return fresh
     if fresh or row.pid == os.getpid():  # this process knows its own runs' ends
-        return fresh and _exists(row.pid)
+        return fresh and process_exists(row.pid)
     started = started_at(row.pid)
     return started is not None and started <= row.started_at + _SLACK_S
 
@@ -47,12 +47,17 @@ def silent_for(row: Any, now: float) -> float | None:
     return age if age > STALE_AFTER_S else None
 
 
-def _exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts too).
+
+    >>> process_exists(os.getpid())
+    True
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
+    except OSError:  # another user's (not ours to signal), or the system will not say: not taken for gone
         return True
     return True
 

@@ -22,6 +22,7 @@ from typing import IO, Callable, Iterator
 from ._forking import read_exactly
 from .errors import OutputError, StoreError
 from .interrupts import CommitPoint
+from .liveness import process_exists
 
 
 class Piped:
@@ -172,21 +173,11 @@ def remove_stale_parts(path: str) -> None:
     prefix = _part_prefix(path)
     for part in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), glob.escape(prefix) + "*" + PART)):
         pid = os.path.basename(part)[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_exists(int(pid)):
             try:
                 os.unlink(part)
             except OSError:
                 pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def write_atomically(path: str, chunks: Chunks, shown: str | None = None) -> int:
