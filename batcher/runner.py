@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import anyio
@@ -30,6 +29,7 @@ from .claims import Claims
 from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
 from .cost import request_cost
+from .gauge import Gauge, RunState
 from .guard import ConfigGuard
 from .jobqueue import (FULL_RETRY_S, RUN_WAIT_S, AttemptRow, ClaimedJob, Outcome, batch_counts, close_later,
                        finish_run, start_run)
@@ -44,16 +44,6 @@ from .writer import Tally, run_writer
 #: A worker that waited longer than this (or the pacer's interval) for its
 #: claimed job waits for the pacer again before sending.
 MIN_STALE_S = 0.05
-
-
-@dataclass
-class _State:
-    stopping: bool = False
-    fatal: tuple[str, str] | None = None  # (outcome, message) of a run that cannot go on
-    retrying: int = 0
-    in_flight: int = 0
-    stalled: StoreStalled | None = None  # why the store takes no write, while it does not
-    held: int = 0  # jobs whose outcome waits in memory until the store takes writes
 
 
 class Runner:
@@ -72,13 +62,12 @@ class Runner:
         self.pacer = pacer if pacer is not None else Pacer(config.rpm)
         self.guard = ConfigGuard(config.base_url)
         self.tally = Tally()
-        self.state = _State()
+        self.state = RunState()
+        self.gauge = Gauge(self.pacer, self.tally, self.state)
         self.stop_event = anyio.Event()
         self.work_scope: anyio.CancelScope | None = None
         self.claims: Claims | None = None
         self.run_id = 0
-        self.total = 0
-        self.left_at_start = 0
         # --- spend control ---
         self.spend = Spend(engine, batch, config.limit, config.caps)
         self.taken = 0  # jobs this run claimed, against --limit
@@ -90,7 +79,7 @@ class Runner:
         self.run_id = await anyio.to_thread.run_sync(
             start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
         counts = await anyio.to_thread.run_sync(batch_counts, self.engine, self.batch.id)
-        self.left_at_start, self.total = counts["pending"] + counts["running"], sum(counts.values())
+        self.gauge.left_at_start, self.gauge.total = counts["pending"] + counts["running"], sum(counts.values())
         outcome = "failed"
         try:
             # With --reuse, a job over a cap may never be sent: reserve() judges jobs as they come.
@@ -131,13 +120,13 @@ class Runner:
     async def _flow(self, claims: Claims, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self._pace,
+            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self.gauge.pace,
                              self._stalled)
             async with anyio.create_task_group() as watchers:
                 if self.config.handle_signals:
                     watchers.start_soon(self._watch_signals)
                 if on_progress is not None:
-                    watchers.start_soon(self._report, on_progress)
+                    watchers.start_soon(self.gauge.report, on_progress)
                 async with records_send:
                     with anyio.CancelScope() as self.work_scope:
                         async with anyio.create_task_group() as work:
@@ -148,7 +137,7 @@ class Runner:
                             work.cancel_scope.cancel()  # the feed: nobody asks any more
                 watchers.cancel_scope.cancel()
         if on_progress is not None:
-            on_progress(self.snapshot())
+            on_progress(self.gauge.snapshot())
         if self.state.fatal is not None:
             return self.state.fatal[0]
         return "interrupted" if self.state.stopping else "finished"
@@ -344,41 +333,6 @@ class Runner:
     def _newline() -> str:
         """Start on a fresh line after a live progress line, not in a log."""
         return "\n" if sys.stderr.isatty() else ""
-
-    # --- reporting -------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
-        now = time.monotonic()
-        rate = self._request_rate(now)
-        todo = self.left_at_start - self.tally.done
-        done_rate = len(self.tally.done_times) / 60.0 if self.tally.done_times else 0.0
-        recent = [t for t in self.tally.done_times if t >= now - 10]
-        if recent:
-            done_rate = len(recent) / min(10.0, max(1.0, now - recent[0]))
-        eta = todo / done_rate if done_rate > 0 else None
-        return Snapshot(
-            total=self.total, done=self.total - self.left_at_start + self.tally.done,
-            succeeded=self.tally.succeeded, failed=self.tally.failed, retrying=self.state.retrying,
-            in_flight=self.state.in_flight, rate_rpm=rate, target_rpm=self.pacer.shown_rpm, eta_s=eta,
-            input_tokens=self.tally.input_tokens, output_tokens=self.tally.output_tokens,
-            paused_s=self.pacer.paused_for, stopping=self.state.stopping, max_rpm=self.pacer.max_rpm,
-            pace_reason=self.pacer.reason, held=self.state.held if self.state.stalled else None,
-            stall=self.state.stalled.pause_note(self.state.held) if self.state.stalled else None)
-
-    def _request_rate(self, now: float) -> float:
-        """Requests per minute sent over the last minute (or since the first, if sooner)."""
-        starts = [t for t in self.pacer.starts if t >= now - 60]
-        span = min(60.0, max(1.0, now - (starts[0] if starts else now)))
-        return len(starts) / span * 60 if len(starts) > 1 else 0.0
-
-    def _pace(self) -> dict[str, Any]:
-        """The pace and the rate for the run's row, so that ``status`` shows them without counting."""
-        return {"pace_rpm": round(self.pacer.shown_rpm, 1), "pace_reason": self.pacer.reason,
-                "recent_rpm": round(self._request_rate(time.monotonic()), 1)}
-
-    async def _report(self, on_progress: Callable[[Snapshot], None]) -> None:
-        while True:
-            on_progress(self.snapshot())
-            await anyio.sleep(0.5)
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]
