@@ -1,7 +1,7 @@
 """The handle on one batch of a store: run it, watch it, read and export its results.
 
-Everything ``batcher run``, ``status``, ``export``, ``retry`` and ``cancel``
-do goes through :class:`Batch`; a :class:`~batcher.Store` hands them out.
+Everything ``batcher run``, ``status``, ``export``, ``retry``, ``cancel`` and
+``delete`` do goes through :class:`Batch`; a :class:`~batcher.Store` hands them out.
 Like the store's handle, it holds no API key: a run reads (or is given) one
 and hands it to the runner alone.
 """
@@ -51,24 +51,30 @@ class Batch:
     def __init__(self, engine: Engine, record: BatchRecord, report: ImportReport | None = None) -> None:
         # The store's engine, not the store: a batch reads and writes through
         # it alone, and the store's handle stays the one that makes batches.
-        self._engine, self._record = engine, record
+        self._engine, self._stored, self._deleted = engine, record, False
         #: What the :meth:`Store.add` that returned this handle imported (None otherwise).
         self.report = report
 
     @property
+    def _record(self) -> BatchRecord:
+        if self._deleted:
+            raise UsageError(f"batch {self.name!r} was deleted: this handle can no longer be used")
+        return self._stored
+
+    @property
     def name(self) -> str:
         """The batch's name (unique in its store)."""
-        return self._record.name
+        return self._stored.name
 
     @property
     def source(self) -> str:
         """Where its jobs came from: the job file's path, or ``<python rows>``."""
-        return self._record.source
+        return self._stored.source
 
     @property
     def created_at(self) -> float:
         """When the batch was created (Unix seconds)."""
-        return self._record.created_at
+        return self._stored.created_at
 
     def __repr__(self) -> str:
         return f"<batcher.Batch {self.name!r}>"
@@ -228,6 +234,26 @@ class Batch:
         from .manage import cancel
 
         return cancel(self._engine, self._record)
+
+    def delete(self) -> int:
+        """Delete the batch from its store, with every job, answer and attempt; return how many jobs it had.
+
+        What ``batcher delete`` does. Answers paid for go with it, so export
+        them first. Refused (:class:`batcher.BatchBusy`) while a run sends its
+        jobs. Deleted rows leave room in the store's file that later imports
+        reuse; :meth:`Store.compact` gives it back to the disk. The handle
+        is spent: any use of it after raises :class:`batcher.UsageError`.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     store.add("scratch", ["Try this.", "And this."]).delete()
+        2
+        """
+        from .manage import delete_batch
+
+        n = delete_batch(self._engine, self._record)
+        self._deleted = True
+        return n
 
     # --- running ------------------------------------------------------------------------
     def run(self, *, rpm: float = 500, concurrency: int | None = None, max_attempts: int = 6,

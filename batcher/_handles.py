@@ -13,7 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ._batch import Batch
-from .db import display_name, open_store
+from .db import compact, display_name, open_store
 from .store import check_batch_name, find_batch, list_batches
 
 # The importer loads on first use, so that the reading commands (status,
@@ -159,6 +159,23 @@ class Store:
         2
         """
         return Batch(self._engine, find_batch(self._engine, name))
+
+    def compact(self) -> int:
+        """Shrink an SQLite store's file to what it holds; return the bytes given back to the disk.
+
+        A deleted batch (:meth:`Batch.delete`) leaves its room in the file,
+        for later imports to reuse; this rewrites the file without it (like
+        ``batcher delete --compact``). It needs free disk space about the
+        store's size, and other processes wait for it. A store in another
+        database is refused with :class:`batcher.UsageError`: use its own tools.
+
+        >>> import batcher
+        >>> with batcher.Store("example.db") as store:
+        ...     _ = store.add("scratch", ["Try this."] * 1000).delete()
+        ...     store.compact() > 0
+        True
+        """
+        return compact(self._engine)
 
     def batches(self) -> list[Batch]:
         """Every batch in the store, oldest first (what ``batcher batches`` lists)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import orjson
-from sqlalchemy import Connection, Engine, delete, func, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, select, tuple_, update
 
 from . import tally
 from .cost import request_cost
@@ -29,7 +29,7 @@ from .errors import UsageError
 from .jobqueue import finish_run, start_run
 from .manage import cancel, cancel_jobs
 from .prepare import body_hash, request_body
-from .schema import ORDER, api_batches, attempts, batches, imports, jobs, runs
+from .schema import ORDER, api_batches, batches, imports, jobs
 from .store import Batch, get_or_create_batch, status_counts
 
 ID_PREFIX = "msgbatch_"
@@ -264,15 +264,3 @@ def end(engine: Engine, batch: Batch) -> bool:
         conn.execute(update(api_batches).where(api_batches.c.batch_id == batch.id, api_batches.c.ended_at.is_(None))
                      .values(ended_at=time.time()))
     return True
-
-
-@store_errors
-def remove(engine: Engine, batch: Batch) -> None:
-    """Delete the batch and everything of it: jobs, attempts, imports, runs."""
-    with write(engine) as conn:
-        job_ids = select(jobs.c.id).where(jobs.c.batch_id == batch.id).scalar_subquery()
-        conn.execute(delete(attempts).where(attempts.c.job_id.in_(job_ids)))
-        conn.execute(delete(jobs).where(jobs.c.batch_id == batch.id))
-        for table in (imports, runs, api_batches):
-            conn.execute(delete(table).where(table.c.batch_id == batch.id))
-        conn.execute(delete(batches).where(batches.c.id == batch.id))

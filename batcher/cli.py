@@ -29,6 +29,7 @@ import click  # noqa: E402  (after the line above: loading modules is most of a 
 
 from . import __version__
 from . import options as opt
+from ._cli_manage import cancel_command, delete_command, retry_command
 from ._cli_run import estimate_command, run_command
 from ._clikit import (EXIT_CODES, db_option, defaults_options, end_at_once_with, fail, friendly, report_import_notes,
                       report_rejected, reports_commit, say, usage_line)
@@ -143,6 +144,9 @@ def main() -> None:
 
 main.add_command(run_command)  # run and estimate are written in _cli_run (for size), commands like the rest
 main.add_command(estimate_command)
+main.add_command(retry_command)  # and the commands that change a batch, in _cli_manage
+main.add_command(cancel_command)
+main.add_command(delete_command)
 
 
 @main.command("import", epilog="Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024")
@@ -304,54 +308,6 @@ def export_command(batch: str | None, db: str | None, output: str | None, fmt: s
     where = "stdout" if output == "-" else output
     click.echo(f"batch {found.name}: {written:,} line(s) written to {where} ({fmt})",
                err=is_stream_destination(output))
-
-
-@main.command("retry", epilog="Example: batcher retry prompts --error-type overloaded_error --status-code 529")
-@click.argument("batch", required=False)
-@db_option
-@click.option("--error-type", "error_types", multiple=True, metavar="TYPE",
-              help="Only failures of this type, e.g. api_error (repeatable).")
-@click.option("--status-code", "status_codes", multiple=True, type=opt.HTTP_STATUS, metavar="N",
-              help="Only failures with this HTTP status, e.g. 529 (repeatable).")
-@click.option("--canceled", is_flag=True, help="Bring back canceled jobs instead of failed ones.")
-@friendly
-def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...], status_codes: tuple[int, ...],
-                  canceled: bool) -> None:
-    """Put failed jobs (all, or those matching) back to pending with a fresh attempt budget.
-
-    The next `batcher run` sends them again (a run going now may pick them up too).
-    `batcher status` lists failures by type and HTTP status.
-    """
-    from ._handles import Store
-
-    with Store(db, create=False) as store:
-        found = store.batch(batch)
-        kinds = found.failure_kinds()
-        n = found.retry(error_types, status_codes, canceled)
-    for unknown in (t for t in error_types if t not in kinds):
-        have = ", ".join(f"{k} ({v})" for k, v in kinds.items()) or "none"
-        click.echo(f"batcher: warning: no failed job has error type {unknown!r}; the batch's failures: {have}",
-                   err=True)
-    what = "canceled" if canceled else "failed"
-    hint = f"; send them with: batcher run {found.name}" if n else ""
-    click.echo(f"batch {found.name}: {n:,} {what} job(s) back to pending{hint}")
-
-
-@main.command("cancel", epilog="Example: batcher cancel prompts")
-@click.argument("batch", required=False)
-@db_option
-@friendly
-def cancel_command(batch: str | None, db: str | None) -> None:
-    """Mark a batch's pending jobs canceled, so no run sends them.
-
-    Jobs already in flight finish. `batcher retry --canceled` brings them back.
-    """
-    from ._handles import Store
-
-    with Store(db, create=False) as store:
-        found = store.batch(batch)
-        n = found.cancel()
-    click.echo(f"batch {found.name}: {n:,} pending job(s) canceled")
 
 
 def _register_wings() -> None:

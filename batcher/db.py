@@ -130,7 +130,8 @@ def _setup_sqlite(engine: Engine, readonly: bool = False) -> None:
         # Set for each transaction: pooled connections serve callers who wait differently.
         wait_s = given.get("batcher_wait_s") or BUSY_TIMEOUT_S
         conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if given.get("batcher_immediate") else "BEGIN")
+        if given.get("isolation_level") != "AUTOCOMMIT":  # else each statement is its own (VACUUM)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if given.get("batcher_immediate") else "BEGIN")
 
 
 def _newest_revision() -> str:
@@ -335,3 +336,24 @@ def write(engine: Engine, wait_s: float | None = None) -> Iterator[Connection]:
     with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=wait_s) as conn:
         with conn.begin():
             yield conn
+
+
+@store_errors
+def compact(engine: Engine) -> int:
+    """Rewrite an SQLite store's file without its free pages (``VACUUM``); return the bytes it shrank by.
+
+    Deleting rows leaves their pages free inside the file, for later rows
+    to reuse; only a rewrite gives the room back to the disk. It needs free
+    disk space about the store's size, and other processes wait for it.
+    """
+    if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
+        raise UsageError(f"{display_name(engine.url.render_as_string())}: only an SQLite store's file can be "
+                         "compacted here; use the database's own tools")
+    path = engine.url.database
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # The file's size, once what waits in the write-ahead log is in it; and so after the rewrite.
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        before = os.path.getsize(path)
+        conn.exec_driver_sql("VACUUM")
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return before - os.path.getsize(path)

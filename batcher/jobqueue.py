@@ -72,17 +72,24 @@ def start_run(engine: Engine, batch_id: int, batch_name: str, rpm: float, base_u
     """
     now = time.time()
     with write(engine) as conn:
-        live = conn.execute(select(runs).where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))).all()
-        for row in live:
-            if run_is_alive(row, now):
-                started = time.strftime("%H:%M:%S", time.localtime(row.started_at))
-                raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
-                                f"(since {started}); wait for it, or stop it and run again")
-            conn.execute(update(runs).where(runs.c.id == row.id).values(ended_at=now, outcome="died"))
+        end_dead_runs(conn, batch_id, batch_name, now, "wait for it, or stop it and run again")
         _release(conn, batch_id, None, now)
         return conn.execute(runs.insert().values(
             batch_id=batch_id, pid=os.getpid(), host=socket.gethostname(), started_at=now, heartbeat_at=now,
             rpm=rpm, base_url=base_url)).inserted_primary_key[0]
+
+
+def end_dead_runs(conn: Connection, batch_id: int, batch_name: str, now: float, advice: str) -> None:
+    """Mark the batch's open runs whose process is gone as ``died``; refuse (:class:`BatchBusy`) if one lives.
+
+    ``advice`` ends the refusal: what to do about the live run.
+    """
+    for row in conn.execute(select(runs).where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))).all():
+        if run_is_alive(row, now):
+            started = time.strftime("%H:%M:%S", time.localtime(row.started_at))
+            raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
+                            f"(since {started}); {advice}")
+        conn.execute(update(runs).where(runs.c.id == row.id).values(ended_at=now, outcome="died"))
 
 
 @store_errors

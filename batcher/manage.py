@@ -1,4 +1,4 @@
-"""Changing which jobs a run will send: retrying failures, cancelling the rest.
+"""Changing which jobs a run will send (retrying failures, cancelling the rest), and deleting a batch.
 
 Both are single UPDATEs in one write transaction (with the tally's change),
 so they are safe while a run is going: a run claims only ``pending`` jobs, so cancelled ones are no
@@ -13,13 +13,15 @@ import time
 from collections import Counter
 from typing import Any, Iterable
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, delete, func, select
 
 from . import tally
 from .db import store_errors, write
 from .errors import UsageError, option
-from .schema import in_status, jobs
-from .store import Batch
+from .interrupts import CommitPoint
+from .jobqueue import end_dead_runs
+from .schema import api_batches, attempts, batches, imports, in_status, jobs, runs
+from .store import Batch, status_counts
 
 
 @store_errors
@@ -100,3 +102,24 @@ def cancel_jobs(engine: Engine, batch: Batch, status: str, *where: Any, why: str
         tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({status: -n, "canceled": n}),
                                                      last_finished_at=now if n else None))
         return n
+
+
+@store_errors
+def delete_batch(engine: Engine, batch: Batch) -> int:
+    """Delete the batch and everything of it (jobs, attempts, answers, imports, runs, totals); return its jobs.
+
+    One transaction: a batch is deleted whole or not at all. Refused
+    (:class:`~batcher.jobqueue.BatchBusy`) while a live run sends its jobs:
+    the run would go on paying for answers it could no longer store.
+    """
+    with CommitPoint() as commit, write(engine) as conn:
+        end_dead_runs(conn, batch.id, batch.name, time.time(), "stop it, then delete the batch")
+        n = sum(status_counts(conn, batch.id).values())
+        job_ids = select(jobs.c.id).where(jobs.c.batch_id == batch.id).scalar_subquery()
+        conn.execute(delete(attempts).where(attempts.c.job_id.in_(job_ids)))
+        conn.execute(delete(jobs).where(jobs.c.batch_id == batch.id))  # answers go with their jobs
+        for table in (imports, runs, api_batches):
+            conn.execute(delete(table).where(table.c.batch_id == batch.id))
+        conn.execute(delete(batches).where(batches.c.id == batch.id))  # the tallies go with it
+        commit.reached()  # from here a Ctrl-C waits: the batch is gone, and the command says so
+    return n

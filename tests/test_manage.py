@@ -13,11 +13,12 @@ import orjson
 import pytest
 from sqlalchemy import event, func, select
 
+from batcher.db import open_store
 from batcher.errors import UsageError
 from batcher.manage import cancel, retry
-from batcher.schema import attempts, jobs
+from batcher.schema import attempts, jobs, metadata
 
-from batchdata import fail, make_batch, mixed_batch, statuses
+from batchdata import fail, make_batch, mixed_batch, statuses, write_job_file
 
 
 @pytest.fixture
@@ -140,7 +141,7 @@ def test_cli_errors_exit_2(mixed: Any, args: list[str], message: str) -> None:
         assert len(done.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["retry", "cancel", "status", "export"])
+@pytest.mark.parametrize("command", ["retry", "cancel", "delete", "status", "export"])
 def test_help_has_an_example(command: str) -> None:
     done = cli(command, "--help")
     assert done.returncode == 0 and "Example" in done.stdout
@@ -184,3 +185,68 @@ def test_a_run_leaving_canceled_jobs_exits_1_and_says_how_to_send_them(mixed: An
     done = cli("run", "b", "--db", db, "--base-url", simulator.base_url, "--quiet", env=env, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(statuses(engine, batch).values()) == {"succeeded"}
+
+
+# -- delete ---------------------------------------------------------------------------
+
+
+def rows_of(db: str) -> dict[str, int]:
+    """Rows in every table of the store."""
+    engine = open_store(db, create=False)
+    try:
+        with engine.connect() as conn:
+            return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+                    for t in metadata.sorted_tables}
+    finally:
+        engine.dispose()
+
+
+def test_delete_takes_a_batch_whole_and_leaves_the_others(tmp_path: Path, simulator: Any) -> None:
+    db = str(tmp_path / "store.db")
+    env = {**os.environ, "POE_API_KEY": "test"}
+    for name, n in (("a", 12), ("b", 5)):
+        path = write_job_file(tmp_path / f"{name}.jsonl", range(1, n + 1))
+        done = cli("import", str(path), "--db", db, "--model", "claude-haiku-4.5", "--max-tokens", "64")
+        assert done.returncode == 0, done.stderr
+    done = cli("run", "a", "--db", db, "--base-url", simulator.base_url, "--reuse", "--quiet", env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    before = rows_of(db)
+    assert before["answers"] == 12 and before["attempts"] == 12 and before["jobs"] == 17
+    # Not from a terminal, and not told --yes: nothing goes.
+    done = cli("delete", "a", "--db", db)
+    assert done.returncode == 2 and done.stderr == "batcher: error: batch 'a' holds 12 job(s), 12 answered: " \
+        "add --yes to delete it\n"
+    assert rows_of(db) == before
+    done = cli("delete", "a", "--db", db, "--yes", "--compact")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "batch a: deleted, with its 12 job(s)"
+    assert done.stdout.splitlines()[1].startswith("store compacted: ")
+    after = rows_of(db)
+    assert after["jobs"] == 5 and after["answers"] == after["attempts"] == after["runs"] == 0
+    assert after["batches"] == after["imports"] == after["batch_tallies"] == 1
+    assert cli("batches", "--db", db).stdout.startswith("b\t")
+    assert cli("status", "b", "--db", db, "--verify").returncode == 0
+    done = cli("delete", "a", "--db", db, "--yes")
+    assert done.returncode == 2 and done.stderr.startswith("batcher: error: no batch named 'a' (batches here: b)")
+
+
+def test_delete_refuses_a_live_run_and_spends_the_handle(tmp_path: Path) -> None:
+    import batcher
+    from batcher.jobqueue import finish_run, start_run
+    from batcher.store import find_batch
+
+    path = tmp_path / "store.db"
+    with batcher.Store(path) as store:
+        b = store.add("big", [f"Prompt {i}: " + "words " * 40 for i in range(3000)])
+        record = find_batch(store.engine, "big")
+        run_id = start_run(store.engine, record.id, "big", 500, "http://127.0.0.1:9")  # this process: alive
+        with pytest.raises(batcher.BatchBusy, match=r"being run by process \d+ .*; stop it, then delete the batch"):
+            b.delete()
+        assert b.status()["total"] == 3000
+        finish_run(store.engine, run_id, "interrupted")
+        assert b.delete() == 3000
+        with pytest.raises(batcher.UsageError, match="batch 'big' was deleted: this handle can no longer be used"):
+            b.results()
+        freed = store.compact()
+        assert freed > 1_000_000 and path.stat().st_size < 500_000
+        assert store.batches() == []

@@ -25,6 +25,7 @@ from batcher.apibatches import ApiBatch
 from batcher.errors import BatcherError
 from batcher.export import export_chunks
 from batcher.fleet import Fleet
+from batcher.manage import delete_batch
 
 from . import _gateway
 from ._wire import (MAX_BODY, ApiError, error_body, invalid, message_batch, new_request_id, not_found, page_body,
@@ -129,7 +130,7 @@ class BatchesApi:
         if batch.ended_at is None:
             raise invalid(f"message batch {batch.id} is {processing_status(batch)}: only ended batches can be "
                           "deleted (cancel it first)")
-        await anyio.to_thread.run_sync(apibatches.remove, self.engine, batch.batch)
+        await anyio.to_thread.run_sync(delete_batch, self.engine, batch.batch)
         self.log(batch.id, "deleted")
         return JSONResponse({"id": batch.id, "type": "message_batch_deleted"})
 
