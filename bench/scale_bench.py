@@ -15,7 +15,8 @@ by default). Then prints:
   know that no job exceeds one), one left ``running`` by a run killed with
   SIGKILL, and one half done;
 - bytes per job and what takes the room (SQLite's dbstat);
-- last, ``batcher retry`` of the failed jobs, and again with none left.
+- last, ``batcher retry`` of the failed jobs, and again with none left;
+  then ``batcher delete`` of the batch, and compacting the store (``Store.compact``).
 """
 
 from __future__ import annotations
@@ -248,6 +249,12 @@ def main() -> None:
             print(f"  retry of the {counts['failed']:,} failed jobs: {took:.2f} s; again, with none left: "
                   f"{cli_seconds('retry', 'bench', '--db', db):.2f} s (CLI)")
         engine.dispose()
+        if not args.keep:  # last of all: it deletes the batch
+            size = os.path.getsize(db)
+            took = cli_seconds("delete", "bench", "--db", db, "--yes", repeat=1)
+            compacting = python_seconds(f"import batcher; batcher.Store({db!r}).compact()", repeat=1)
+            print(f"  delete of the batch: {took:.2f} s; then compacting the store: {compacting:.2f} s, "
+                  f"{size / 1e6:,.0f} MB to {os.path.getsize(db) / 1e6:,.1f} MB")
 
 
 def find_batch_or_none(engine):
