@@ -181,7 +181,7 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
                  f"{s['cache_creation_input_tokens']:,}, read {s['cache_read_input_tokens']:,}")
     if len(s["models"]) > 1:
         for m in s["models"]:
-            lines.append(label("") + f"{m['model']}: {m['succeeded']:,} answers, in {m['input_tokens']:,}, "
+            lines.append(label("") + f"{m['model']}: {m['succeeded']:,} answer(s), in {m['input_tokens']:,}, "
                          f"out {m['output_tokens']:,}, cache {m['cache_creation_input_tokens']:,}/"
                          f"{m['cache_read_input_tokens']:,}")
     for i, f in enumerate(s["failures"][:shown_failures]):
@@ -214,6 +214,6 @@ def status_lines(s: dict[str, Any], shown_failures: int = 10) -> list[str]:
     if st:
         ttft = _ms(st["median_ttft_ms"]) if st["median_ttft_ms"] is not None else "-"
         took = _ms(st["median_duration_ms"]) if st["median_duration_ms"] is not None else "-"
-        lines.append(label("streaming") + f"{st['streamed']:,} answers: median first token {ttft}, "
+        lines.append(label("streaming") + f"{st['streamed']:,} answer(s): median first token {ttft}, "
                      f"median duration {took}")
     return lines
