@@ -32,11 +32,13 @@ def retry_command(batch: str | None, db: str | None, error_types: tuple[str, ...
     `batcher status` lists failures by type and HTTP status.
     """
     from ._handles import Store
+    from ._progress import waiting
 
     with Store(db, create=False) as store:
         found = store.batch(batch)
         kinds = found.failure_kinds()
-        n = found.retry(error_types, status_codes, canceled)
+        with waiting(f"putting the {'canceled' if canceled else 'failed'} jobs of batch {found.name} back to pending"):
+            n = found.retry(error_types, status_codes, canceled)
     for unknown in (t for t in error_types if t not in kinds):
         have = ", ".join(f"{k} ({v})" for k, v in kinds.items()) or "none"
         click.echo(f"batcher: warning: no failed job has error type {unknown!r}; the batch's failures: {have}",
@@ -56,10 +58,12 @@ def cancel_command(batch: str | None, db: str | None) -> None:
     Jobs already in flight finish. `batcher retry --canceled` brings them back.
     """
     from ._handles import Store
+    from ._progress import waiting
 
     with Store(db, create=False) as store:
         found = store.batch(batch)
-        n = found.cancel()
+        with waiting(f"canceling the pending jobs of batch {found.name}"):
+            n = found.cancel()
     click.echo(f"batch {found.name}: {n:,} pending job(s) canceled")
 
 
@@ -78,6 +82,7 @@ def delete_command(batch: str, db: str | None, yes: bool, compact: bool) -> None
     keeps its size, and later imports reuse the room, unless --compact.
     """
     from ._handles import Store
+    from ._progress import waiting
 
     with Store(db, create=False) as store:
         found = store.batch(batch)
@@ -89,8 +94,10 @@ def delete_command(batch: str, db: str | None, yes: bool, compact: bool) -> None
             if not click.confirm(f"{what}. Delete it?", err=True):
                 click.echo("batcher: nothing deleted", err=True)
                 return
-        n = found.delete()
+        with waiting(f"deleting batch {found.name}"):
+            n = found.delete()
         click.echo(f"batch {found.name}: deleted, with its {n:,} job(s)")
         if compact:
-            freed = store.compact()
+            with waiting("compacting the store"):
+                freed = store.compact()
             click.echo(f"store compacted: {freed / 1e6:,.1f} MB given back to the disk")

@@ -7,7 +7,7 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
-from .progress import CountDisplay, ProgressDisplay, describe
+from .progress import CountDisplay, ProgressDisplay, WaitDisplay, describe
 
 if TYPE_CHECKING:
     from .runconfig import Snapshot
@@ -77,6 +77,19 @@ def counting(progress: bool | None, doing: str, unit: str = "line") -> Iterator[
     display = CountDisplay(doing, unit)
     try:
         yield display
+    finally:
+        display.close()
+
+
+@contextmanager
+def waiting(doing: str) -> Iterator[None]:
+    """A spinner saying what a long step that cannot count does (``doing``), on a terminal only."""
+    if in_notebook() or not sys.stderr.isatty():
+        yield
+        return
+    display = WaitDisplay(doing)
+    try:
+        yield
     finally:
         display.close()
 

@@ -132,6 +132,38 @@ class CountDisplay:
             self.live = None
 
 
+class WaitDisplay:
+    """A step that cannot count how far it is (one UPDATE or DELETE of a million rows): a spinner
+    with what it does, on a terminal, from :data:`COUNT_SHOWN_AFTER_S` on, until :meth:`close`.
+
+    rich redraws it from a thread of its own, while the step blocks this one.
+    """
+
+    def __init__(self, doing: str, stream: TextIO | None = None) -> None:
+        import threading
+
+        from rich.console import Console
+
+        self._status = Console(file=stream or sys.stderr).status(doing)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._timer = threading.Timer(COUNT_SHOWN_AFTER_S, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _show(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._status.start()
+
+    def close(self) -> None:
+        """Take the line away (if it showed): the report follows."""
+        self._timer.cancel()
+        with self._lock:
+            self._closed = True
+            self._status.stop()
+
+
 def summary_lines(summary: RunSummary) -> list[str]:
     """The final lines, whatever the display."""
     minutes = summary.elapsed_s / 60

@@ -8,6 +8,7 @@ import os
 import pty
 import re
 import select
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,27 @@ def test_on_a_terminal_the_reading_line_is_taken_away_before_the_report(monkeypa
     os.close(main)
     text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", shown).decode()
     assert "reading big.jsonl: 500,000 line(s) (50%)" in text
+    assert shown.rstrip(b"\r\n").endswith(b"\x1b[2K")  # erased: the report prints where it stood
+
+
+def test_a_step_that_cannot_count_shows_a_spinner_once_it_takes_long_and_takes_it_away(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "COUNT_SHOWN_AFTER_S", 0.0)
+    main, side = pty.openpty()
+    with os.fdopen(side, "w") as terminal:
+        display = progress.WaitDisplay("deleting batch big", stream=terminal)
+        time.sleep(0.3)  # the step going on; rich draws from its own thread
+        display.close()
+        monkeypatch.setattr(progress, "COUNT_SHOWN_AFTER_S", 0.1)
+        quick = progress.WaitDisplay("canceling", stream=terminal)
+        quick.close()  # done before its time came: it never shows, even once that time passes
+        time.sleep(0.3)
+    shown = b""
+    while chunk := _read_some(main):
+        shown += chunk
+    os.close(main)
+    text = re.sub(rb"\x1b\[[0-9;?]*[a-zA-Z]", b"", shown).decode()
+    assert "deleting batch big" in text and "canceling" not in text
     assert shown.rstrip(b"\r\n").endswith(b"\x1b[2K")  # erased: the report prints where it stood
 
 
