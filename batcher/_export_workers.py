@@ -1,4 +1,4 @@
-"""Rendering a big export in forked processes, each reading its own ranges of lines.
+"""Rendering a big export (or costing a big estimate) in forked processes, each reading its own ranges of lines.
 
 Rendering a line (parsing the stored answer, writing the new JSON) costs
 several times what reading its row does, and one process renders on one
@@ -22,6 +22,7 @@ half-used SQLite connection; each opens its own, read-only.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import struct
@@ -52,6 +53,8 @@ TRIES = 3
 _FAR = 1 << 62
 
 Render = Callable[[Any], bytes]
+#: What a worker sends back for a range of rows: their lines, or what sums them up.
+RenderRange = Callable[[list[Any]], bytes]
 
 
 def _workers() -> int:
@@ -68,8 +71,9 @@ def worthwhile(engine: Engine) -> bool:
             and _workers() >= 2 and engine.pool.checkedout() == 0 and can_fork())
 
 
-def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
-                  notes: ExportNotes | None, piped: bool = False) -> Iterator[Chunk] | None:
+def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render | None,
+                  notes: ExportNotes | None, piped: bool = False,
+                  render_range: RenderRange | None = None) -> Iterator[Chunk] | None:
     """The export's chunks from forked workers, or None to read it here.
 
     ``query`` is the export's ordered select; ``render`` turns a row into a
@@ -77,8 +81,12 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
     counted is added to ``notes`` here). None when the batch is small or a
     snapshot could not be shared: the caller then reads it itself. With
     ``piped``, ranges come as :class:`~batcher.outfile.Piped` (see
-    :meth:`_Team.chunks`).
+    :meth:`_Team.chunks`). ``render_range``, instead of ``render``, makes
+    what a range sends back of its rows all at once (an estimate's sums).
     """
+    if render_range is None:
+        assert render is not None
+        render_range = functools.partial(_each, render)
     if not worthwhile(engine):
         return None
     bounds = _bounds(engine, batch_id)
@@ -88,7 +96,7 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render,
     ranged = query.where(place >= tuple_(bindparam("lo_part"), bindparam("lo_line")),
                          place < tuple_(bindparam("hi_part"), bindparam("hi_line")))
     for _ in range(TRIES):
-        team = _Team.start(engine, ranged, render, notes, bounds)
+        team = _Team.start(engine, ranged, render_range, notes, bounds)
         if team is not None:
             return team.chunks(notes, piped)
     return None
@@ -130,7 +138,7 @@ class _Team:
         self.answers: list[int] = []
 
     @classmethod
-    def start(cls, engine: Engine, query: Any, render: Render, notes: ExportNotes | None,
+    def start(cls, engine: Engine, query: Any, render: RenderRange, notes: ExportNotes | None,
               bounds: list[tuple[int, int]]) -> _Team | None:
         """Fork the workers; None if a commit landed while they began reading."""
         database = engine.url.database
@@ -220,7 +228,11 @@ class _Team:
 
 #: An answer's header: its size in bytes, its lines (-1: an error message), keys replaced.
 _HEADER = struct.Struct("<qqq")
-_STOPPED = "cannot read the job store: an export worker process stopped before its part was done"
+_STOPPED = "cannot read the job store: a worker process reading the batch stopped before its part was done"
+
+
+def _each(render: Render, rows: list[Any]) -> bytes:
+    return b"".join([render(row) for row in rows])
 
 
 def _data_version(conn: Any) -> int:
@@ -229,7 +241,7 @@ def _data_version(conn: Any) -> int:
         return int(conn.exec_driver_sql("PRAGMA data_version").scalar())
 
 
-def _work(reply: int, go: int, database: str, query: Any, render: Render, notes: ExportNotes | None,
+def _work(reply: int, go: int, database: str, query: Any, render: RenderRange, notes: ExportNotes | None,
           bounds: list[tuple[int, int]], k: int, count: int) -> None:
     """A worker: read and render ranges ``k``, ``k + count``, ... and send each back.
 
@@ -257,7 +269,7 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
                 (lo_part, lo_line), (hi_part, hi_line) = bounds[index], bounds[index + 1]
                 rows = conn.execute(query, {"lo_part": lo_part, "lo_line": lo_line, "hi_part": hi_part,
                                             "hi_line": hi_line}).all()
-                data = b"".join([render(row) for row in rows])
+                data = render(rows)
                 now = notes.replaced_keys if notes is not None else 0
                 answer(data, len(rows), now - reported)
                 reported = now
@@ -268,7 +280,7 @@ def _work(reply: int, go: int, database: str, query: Any, render: Render, notes:
     except SQLAlchemyError as exc:
         _tell(answer, str(read_failure(exc)))
     except Exception as exc:
-        _tell(answer, f"cannot export: {type(exc).__name__}: {exc}")
+        _tell(answer, f"cannot read the batch: {type(exc).__name__}: {exc}")
 
 
 def _tell(answer: Callable[[bytes, int], None], message: str) -> None:

@@ -14,10 +14,13 @@ import heapq
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+import orjson
 
 from sqlalchemy import Engine
 
+from ._export_workers import forked_chunks
 from ._told import Progress
 from .cost import BYTES_PER_TOKEN, Cost, request_cost
 from .db import open_store
@@ -25,7 +28,7 @@ from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
 from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy,
                       refuse_file_like)
-from .jobqueue import batch_counts, unfinished_costs
+from .jobqueue import batch_counts, body_cost, row_body, unfinished_costs, unfinished_jobs
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks, told_reading
 from .store import Batch, find_batch
@@ -63,11 +66,12 @@ class Estimate:
     by_model: dict[str, ModelFigures] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def add(self, model: str, cost: Cost) -> None:
+    def add(self, model: str, cost: Cost, jobs: int = 1) -> None:
+        """Count ``jobs`` more of ``model``, costing ``cost`` together."""
         figures = self.by_model.get(model)
         if figures is None:
             figures = self.by_model[model] = ModelFigures()
-        figures.add(cost)
+        figures.add(cost, jobs)
 
     @property
     def jobs(self) -> int:
@@ -240,17 +244,50 @@ def _reject_duplicates(chunks: Iterable[PreparedChunk], suspects: set[int], repo
 def estimate_batch(engine: Engine, batch: Batch, rpm: float = 500.0, progress: Progress | None = None) -> Estimate:
     """Estimate the jobs of ``batch`` not yet done (pending, or in flight in a live run).
 
-    Each job's request is costed (about 30 s for a million); ``progress``
-    hears how many so far, and their part of all, every :data:`TOLD_EVERY`.
+    Each job's request is costed (by forked workers for a big batch: about
+    16 s for a million on 2 cores, against 27 s alone); ``progress`` hears
+    how many so far, and their part of all, every :data:`TOLD_EVERY` or so.
     """
     estimate = Estimate(batch.name, rpm)
     counts = batch_counts(engine, batch.id)
     unfinished = max(1, counts["pending"] + counts["running"])
-    for n, (_, _, model, cost) in enumerate(unfinished_costs(engine, batch.id), start=1):
-        estimate.add(model, cost)
-        if progress is not None and n % TOLD_EVERY == 0:
+    n = told = 0
+    for model, cost, jobs in _unfinished_costs(engine, batch.id):
+        estimate.add(model, cost, jobs)
+        n += jobs
+        if progress is not None and n - told >= TOLD_EVERY:
+            told = n
             progress(n, min(1.0, n / unfinished))
     return estimate
+
+
+def _unfinished_costs(engine: Engine, batch_id: int) -> Iterator[tuple[str, Cost, int]]:
+    """``(model, cost, jobs)`` of the batch's unfinished jobs: one by one, or summed by forked workers if it is big.
+
+    Costing a job means rebuilding and reading its request (about 25 µs); the
+    workers share that out, as an export's lines, from one snapshot.
+    """
+    chunks = forked_chunks(engine, batch_id, unfinished_jobs(batch_id), None, None, render_range=_range_costs)
+    if chunks is None:
+        for _, _, model, cost in unfinished_costs(engine, batch_id):
+            yield model, cost, 1
+        return
+    for data, _ in chunks:
+        assert isinstance(data, bytes)
+        for model, jobs, input_tokens, output_tokens in orjson.loads(data):
+            yield model, Cost(input_tokens, output_tokens), jobs
+
+
+def _range_costs(rows: list[Any]) -> bytes:
+    """The jobs and worst case of a range of rows, by model (in a worker)."""
+    sums: dict[str, list[int]] = {}
+    for row in rows:
+        model, cost = body_cost(row_body(row))
+        figures = sums.setdefault(model, [0, 0, 0])
+        figures[0] += 1
+        figures[1] += cost.input_tokens
+        figures[2] += cost.output_tokens
+    return orjson.dumps([[model, *figures] for model, figures in sums.items()])
 
 
 def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Defaults(),

@@ -335,7 +335,7 @@ def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,
         if not rows:
             return
         for row in rows:
-            yield row.custom_id, row.line, row.body or _rebuilt_body(row)
+            yield row.custom_id, row.line, row_body(row)
         after = (rows[-1].part, rows[-1].line, rows[-1].id)
         if left is not None:
             left -= len(rows)
@@ -348,18 +348,31 @@ def unfinished_costs(engine: Engine, batch_id: int, limit: int | None = None) ->
     request that names none (an API batch's requests are stored as given).
     """
     for custom_id, line, body in unfinished_bodies(engine, batch_id, limit):
-        payload = orjson.loads(body)
-        model = payload.get("model")
-        yield custom_id, line, model if isinstance(model, str) else "", request_cost(payload)
+        yield custom_id, line, *body_cost(body)
+
+
+def body_cost(body: str) -> tuple[str, Cost]:
+    """A request body's model ("" if it names none) and worst case."""
+    payload = orjson.loads(body)
+    model = payload.get("model")
+    return model if isinstance(model, str) else "", request_cost(payload)
+
+
+def row_body(row: Any) -> str:
+    """The request body of a row of :func:`unfinished_jobs`: stored, or rebuilt from its source."""
+    return row.body or _rebuilt_body(row)
+
+
+def unfinished_jobs(batch_id: int) -> Any:
+    """The select of the batch's pending and running jobs, in input order, with what rebuilds their bodies."""
+    return (select(jobs.c.id, jobs.c.part, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash,
+                   jobs.c.source, imports.c.defaults)
+            .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
+            .where(jobs.c.batch_id == batch_id, in_status("pending") | in_status("running"))
+            .order_by(*ORDER))
 
 
 @store_errors
 def _unfinished_chunk(engine: Engine, batch_id: int, after: tuple[int, int, int], n: int) -> list[Any]:
     with engine.connect() as conn:
-        return conn.execute(
-            select(jobs.c.id, jobs.c.part, jobs.c.line, jobs.c.custom_id, jobs.c.body, jobs.c.body_hash,
-                   jobs.c.source, imports.c.defaults)
-            .join_from(jobs, imports, imports.c.id == jobs.c.import_id)
-            .where(jobs.c.batch_id == batch_id, tuple_(*ORDER) > tuple_(*after),
-                   in_status("pending") | in_status("running"))
-            .order_by(*ORDER).limit(n)).all()
+        return conn.execute(unfinished_jobs(batch_id).where(tuple_(*ORDER) > tuple_(*after)).limit(n)).all()

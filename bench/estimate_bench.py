@@ -2,11 +2,14 @@
 
 Usage: python bench/estimate_bench.py [LINES]   (default 1,000,000 ~300-byte jobs)
 Runs the real CLI in subprocesses so each peak RSS is that command's alone:
-first `batcher estimate FILE --json`, then `batcher import FILE` for comparison.
+first `batcher estimate FILE --json`, then `batcher import FILE` for comparison,
+then `batcher estimate BATCH` of the batch just imported (every job unfinished),
+whose figures must be the file's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,11 +21,12 @@ from import_bench import write_jobs
 DEFAULTS = ["--model", "claude-haiku-4.5", "--max-tokens", "256"]
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], out: str = os.devnull) -> tuple[float, float]:
     """Seconds and peak RSS (MB) of one command run to completion (its worker processes not included)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
         sys.exit(f"{' '.join(cmd[2:4])} failed: {proc.stderr.read().strip() if proc.stderr else ''}")
@@ -34,12 +38,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.jsonl")
         size = write_jobs(path, lines)
-        est_s, est_mb = timed([sys.executable, "-m", "batcher", "estimate", path, "--json", *DEFAULTS])
-        imp_s, imp_mb = timed([sys.executable, "-m", "batcher", "import", path, "--db", os.path.join(tmp, "b.db"),
-                               *DEFAULTS])
+        file_json, batch_json, db = (os.path.join(tmp, name) for name in ("file.json", "batch.json", "b.db"))
+        est_s, est_mb = timed([sys.executable, "-m", "batcher", "estimate", path, "--json", *DEFAULTS], file_json)
+        imp_s, imp_mb = timed([sys.executable, "-m", "batcher", "import", path, "--db", db, *DEFAULTS])
         print(f"estimate: {lines:,} lines ({size / lines:.0f} B/line) in {est_s:.1f} s = {lines / est_s:,.0f} lines/s, "
               f"peak RSS {est_mb:.0f} MB; import of the same file: {lines / imp_s:,.0f} lines/s, "
               f"peak RSS {imp_mb:.0f} MB (target: estimate at least as fast)")
+        bat_s, bat_mb = timed([sys.executable, "-m", "batcher", "estimate", "bench", "--db", db, "--json"], batch_json)
+        with open(file_json, "rb") as f, open(batch_json, "rb") as g:
+            same = {k: v for k, v in json.load(f).items() if k != "source"} == {
+                k: v for k, v in json.load(g).items() if k != "source"}
+        print(f"estimate of the imported batch: {bat_s:.1f} s = {lines / bat_s:,.0f} jobs/s, peak RSS {bat_mb:.0f} MB; "
+              f"figures {'the same as' if same else 'DIFFERENT FROM'} the file's")
 
 
 if __name__ == "__main__":

@@ -175,16 +175,16 @@ def test_a_worker_that_dies_fails_the_export(tmp_path: Path, forking: list[int],
     def dies_on_its_second_range(reply: int, go: int, database: str, query: Any, render: Any, *rest: Any) -> None:
         sent = []
 
-        def render_then_die(row: Any) -> bytes:
-            sent.append(row)
+        def render_then_die(rows: list[Any]) -> bytes:
+            sent.extend(rows)
             if len(sent) > 300:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return render(row)
+            return render(rows)
 
         real(reply, go, database, query, render_then_die, *rest)
 
     monkeypatch.setattr(workers, "_work", dies_on_its_second_range)
-    with pytest.raises(StoreError, match="an export worker process stopped"):
+    with pytest.raises(StoreError, match="a worker process reading the batch stopped"):
         export_batch(engine, find_batch(engine, "big"), str(tmp_path / "x.jsonl"), "results")
     assert not (tmp_path / "x.jsonl").exists()
 
@@ -202,7 +202,7 @@ def test_a_worker_that_stops_mid_range_fails_a_file_export_and_leaves_no_file(
     pipe ending short must still fail the export, and the part must go."""
     _, engine = filled_store(tmp_path, JOBS)
     monkeypatch.setattr(workers, "_work", stops_mid_range)
-    with pytest.raises(StoreError, match="an export worker process stopped"):
+    with pytest.raises(StoreError, match="a worker process reading the batch stopped"):
         export_batch(engine, find_batch(engine, "big"), str(tmp_path / "x.jsonl"), "results")
     assert forking and not (tmp_path / "x.jsonl").exists() and not list(tmp_path.glob(".x.jsonl.*"))
 
@@ -212,7 +212,7 @@ def test_a_worker_that_stops_mid_range_writes_no_half_line_to_a_stream(
     _, engine = filled_store(tmp_path, JOBS)
     monkeypatch.setattr(workers, "_work", stops_mid_range)
     out = io.BytesIO()
-    with pytest.raises(StoreError, match="an export worker process stopped"):
+    with pytest.raises(StoreError, match="a worker process reading the batch stopped"):
         export_batch(engine, find_batch(engine, "big"), out, "results")
     assert forking and out.getvalue() == b""
 
@@ -382,3 +382,28 @@ def test_export_workers_leave_stop_signals_to_the_command(big_store: tuple[Path,
     assert export.returncode == 0, err
     assert b"".join(received).count(b"\n") == workers.FORK_FROM_LINES + 5000
     assert gone(db), "an export worker outlived the command"
+
+
+def test_a_big_batch_is_estimated_by_the_workers_as_by_one_process(tmp_path: Path, forking: list[int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Costing each unfinished job is the slow part of `batcher estimate BATCH`: the workers share it out."""
+    from batcher.estimator import estimate_batch
+    from batcher.validate import Defaults
+
+    _, engine = filled_store(tmp_path, JOBS)
+    more = write_job_file(tmp_path / "more.jsonl", range(JOBS + 1, JOBS + 2001))
+    import_file(engine, str(more), "big", Defaults("claude-sonnet-4.5", 100))
+    batch = find_batch(engine, "big")
+    forked = estimate_batch(engine, batch, progress=lambda *_: None)
+    assert forking == [2]
+    serial(monkeypatch)
+    alone = estimate_batch(engine, batch)
+    assert forking == [2] and forked.to_dict() == alone.to_dict()
+    assert forked.jobs == JOBS // 3 + 2000 and set(forked.by_model) == {"claude-haiku-4.5", "claude-sonnet-4.5"}
+    # A row whose request no longer rebuilds (the store changed by hand) is one clear error from a worker too.
+    with write(engine) as conn:
+        conn.execute(text("UPDATE jobs SET source = '{\"prompt\": 1}' WHERE custom_id = 'job-7000'"))
+    monkeypatch.setattr(workers, "FORK_FROM_LINES", 1000)
+    with pytest.raises(StoreError, match="job 'job-7000': its request cannot be rebuilt"):
+        estimate_batch(engine, batch)
+    assert forking == [2, 2]
