@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-
 from sqlalchemy import Engine
 
 from ._export_workers import forked_chunks
