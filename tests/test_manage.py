@@ -250,3 +250,33 @@ def test_delete_refuses_a_live_run_and_spends_the_handle(tmp_path: Path) -> None
         freed = store.compact()
         assert freed > 1_000_000 and path.stat().st_size < 500_000
         assert store.batches() == []
+
+
+def test_a_delete_killed_midway_leaves_the_batch_whole(tmp_path: Path) -> None:
+    """One transaction: kill -9 during the delete leaves every row of the batch; the next delete takes it all."""
+    import signal
+    import sqlite3
+    import time
+
+    engine, _, db = make_batch(tmp_path, 40_000, "big")
+    make_batch(tmp_path, 3, "other")
+    engine.dispose()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the log is empty: it grows again as the delete works
+    whole = rows_of(db)
+    wal = Path(db + "-wal")
+    proc = subprocess.Popen([sys.executable, "-m", "batcher", "delete", "big", "--db", db, "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    # A tenth of the way: deleting 40,000 jobs writes about 20 MB of changed pages to the log.
+    while (not wal.exists() or wal.stat().st_size < 2_000_000) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert rows_of(db) == whole
+    assert cli("status", "big", "--db", db, "--verify").returncode == 0
+    done = cli("delete", "big", "--db", db, "--yes")
+    assert done.returncode == 0 and done.stdout == "batch big: deleted, with its 40,000 job(s)\n"
+    now = rows_of(db)
+    assert now["jobs"] == 3 and now["batches"] == now["imports"] == now["batch_tallies"] == 1
+    assert cli("status", "other", "--db", db, "--verify").returncode == 0
