@@ -117,7 +117,8 @@ def delete_batch(engine: Engine, batch: Batch) -> int:
         return _delete_batch(engine, batch)
     except StoreFull as exc:
         raise StoreFull(f"{exc}: deleting a batch needs free disk space about its size until it is done (the "
-                        "store's log holds every page it changes); nothing was deleted") from None
+                        "store's log holds every page it changes); nothing was deleted. A store holding nothing "
+                        "else you need can be removed as a file instead") from None
 
 
 @store_errors
