@@ -183,7 +183,9 @@ def test_a_stop_while_another_process_keeps_the_store_locked_ends_at_once(
     def watch(snapshot: Any) -> None:
         if snapshot.done >= 20 and holder.ident is None:
             holder.start()
-        if snapshot.stall and not stopped_at:
+        # Only the holder's lock counts: on a loaded machine, the run's own writer and claimer may
+        # keep each other out past the short wait set here, and that pause passes by itself.
+        if snapshot.stall and holder.ident is not None and not stopped_at:
             stopped_at.append(time.monotonic())
             runner.request_stop()
 
@@ -199,7 +201,8 @@ def test_a_stop_while_another_process_keeps_the_store_locked_ends_at_once(
         took = time.monotonic() - stopped_at[0]
     finally:
         release.set()
-        holder.join()
+        if holder.ident is not None:
+            holder.join()
     assert took < 7  # about 3 s of retries spaced 1 s apart; the grace alone is 10 s, the store's own wait 30 s
     answered = sum(r.status == "succeeded" for r in stored(store.engine).values())
     assert sim.stats()["requests"] == answered + given_up  # every request paid for is stored or named
