@@ -233,7 +233,10 @@ def status_command(batch: str | None, db: str | None, as_json: bool, verify: boo
     with Store(db, create=False, readonly=True) as store:
         found = store.batch(batch)
         if verify:
-            problems = found.verify()
+            from ._progress import waiting
+
+            with waiting(f"recounting batch {found.name} from its rows"):
+                problems = found.verify()
             if as_json:
                 click.echo(json.dumps({"batch": found.name, "agrees": not problems, "problems": problems}))
             for problem in problems:
