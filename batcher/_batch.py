@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import Interrupted, UsageError
 from .store import Batch as BatchRecord
+from .store import still_there
 
 # Rooms a call needs load on first use, so that the reading commands
 # (status, batches) start quickly: the export for results, anyio and the
@@ -36,7 +37,8 @@ class Batch:
     Get one from :meth:`Store.add` or :meth:`Store.batch`. Every method reads
     or changes the store directly, so a handle never goes stale, and the
     CLI's commands (``status``, ``export``, ``retry``, ``cancel``, ``run``)
-    see the same batch.
+    see the same batch. Once the batch is deleted (here or elsewhere), every
+    method raises :class:`batcher.UsageError`, even if a new batch took its name.
 
     >>> import batcher
     >>> with batcher.Store("example.db") as store:
@@ -57,6 +59,9 @@ class Batch:
 
     @property
     def _record(self) -> BatchRecord:
+        """The batch's row, once the store is seen to hold it still (else every use says so, not only this one)."""
+        if not self._deleted and not still_there(self._engine, self._stored):
+            self._deleted = True  # elsewhere: by another handle, or another process
         if self._deleted:
             raise UsageError(f"batch {self.name!r} was deleted: this handle can no longer be used")
         return self._stored

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from . import tally
+from .db import store_errors
 from .errors import UsageError, on_command_line
 from .schema import batches
 
@@ -79,6 +80,19 @@ def find_batch(engine: Engine, name: str | None) -> Batch:
         names = ", ".join(b.name for b in list_batches(engine)[:10])
         raise UsageError(f"the database holds several batches; name one ({names})")
     return _batch(rows[0])
+
+
+@store_errors
+def still_there(engine: Engine, batch: Batch) -> bool:
+    """Whether the store still holds this very batch: not deleted, nor replaced by one made since.
+
+    A new batch may be given a deleted one's name, or even its id (SQLite
+    hands out the largest id again), so the time it was made is compared too.
+    """
+    with engine.connect() as conn:
+        return conn.execute(select(batches.c.id).where(
+            batches.c.id == batch.id, batches.c.name == batch.name, batches.c.created_at == batch.created_at)
+        ).first() is not None
 
 
 def status_counts(conn: Connection, batch_id: int) -> dict[str, int]:

@@ -244,12 +244,22 @@ def test_delete_refuses_a_live_run_and_spends_the_handle(tmp_path: Path) -> None
             b.delete()
         assert b.status()["total"] == 3000
         finish_run(store.engine, run_id, "interrupted")
+        other = store.batch("big")  # a second handle, made before the delete
         assert b.delete() == 3000
         with pytest.raises(batcher.UsageError, match="batch 'big' was deleted: this handle can no longer be used"):
             b.results()
         freed = store.compact()
         assert freed > 1_000_000 and path.stat().st_size < 500_000
         assert store.batches() == []
+        # A batch made since under the same name (SQLite even gives it the same id) is not the old handles' one.
+        again = store.add("big", ["Once more."])
+        assert find_batch(store.engine, "big").id == record.id
+        for stale in (b, other):
+            with pytest.raises(batcher.UsageError, match="batch 'big' was deleted"):
+                stale.delete()
+            with pytest.raises(batcher.UsageError, match="batch 'big' was deleted"):
+                stale.cancel()
+        assert again.status()["pending"] == 1
 
 
 def test_a_delete_killed_midway_leaves_the_batch_whole(tmp_path: Path) -> None:
