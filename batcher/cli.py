@@ -197,19 +197,25 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-@main.command("batches", epilog="Example: batcher batches --db runs.db")
+@main.command("batches", epilog="\b\nExamples:\n  batcher batches --db runs.db\n"
+                                "  batcher batches --json | jq -r 'select(.pending == 0) | .batch'")
 @db_option
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per batch and line: the fields of `status --json` up to the token totals.")
 @friendly
-def batches_command(db: str | None) -> None:
+def batches_command(db: str | None, as_json: bool) -> None:
     """List the batches in the store with their job counts."""
     from ._handles import Store
 
     with Store(db, create=False, readonly=True) as store:
         found = store.batches()
-        if not found:
+        if not found and not as_json:
             click.echo("no batches yet: batcher import FILE")
         for batch in found:
             s = batch.status(detail=False)
+            if as_json:
+                click.echo(json.dumps(s))
+                continue
             counts = " ".join(f"{k}={s[k]}" for k in ("pending", "running", "succeeded", "failed", "canceled") if s[k])
             click.echo(f"{batch.name}\t{batch.source}\t{s['total']} jobs: {counts or 'none'}\t"
                        f"created {_when(batch.created_at)}")

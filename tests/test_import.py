@@ -703,6 +703,10 @@ def test_import_batches_status_commands(tmp_path: Path) -> None:
     assert re.search(r"\b4 jobs\b", line) and "pending=3" in line and "succeeded=1" in line
     assert "failed=" not in line  # zero counts are left out
     assert re.search(r"created \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)
+    listing = cli("batches", "--db", db, "--json")
+    [listed] = [json.loads(line) for line in listing.stdout.splitlines()]
+    assert {k: listed[k] for k in ("batch", "file", "total", "pending", "succeeded", "failed")} == {
+        "batch": "prompts", "file": str(path), "total": 4, "pending": 3, "succeeded": 1, "failed": 0}
 
     status = cli("status", "--db", db, "--json")  # one batch: no name needed
     assert status.returncode == 0, status.stderr
@@ -811,7 +815,7 @@ def test_unreadable_inputs_are_usage_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command, example", [
     ("import", "Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024"),
-    ("batches", "Example: batcher batches"),
+    ("batches", "Examples: batcher batches --db runs.db batcher batches --json"),
     ("status", "Example: batcher status"),
 ])
 def test_help_has_an_example(command: str, example: str) -> None:
