@@ -202,14 +202,14 @@ def rows_of(db: str) -> dict[str, int]:
 
 
 def test_delete_takes_a_batch_whole_and_leaves_the_others(tmp_path: Path, simulator: Any) -> None:
+    import batcher
+
     db = str(tmp_path / "store.db")
-    env = {**os.environ, "POE_API_KEY": "test"}
-    for name, n in (("a", 12), ("b", 5)):
-        path = write_job_file(tmp_path / f"{name}.jsonl", range(1, n + 1))
-        done = cli("import", str(path), "--db", db, "--model", "claude-haiku-4.5", "--max-tokens", "64")
-        assert done.returncode == 0, done.stderr
-    done = cli("run", "a", "--db", db, "--base-url", simulator.base_url, "--reuse", "--quiet", env=env, timeout=120)
-    assert done.returncode == 0, done.stdout + done.stderr
+    with batcher.Store(db) as store:  # the setting up is done in-process: the command under test is delete
+        for name, n in (("a", 12), ("b", 5)):
+            store.add(name, write_job_file(tmp_path / f"{name}.jsonl", range(1, n + 1)), max_tokens=64)
+        summary = store.batch("a").run(api_key="test", base_url=simulator.base_url, reuse=True, progress=False)
+        assert summary.exit_code == 0, summary
     before = rows_of(db)
     assert before["answers"] == 12 and before["attempts"] == 12 and before["jobs"] == 17
     # Not from a terminal, and not told --yes: nothing goes.
