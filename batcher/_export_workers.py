@@ -74,9 +74,10 @@ def worthwhile(engine: Engine) -> bool:
 def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render | None,
                   notes: ExportNotes | None, piped: bool = False,
                   render_range: RenderRange | None = None) -> Iterator[Chunk] | None:
-    """The export's chunks from forked workers, or None to read it here.
+    """What forked workers make of the batch's rows, range by range in order, or None to read it here.
 
-    ``query`` is the export's ordered select; ``render`` turns a row into a
+    ``query`` is the ordered select of the rows (an export's, or an
+    estimate's unfinished jobs); ``render`` turns a row into a
     line, counting into ``notes`` (each worker into its own copy: what they
     counted is added to ``notes`` here). None when the batch is small or a
     snapshot could not be shared: the caller then reads it itself. With
