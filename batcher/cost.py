@@ -37,6 +37,27 @@ class Cost:
     output_tokens: int
 
 
+#: Jobs and what they cost, by model: ``{model: [jobs, input estimate, max_tokens]}``.
+CostSums = dict[str, list[int]]
+
+
+def add_cost(sums: CostSums, model: str, input_tokens: int, output_tokens: int, jobs: int = 1) -> None:
+    """Count ``jobs`` more of ``model`` into ``sums``, costing the tokens given together.
+
+    >>> sums: CostSums = {}
+    >>> add_cost(sums, "claude-haiku-4.5", 4, 512); add_cost(sums, "claude-haiku-4.5", 6, 256)
+    >>> sums
+    {'claude-haiku-4.5': [2, 10, 768]}
+    """
+    figures = sums.get(model)
+    if figures is None:
+        sums[model] = [jobs, input_tokens, output_tokens]
+    else:
+        figures[0] += jobs
+        figures[1] += input_tokens
+        figures[2] += output_tokens
+
+
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 

@@ -20,10 +20,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, literal_column, select
 
 from . import tally
 from ._told import Progress
+from .cost import CostSums, add_cost
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
@@ -152,6 +154,8 @@ class _Importer:
         self.streams = 0
         #: The largest figures of one job read (see PreparedChunk.worst_input).
         self.worst_input = self.worst_output = 0
+        #: What the jobs it added cost, by model; None once it met jobs already stored.
+        self.costs: CostSums | None = {}
 
     def _prepare(self, rows: list[tuple[Any, ...]]) -> None:
         """The statements, once the first rows tell which part of the batch this import fills.
@@ -190,11 +194,17 @@ class _Importer:
         self.streams += chunk.streams_dropped
         self.worst_input = max(self.worst_input, chunk.worst_input)
         self.worst_output = max(self.worst_output, chunk.worst_output)
-        self.store(chunk.rows)
+        added = self.store(chunk.rows)
+        if self.costs is not None and added == len(chunk.rows):
+            for model, (n, input_tokens, output_tokens) in chunk.costs.items():
+                add_cost(self.costs, model, input_tokens, output_tokens, n)
+        else:  # which rows it added is not worth working out: a batch it is in is costed job by job
+            self.costs = None
 
-    def store(self, rows: list[tuple[Any, ...]]) -> None:
+    def store(self, rows: list[tuple[Any, ...]]) -> int:
+        """Insert the rows, sort out those already stored; return how many were added."""
         if not rows:
-            return
+            return 0
         if self.insert is None:
             self._prepare(rows)
         assert self.insert is not None
@@ -202,6 +212,7 @@ class _Importer:
         self.report.added += inserted
         if inserted < len(rows):
             self._sort_out_conflicts(rows)
+        return inserted
 
     def _sort_out_conflicts(self, rows: list[tuple[Any, ...]]) -> None:
         """Classify rows the insert skipped: unchanged, duplicate or changed."""
@@ -324,19 +335,29 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
         head = file.read if file is not None else None
         worst: tuple[int | None, int | None] = (importer.worst_input, importer.worst_output)
+        costs = importer.costs
         if last is not None:  # the lines read then count too; unknown if they were never costed
             worst = (None, None) if last.worst_input_tokens is None else (
                 max(last.worst_input_tokens, importer.worst_input),
                 max(last.worst_output_tokens, importer.worst_output))
+            costs = None if last.costs is None or costs is None else _more_costs(orjson.loads(last.costs), costs)
         # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
             rejected=report.rejected, fingerprint=fingerprint,
             read_bytes=head and head.size, read_lines=head and head.lines, digest=head and head.digest,
-            part=importer.part, worst_input_tokens=worst[0], worst_output_tokens=worst[1]))
+            part=importer.part, worst_input_tokens=worst[0], worst_output_tokens=worst[1],
+            costs=None if costs is None else orjson.dumps(costs).decode()))
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
+
+
+def _more_costs(before: CostSums, added: CostSums) -> CostSums:
+    """An import's costs once the lines after those it read before are added."""
+    for model, (n, input_tokens, output_tokens) in added.items():
+        add_cost(before, model, input_tokens, output_tokens, n)
+    return before
 
 
 def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str, file: FileChunks | None,

@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
 
 from . import tally
-from .cost import Cost, request_cost
+from .cost import Cost, CostSums, add_cost, request_cost
 from .db import store_errors, write
 from .errors import StoreError, StoreStalled, UsageError
 from .liveness import run_is_alive
@@ -318,6 +318,23 @@ def worst_job_cost(engine: Engine, batch_id: int) -> Cost | None:
                            .where(imports.c.batch_id == batch_id)).one()
     worst_input, worst_output, unknown = row
     return None if unknown else Cost(worst_input or 0, worst_output or 0)
+
+
+@store_errors
+def import_costs(engine: Engine, batch_id: int) -> CostSums | None:
+    """What every job of the batch costs, by model, from its imports' records; None if one has none.
+
+    A job is counted by the import that added it (see :mod:`batcher.importer`).
+    """
+    with engine.connect() as conn:
+        recorded = conn.scalars(select(imports.c.costs).where(imports.c.batch_id == batch_id)).all()
+    sums: CostSums = {}
+    for text in recorded:
+        if text is None:
+            return None
+        for model, (n, input_tokens, output_tokens) in orjson.loads(text).items():
+            add_cost(sums, model, input_tokens, output_tokens, n)
+    return sums
 
 
 def unfinished_bodies(engine: Engine, batch_id: int, limit: int | None = None,

@@ -21,7 +21,7 @@ import orjson
 
 from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, widen, write_all
 from ._told import Progress, told
-from .cost import input_tokens_estimate
+from .cost import CostSums, input_tokens_estimate
 from .errors import UsageError
 from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
@@ -58,6 +58,9 @@ class PreparedChunk:
     #: token caps know that no job exceeds one without reading them.
     worst_input: int = 0
     worst_output: int = 0
+    #: What the valid rows cost, by model (see :data:`batcher.cost.CostSums`): kept with
+    #: the import for the jobs it adds, so that a fresh batch is estimated without reading them.
+    costs: CostSums = field(default_factory=dict)
     #: For a block of a file: the offset after its last line, to tell how far a reading is.
     read_to: int = 0
     #: With a list here, each valid row's request body (a dict) is kept too,
@@ -108,10 +111,18 @@ def prepare_object(out: PreparedChunk, number: int, obj: Any, source: str, defau
     if job.body["model"] not in KNOWN_MODELS:
         out.unknown_models[job.body["model"]] += 1
     tokens = input_tokens_estimate(job.body)  # request_cost's figures, without its object
+    max_tokens = job.body["max_tokens"]
     if tokens > out.worst_input:
         out.worst_input = tokens
-    if job.body["max_tokens"] > out.worst_output:
-        out.worst_output = job.body["max_tokens"]
+    if max_tokens > out.worst_output:
+        out.worst_output = max_tokens
+    figures = out.costs.get(job.body["model"])  # add_cost, written out: this runs for every line imported
+    if figures is None:
+        out.costs[job.body["model"]] = [1, tokens, max_tokens]
+    else:
+        figures[0] += 1
+        figures[1] += tokens
+        figures[2] += max_tokens
     out.rows.append((
         number,
         job.custom_id,

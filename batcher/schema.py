@@ -68,6 +68,11 @@ imports = Table(
     # None when not known (imports recorded before revision 0012).
     Column("worst_input_tokens", BigInteger),
     Column("worst_output_tokens", BigInteger),
+    # The jobs it added and what they cost, by model, as JSON {model: [jobs,
+    # input estimate, max_tokens]}: a batch with no job finished is estimated
+    # from them without reading a job. None when not known (an import that
+    # met jobs already stored; imports recorded before revision 0013).
+    Column("costs", Text),
 )
 
 #: Runs of a batch: who is sending (pid, host), since when, at what pace, how it ended.

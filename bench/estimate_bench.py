@@ -3,8 +3,9 @@
 Usage: python bench/estimate_bench.py [LINES]   (default 1,000,000 ~300-byte jobs)
 Runs the real CLI in subprocesses so each peak RSS is that command's alone:
 first `batcher estimate FILE --json`, then `batcher import FILE` for comparison,
-then `batcher estimate BATCH` of the batch just imported (every job unfinished),
-whose figures must be the file's.
+then `batcher estimate BATCH` of the batch just imported (every job unfinished:
+from its import's sums), whose figures must be the file's, and again once a job
+has finished (every other job costed, by forked workers).
 """
 
 from __future__ import annotations
@@ -44,12 +45,28 @@ def main() -> None:
         print(f"estimate: {lines:,} lines ({size / lines:.0f} B/line) in {est_s:.1f} s = {lines / est_s:,.0f} lines/s, "
               f"peak RSS {est_mb:.0f} MB; import of the same file: {lines / imp_s:,.0f} lines/s, "
               f"peak RSS {imp_mb:.0f} MB (target: estimate at least as fast)")
-        bat_s, bat_mb = timed([sys.executable, "-m", "batcher", "estimate", "bench", "--db", db, "--json"], batch_json)
+        command = [sys.executable, "-m", "batcher", "estimate", "bench", "--db", db, "--json"]
+        bat_s, bat_mb = timed(command, batch_json)
         with open(file_json, "rb") as f, open(batch_json, "rb") as g:
             same = {k: v for k, v in json.load(f).items() if k != "source"} == {
                 k: v for k, v in json.load(g).items() if k != "source"}
-        print(f"estimate of the imported batch: {bat_s:.1f} s = {lines / bat_s:,.0f} jobs/s, peak RSS {bat_mb:.0f} MB; "
+        print(f"estimate of the imported batch (from its import's sums): {bat_s:.2f} s, peak RSS {bat_mb:.0f} MB; "
               f"figures {'the same as' if same else 'DIFFERENT FROM'} the file's")
+        cancel_first_job(db)  # a job finished: the others are costed one by one
+        job_s, job_mb = timed(command)
+        print(f"estimate once a job has finished (job by job): {job_s:.1f} s = {(lines - 1) / job_s:,.0f} jobs/s, "
+              f"peak RSS {job_mb:.0f} MB")
+
+
+def cancel_first_job(db: str) -> None:
+    from batcher.db import open_store
+    from batcher.manage import cancel_jobs
+    from batcher.schema import jobs
+    from batcher.store import find_batch
+
+    engine = open_store(db)
+    assert cancel_jobs(engine, find_batch(engine, "bench"), "pending", jobs.c.line == 1) == 1
+    engine.dispose()
 
 
 if __name__ == "__main__":

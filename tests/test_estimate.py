@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import orjson
+from sqlalchemy import text
 
 from batcher.db import open_store
 from batcher.cost import input_tokens_estimate
@@ -140,3 +141,54 @@ def test_a_batch_is_estimated_on_what_is_left(tmp_path: Path, simulator: Any) ->
     assert text.returncode == 0 and "left: 30 job(s)" in text.stdout
     unknown = cli("estimate", "nope", "--db", str(db))
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "no batch named 'nope'" in unknown.stderr
+
+
+def _job_by_job(engine: Any, name: str) -> dict[str, Any]:
+    """The batch's estimate as costing each unfinished job gives it."""
+    from batcher.estimator import Estimate
+    from batcher.jobqueue import unfinished_costs
+
+    whole = Estimate(name, 500.0)
+    for _, _, model, cost in unfinished_costs(engine, find_batch(engine, name).id):
+        whole.add(model, cost)
+    return whole.to_dict()
+
+
+def test_a_batch_with_nothing_finished_is_estimated_from_its_imports_without_reading_a_job(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    from batcher import apibatches, estimator
+
+    db = str(tmp_path / "s.db")
+    engine = open_store(db)
+    path = tmp_path / "fresh.jsonl"
+    rows = known_file(path, 90)
+    import_file(engine, str(path), defaults=Defaults("claude-haiku-4.5", system="Be brief."))
+    path.write_bytes(path.read_bytes() + b"".join(  # lines added to the file: the import goes on after the others
+        orjson.dumps({**r, "custom_id": f"more-{i}", "max_tokens": 7}) + b"\n" for i, r in enumerate(rows[:30])))
+    import_file(engine, str(path), defaults=Defaults("claude-haiku-4.5", system="Be brief."))
+    api = apibatches.create(engine, [("a", {"model": "claude-sonnet-4.5", "max_tokens": 9,
+                                            "messages": [{"role": "user", "content": "Hi there"}]}),
+                                     ("b", {"max_tokens": 5, "messages": []})], 3600)
+    expected = {name: _job_by_job(engine, name) for name in ("fresh", api.name)}
+    assert expected["fresh"]["jobs"] == 120 and set(expected[api.name]["by_model"]) == {"claude-sonnet-4.5", ""}
+
+    def reads_jobs(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a job was read")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(estimator, "unfinished_costs", reads_jobs)
+        patched.setattr(estimator, "forked_chunks", reads_jobs)
+        for name, figures in expected.items():
+            assert estimate(name, db).to_dict() == figures
+    # A changed file read again meets jobs already stored: that import keeps no sums, and the batch
+    # is costed job by job, as are batches whose imports were recorded before the sums were kept.
+    path.write_bytes(path.read_bytes().replace(b"Question 0:", b"Question zero:") + orjson.dumps(
+        {"custom_id": "new", "prompt": "A new line.", "max_tokens": 5}) + b"\n")
+    report = import_file(engine, str(path), "fresh", Defaults("claude-haiku-4.5", system="Be brief."),
+                         skip_invalid=True)
+    assert (report.added, report.rejected) == (1, 2)  # k0 and its copy more-0 are refused
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT costs FROM imports WHERE id = :id"), {"id": report.import_id}).scalar()
+    assert kept is None
+    assert estimate("fresh", db).to_dict() == _job_by_job(engine, "fresh")
+    assert estimate("fresh", db).jobs == 121
