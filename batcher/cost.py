@@ -58,6 +58,13 @@ def add_cost(sums: CostSums, model: str, input_tokens: int, output_tokens: int, 
         figures[2] += output_tokens
 
 
+def merge_costs(into: CostSums, more: CostSums) -> CostSums:
+    """``into`` with ``more`` counted in too (``more`` stays as it is)."""
+    for model, (jobs, input_tokens, output_tokens) in more.items():
+        add_cost(into, model, input_tokens, output_tokens, jobs)
+    return into
+
+
 def _utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, literal_column, sele
 
 from . import tally
 from ._told import Progress
-from .cost import CostSums, add_cost
+from .cost import CostSums, merge_costs
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
@@ -196,8 +196,7 @@ class _Importer:
         self.worst_output = max(self.worst_output, chunk.worst_output)
         added = self.store(chunk.rows)
         if self.costs is not None and added == len(chunk.rows):
-            for model, (n, input_tokens, output_tokens) in chunk.costs.items():
-                add_cost(self.costs, model, input_tokens, output_tokens, n)
+            merge_costs(self.costs, chunk.costs)
         else:  # which rows it added is not worth working out: a batch it is in is costed job by job
             self.costs = None
 
@@ -340,7 +339,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             worst = (None, None) if last.worst_input_tokens is None else (
                 max(last.worst_input_tokens, importer.worst_input),
                 max(last.worst_output_tokens, importer.worst_output))
-            costs = None if last.costs is None or costs is None else _more_costs(orjson.loads(last.costs), costs)
+            costs = None if last.costs is None or costs is None else merge_costs(orjson.loads(last.costs), costs)
         # The import's figures cover the whole file: what it added when it first read it stays "added".
         conn.execute(imports.update().where(imports.c.id == import_id).values(
             at=time.time(), added=added_before + report.added, unchanged=report.unchanged - added_before,
@@ -351,13 +350,6 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
-
-
-def _more_costs(before: CostSums, added: CostSums) -> CostSums:
-    """An import's costs once the lines after those it read before are added."""
-    for model, (n, input_tokens, output_tokens) in added.items():
-        add_cost(before, model, input_tokens, output_tokens, n)
-    return before
 
 
 def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str, file: FileChunks | None,

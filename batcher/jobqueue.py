@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
 
 from . import tally
-from .cost import Cost, CostSums, add_cost, request_cost
+from .cost import Cost, CostSums, merge_costs, request_cost
 from .db import store_errors, write
 from .errors import StoreError, StoreStalled, UsageError
 from .liveness import run_is_alive
@@ -332,8 +332,7 @@ def import_costs(engine: Engine, batch_id: int) -> CostSums | None:
     for text in recorded:
         if text is None:
             return None
-        for model, (n, input_tokens, output_tokens) in orjson.loads(text).items():
-            add_cost(sums, model, input_tokens, output_tokens, n)
+        merge_costs(sums, orjson.loads(text))
     return sums
 
 
