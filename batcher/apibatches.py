@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import Connection, Engine, func, select, tuple_, update
 
 from . import tally
-from .cost import CostSums, add_cost, request_cost
+from .cost import CostSums, add_cost, model_and_cost
 from .db import store_errors, write
 from .errors import UsageError
 from .jobqueue import finish_run, start_run
@@ -87,11 +87,12 @@ def create(engine: Engine, requests: Sequence[tuple[str, dict[str, Any]]], expir
     with write(engine) as conn:
         batch, _ = get_or_create_batch(conn, new_id(), "api")
         batch_id = batch.id
-        costs = [request_cost(params) for _, params in requests]
         sums: CostSums = {}
-        for (_, params), cost in zip(requests, costs):
-            model = params.get("model")
-            add_cost(sums, model if isinstance(model, str) else "", cost.input_tokens, cost.output_tokens)
+        costs = []
+        for _, params in requests:
+            model, cost = model_and_cost(params)
+            add_cost(sums, model, cost.input_tokens, cost.output_tokens)
+            costs.append(cost)
         import_id = conn.execute(imports.insert().values(
             batch_id=batch_id, source="api", at=now, added=len(requests), unchanged=0, rejected=0,
             worst_input_tokens=max((c.input_tokens for c in costs), default=0),

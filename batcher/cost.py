@@ -126,3 +126,13 @@ def request_cost(body: dict[str, Any]) -> Cost:
     """
     max_tokens = body.get("max_tokens")
     return Cost(input_tokens_estimate(body), max_tokens if type(max_tokens) is int else 0)
+
+
+def model_and_cost(body: dict[str, Any]) -> tuple[str, Cost]:
+    """A request's model ("" if it names none, as an API batch's request may) and its worst case.
+
+    >>> model_and_cost({"model": "claude-haiku-4.5", "max_tokens": 512, "messages": []})
+    ('claude-haiku-4.5', Cost(input_tokens=1, output_tokens=512))
+    """
+    model = body.get("model")
+    return model if isinstance(model, str) else "", request_cost(body)

@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Connection, Engine, and_, bindparam, func, select, tuple_, update
 
 from . import tally
-from .cost import Cost, CostSums, merge_costs, request_cost
+from .cost import Cost, CostSums, merge_costs, model_and_cost
 from .db import store_errors, write
 from .errors import StoreError, StoreStalled, UsageError
 from .liveness import run_is_alive
@@ -369,9 +369,7 @@ def unfinished_costs(engine: Engine, batch_id: int, limit: int | None = None) ->
 
 def body_cost(body: str) -> tuple[str, Cost]:
     """A request body's model ("" if it names none) and worst case."""
-    payload = orjson.loads(body)
-    model = payload.get("model")
-    return model if isinstance(model, str) else "", request_cost(payload)
+    return model_and_cost(orjson.loads(body))
 
 
 def row_body(row: Any) -> str:
