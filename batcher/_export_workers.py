@@ -71,23 +71,19 @@ def worthwhile(engine: Engine) -> bool:
             and _workers() >= 2 and engine.pool.checkedout() == 0 and can_fork())
 
 
-def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render | None,
-                  notes: ExportNotes | None, piped: bool = False,
-                  render_range: RenderRange | None = None) -> Iterator[Chunk] | None:
+def forked_chunks(engine: Engine, batch_id: int, query: Any, render: RenderRange,
+                  notes: ExportNotes | None, piped: bool = False) -> Iterator[Chunk] | None:
     """What forked workers make of the batch's rows, range by range in order, or None to read it here.
 
     ``query`` is the ordered select of the rows (an export's, or an
-    estimate's unfinished jobs); ``render`` turns a row into a
-    line, counting into ``notes`` (each worker into its own copy: what they
+    estimate's unfinished jobs); ``render`` makes what a range sends back
+    of its rows: their lines (:func:`each_row`), or what sums them up,
+    counting into ``notes`` (each worker into its own copy: what they
     counted is added to ``notes`` here). None when the batch is small or a
     snapshot could not be shared: the caller then reads it itself. With
     ``piped``, ranges come as :class:`~batcher.outfile.Piped` (see
-    :meth:`_Team.chunks`). ``render_range``, instead of ``render``, makes
-    what a range sends back of its rows all at once (an estimate's sums).
+    :meth:`_Team.chunks`).
     """
-    if render_range is None:
-        assert render is not None
-        render_range = functools.partial(_each, render)
     if not worthwhile(engine):
         return None
     bounds = _bounds(engine, batch_id)
@@ -97,7 +93,7 @@ def forked_chunks(engine: Engine, batch_id: int, query: Any, render: Render | No
     ranged = query.where(place >= tuple_(bindparam("lo_part"), bindparam("lo_line")),
                          place < tuple_(bindparam("hi_part"), bindparam("hi_line")))
     for _ in range(TRIES):
-        team = _Team.start(engine, ranged, render_range, notes, bounds)
+        team = _Team.start(engine, ranged, render, notes, bounds)
         if team is not None:
             return team.chunks(notes, piped)
     return None
@@ -230,6 +226,11 @@ class _Team:
 #: An answer's header: its size in bytes, its lines (-1: an error message), keys replaced.
 _HEADER = struct.Struct("<qqq")
 _STOPPED = "cannot read the job store: a worker process reading the batch stopped before its part was done"
+
+
+def each_row(render: Render) -> RenderRange:
+    """A range's lines, each row rendered by ``render`` (an export's)."""
+    return functools.partial(_each, render)
 
 
 def _each(render: Render, rows: list[Any]) -> bytes:

@@ -275,7 +275,7 @@ def _unfinished_costs(engine: Engine, batch_id: int) -> Iterator[tuple[str, Cost
     Costing a job means rebuilding and reading its request (about 25 µs); the
     workers share that out, as an export's lines, from one snapshot.
     """
-    chunks = forked_chunks(engine, batch_id, unfinished_jobs(batch_id), None, None, render_range=_range_costs)
+    chunks = forked_chunks(engine, batch_id, unfinished_jobs(batch_id), _range_costs, None)
     if chunks is None:
         for _, _, model, cost in unfinished_costs(engine, batch_id):
             yield model, cost, 1

@@ -103,7 +103,7 @@ def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str 
 def _export_stream(engine: Engine, batch: Batch, query: Any, render: Callable[[Any], bytes], chunk: int,
                    notes: ExportNotes | None, piped: bool) -> Iterator[Chunk]:
     try:
-        forked = _export_workers.forked_chunks(engine, batch.id, query, render, notes, piped)
+        forked = _export_workers.forked_chunks(engine, batch.id, query, _export_workers.each_row(render), notes, piped)
     except SQLAlchemyError as exc:
         raise read_failure(exc) from None
     if forked is not None:
