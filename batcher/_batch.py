@@ -59,7 +59,10 @@ class Batch:
 
     @property
     def _record(self) -> BatchRecord:
-        """The batch's row, once the store is seen to hold it still (else every use says so, not only this one)."""
+        """The batch's row, once the store is seen to hold it still (else every use says so, not only this one).
+
+        Each read asks the store: a method reads it once.
+        """
         if not self._deleted and not still_there(self._engine, self._stored):
             self._deleted = True  # elsewhere: by another handle, or another process
         if self._deleted:
@@ -188,10 +191,11 @@ class Batch:
         from .export import ExportNotes, default_output, export_batch
 
         kept = ExportNotes() if notes is None else notes
-        path = path or default_output(self._record, format)
+        record = self._record
+        path = path or default_output(record, format)
         onto_terminal = path == "-" and sys.stdout is not None and sys.stdout.isatty()
         with counting(False if onto_terminal else progress, f"writing {'stdout' if path == '-' else path}") as display:
-            written = export_batch(self._engine, self._record, path, format, only, include_pending, force=force,
+            written = export_batch(self._engine, record, path, format, only, include_pending, force=force,
                                    notes=kept, progress=display)
         if notes is None:
             for warning in kept.warnings():
@@ -218,8 +222,9 @@ class Batch:
 
         types = _several(error_type, str)
         codes = tuple(opt.checked("status_code", opt.HTTP_STATUS, code) for code in _several(status_code, (str, int)))
-        refuse_reopen(self._engine, self._record)
-        return retry(self._engine, self._record, types, codes, canceled)
+        record = self._record
+        refuse_reopen(self._engine, record)
+        return retry(self._engine, record, types, codes, canceled)
 
     def failure_kinds(self) -> dict[str, int]:
         """Failed jobs by error type, most frequent first: the values ``retry(error_type=...)`` can match."""

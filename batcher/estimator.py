@@ -252,9 +252,10 @@ def estimate_batch(engine: Engine, batch: Batch, rpm: float = 500.0, progress: P
     """
     estimate = Estimate(batch.name, rpm)
     counts = batch_counts(engine, batch.id)
-    if counts["pending"] + counts["running"] == sum(counts.values()):  # nothing finished yet: every job counts
+    total = sum(counts.values())
+    if counts["pending"] + counts["running"] == total:  # nothing finished yet: every job counts
         sums = import_costs(engine, batch.id)
-        if sums is not None and sum(n for n, _, _ in sums.values()) == sum(counts.values()):
+        if sums is not None and sum(n for n, _, _ in sums.values()) == total:
             for model, (n, input_tokens, output_tokens) in sums.items():
                 estimate.add(model, Cost(input_tokens, output_tokens), n)
             return estimate
