@@ -39,6 +39,11 @@ class Claims:
         self.on_stall = on_stall
         self._stalled = False
         self.taken = 0  # jobs claimed in all, against the limit
+        # Jobs handed to workers are numbered from 1 in the order they are handed out:
+        # ``handed`` is the last one handed out, ``horizon`` the last one a claim made so far may get.
+        self.handed = 0
+        self._queued = 0
+        self._incoming = 0
         self.after = START
         self.ready: deque[ClaimedJob] = deque()
         self.waiting = 0
@@ -76,10 +81,12 @@ class Claims:
             size = min(need, CLAIM_CHUNK)
             if self.limit is not None:
                 size = min(size, self.limit - self.taken)
+            self._incoming = size
             try:
                 chunk = await anyio.to_thread.run_sync(
                     claim, self.engine, self.batch_id, self.run_id, size, self.after) if size > 0 else []
             except StoreStalled as exc:
+                self._incoming = 0
                 if self.on_stall is None:
                     raise
                 self._stalled = True
@@ -92,13 +99,16 @@ class Claims:
             if chunk:
                 self.after = chunk[-1].place
                 self.taken += len(chunk)
-                self.ready.extend(await screen(chunk) if screen is not None else chunk)
-            elif self.after != START:
-                # One more pass from the top (the pending-jobs index finds them without a scan):
-                # jobs put back behind the cursor while the run went on (a `batcher retry`) are sent too.
-                self.after = START
-                continue
-            else:
+                ready = await screen(chunk) if screen is not None else chunk
+                self.ready.extend(ready)
+                self._queued += len(ready)
+            self._incoming = 0
+            if not chunk:
+                if self.after != START:
+                    # One more pass from the top (the pending-jobs index finds them without a scan):
+                    # jobs put back behind the cursor while the run went on (a `batcher retry`) are sent too.
+                    self.after = START
+                    continue
                 self.exhausted = True
                 self._let_go()
             self._claimed.set()
@@ -113,11 +123,22 @@ class Claims:
                 await self._claimed.wait()
         finally:
             self.waiting -= 1
-        job = self.ready.popleft() if self.ready else None
+        job = None
+        if self.ready:
+            job = self.ready.popleft()
+            self.handed += 1
         if len(self.ready) < self.ahead:
             self._wanted.set()
         self._let_go()
         return job
+
+    @property
+    def horizon(self) -> int:
+        """The number the last job claimed so far will have when handed out (see :attr:`handed`).
+
+        A job handed out after that one was claimed after now.
+        """
+        return self._queued + self._incoming
 
     def stop(self) -> None:
         """Hand out no more jobs: workers waiting for one are let go at once.

@@ -23,7 +23,8 @@ Within one run, :class:`Twins` sends identical requests once.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import heapq
+from typing import Any, Iterable
 
 import anyio
 import orjson
@@ -69,29 +70,38 @@ def request_key(body: dict[str, Any]) -> str:
 
 
 class _Lead:
-    """The first of identical requests in flight, and its answer once known."""
+    """The first of identical requests, and its answer once known."""
 
-    __slots__ = ("job_id", "answer", "done")
+    __slots__ = ("job_id", "answer", "done", "stored")
 
     def __init__(self, job_id: int) -> None:
         self.job_id = job_id
         self.answer: dict[str, Any] | None = None
         self.done = anyio.Event()
+        self.stored = False  # its answer is committed
 
 
 class Twins:
-    """Identical requests of one run are sent once; the others wait for that answer.
+    """Identical requests of one run are sent once; the others take that answer.
 
     A worker calls :meth:`follow` with a job's key: None means it leads and
     must send, then call :meth:`finish` whatever happened (None for no
     answer, and the next waiting twin leads in turn).
+
+    An answer is kept after its request is over, for the twins that looked
+    for it in the store before it was committed there (jobs are claimed,
+    and looked up, a little before they are sent): until the writer has
+    committed it (:meth:`stored`) and every job claimed by then has been
+    taken up (:meth:`release`). Jobs are numbered in the order they are
+    taken up; ``horizon`` is the number of the last one claimed so far.
     """
 
     def __init__(self) -> None:
         self._leads: dict[str, _Lead] = {}
+        self._kept: list[tuple[int, str]] = []  # (horizon, key): a heap of answers to let go
 
     async def follow(self, key: str, job_id: int) -> tuple[int, dict[str, Any]] | None:
-        """``(answering job id, answer)`` from a twin in flight, or None: send it yourself."""
+        """``(answering job id, answer)`` from a twin (in flight or answered), or None: send it yourself."""
         while (lead := self._leads.get(key)) is not None:
             await lead.done.wait()
             if lead.answer is not None:
@@ -99,13 +109,39 @@ class Twins:
         self._leads[key] = _Lead(job_id)
         return None
 
+    def answered(self, key: str) -> tuple[int, dict[str, Any]] | None:
+        """``(answering job id, answer)`` if a twin has the answer already."""
+        lead = self._leads.get(key)
+        return (lead.job_id, lead.answer) if lead is not None and lead.answer is not None else None
+
     def __contains__(self, key: str) -> bool:
         """A request of ``key`` is being sent now."""
-        return key in self._leads
+        lead = self._leads.get(key)
+        return lead is not None and not lead.done.is_set()
 
-    def finish(self, key: str, answer: dict[str, Any] | None) -> None:
+    def finish(self, key: str, answer: dict[str, Any] | None, horizon: int) -> None:
         """The leading request of ``key`` is over: hand its answer (or None) to its twins."""
-        lead = self._leads.pop(key, None)
-        if lead is not None:
+        lead = self._leads.get(key)
+        if lead is None:
+            return
+        if answer is None:
+            del self._leads[key]
+        else:
             lead.answer = answer
-            lead.done.set()
+            if lead.stored:  # the writer was quicker
+                heapq.heappush(self._kept, (horizon, key))
+        lead.done.set()
+
+    def stored(self, keys: Iterable[str], horizon: int) -> None:
+        """The answers of ``keys`` are committed: jobs claimed from now on find them in the store."""
+        for key in keys:
+            lead = self._leads.get(key)
+            if lead is not None and not lead.stored:
+                lead.stored = True
+                if lead.answer is not None:
+                    heapq.heappush(self._kept, (horizon, key))
+
+    def release(self, taken: int) -> None:
+        """The jobs numbered below ``taken`` have been taken up: the answers none of the others can miss go."""
+        while self._kept and self._kept[0][0] < taken:
+            self._leads.pop(heapq.heappop(self._kept)[1], None)

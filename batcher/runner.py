@@ -120,8 +120,8 @@ class Runner:
     async def _flow(self, claims: Claims, on_progress: Callable[[Snapshot], None] | None) -> str:
         records_send, records_recv = anyio.create_memory_object_stream[AttemptRow | Outcome](10_000)
         async with anyio.create_task_group() as outer:
-            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally, None, self.gauge.pace,
-                             self._stalled)
+            outer.start_soon(run_writer, self.engine, self.run_id, records_recv, self.tally,
+                             self._stored if self.twins is not None else None, self.gauge.pace, self._stalled)
             async with anyio.create_task_group() as watchers:
                 if self.config.handle_signals:
                     watchers.start_soon(self._watch_signals)
@@ -145,7 +145,8 @@ class Runner:
     async def _feed(self, claims: Claims, records: ObjectSendStream[AttemptRow | Outcome]) -> None:
         """Keep jobs claimed ahead of the workers; with ``--reuse``, answer stored twins at once."""
         async def stored_answers(chunk: list[ClaimedJob]) -> list[ClaimedJob]:
-            return await self.spend.reuse_stored(chunk, records)
+            assert self.twins is not None
+            return await self.spend.reuse_stored(chunk, records, self.twins.answered)
 
         async with records:
             await claims.feed(stored_answers if self.config.reuse else None)
@@ -181,6 +182,8 @@ class Runner:
         if self.twins is None:
             await self._attempts(job, payload, key, records, admitted)
             return
+        assert self.claims is not None
+        self.twins.release(self.claims.handed)
         admitted = admitted and key not in self.twins  # else the admission is stale by the time it leads
         twin = await self.twins.follow(key, job.id)
         if twin is not None:
@@ -191,7 +194,13 @@ class Runner:
             if not self.state.stopping:
                 answer = await self._attempts(job, payload, key, records, admitted)
         finally:
-            self.twins.finish(key, answer)
+            self.twins.finish(key, answer, self.claims.horizon)
+
+    def _stored(self, outcomes: list[Outcome]) -> None:
+        """Answers just committed: jobs claimed from now on find them in the store (``--reuse``)."""
+        if self.twins is not None and self.claims is not None:
+            self.twins.stored((o.request_key for o in outcomes if o.request_key and o.status == "succeeded"),
+                              self.claims.horizon)
 
     async def _attempts(self, job: ClaimedJob, payload: dict[str, Any], key: str,
                         records: ObjectSendStream[AttemptRow | Outcome], admitted: bool) -> dict[str, Any] | None:

@@ -128,20 +128,25 @@ class Spend:
                 f"estimated at {cost.input_tokens:,} and {caps.max_input_tokens - budget.used_input:,} are left")
 
     # --- --reuse ---------------------------------------------------------------
-    async def reuse_stored(self, chunk: list[ClaimedJob],
-                           records: ObjectSendStream[AttemptRow | Outcome]) -> list[ClaimedJob]:
-        """Record the stored answers of claimed jobs' identical requests; return the jobs still to send."""
+    async def reuse_stored(self, chunk: list[ClaimedJob], records: ObjectSendStream[AttemptRow | Outcome],
+                           answered: Callable[[str], tuple[int, dict[str, Any]] | None]) -> list[ClaimedJob]:
+        """Record the answers of claimed jobs' identical requests; return the jobs still to send.
+
+        An answer is looked for in the store, then among those this run has
+        (``answered``: not committed yet, perhaps), asked after the store so
+        that an answer committed meanwhile is found in one or the other.
+        """
         keys = {job.id: request_key(orjson.loads(job.body)) for job in chunk}
         found = await anyio.to_thread.run_sync(find_answers, self.engine, list(keys.values()))
-        if not found:
-            return chunk
+        known = {key: (stored["reused_from"], stored) for key, stored in found.items()}
+        known.update((key, twin) for key in keys.values() if key not in known and (twin := answered(key)))
         rest = []
         for job in chunk:
-            stored = found.get(keys[job.id])
-            if stored is None:
+            answer = known.get(keys[job.id])
+            if answer is None:
                 rest.append(job)
             else:
-                await records.send(reused_outcome(job.id, stored["reused_from"], stored, keys[job.id]))
+                await records.send(reused_outcome(job.id, *answer, keys[job.id]))
         return rest
 
 

@@ -43,12 +43,13 @@ class Tally:
 
 
 async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[AttemptRow | Outcome],
-                     tally: Tally, on_commit: Callable[[], None] | None = None,
+                     tally: Tally, on_commit: Callable[[list[Outcome]], None] | None = None,
                      on_beat: Callable[[], dict[str, Any]] | None = None,
                      on_stall: Callable[[StoreStalled | None, int], bool] | None = None) -> None:
     """Commit records from ``inbox`` until it is closed and drained.
 
-    ``on_beat`` gives values for the run's row, written with each heartbeat.
+    ``on_beat`` gives values for the run's row, written with each heartbeat;
+    ``on_commit`` hears of the outcomes each commit has stored.
 
     A store that takes no write for now (:class:`~batcher.errors.StoreStalled`:
     full, or locked by another process) does not cost the answers taken:
@@ -93,9 +94,9 @@ async def run_writer(engine: Engine, run_id: int, inbox: ObjectReceiveStream[Att
                 if on_stall is not None:
                     on_stall(None, 0)
             _count(tally, attempt_rows, outcomes)
+            if on_commit is not None and outcomes:
+                on_commit(outcomes)
             attempt_rows, outcomes = [], []
-            if on_commit is not None:
-                on_commit()
 
 
 async def _gather(inbox: ObjectReceiveStream[AttemptRow | Outcome], attempt_rows: list[AttemptRow],

@@ -297,6 +297,18 @@ def test_identical_requests_in_one_batch_are_sent_once_only_with_reuse(tmp_path:
     assert (plain.succeeded, plain.reused, sim.stats()["requests"]) == (40, 0, 40)
 
 
+def test_an_identical_request_claimed_while_its_twin_is_answered_is_not_sent_again(tmp_path: Path,
+                                                                                   simulator: Any) -> None:
+    # Paced: each job is claimed (and looked up in the store) a little before it is sent, so some
+    # are claimed while the first request is in flight and taken up after its answer came, before
+    # the writer committed it. They must take that answer, not send the question again.
+    sim = simulator(rpm=100_000, latency=(0.25, 0.3))
+    rows = [{"custom_id": f"s{i}", "prompt": "the same question"} for i in range(24)]
+    summary = run(tmp_path / "a.db", sim, "same", rows, reuse=True, rpm=1200)
+    assert (summary.exit_code, summary.succeeded, summary.reused) == (0, 24, 23)
+    assert sim.stats()["requests"] == 1
+
+
 def test_reuse_summary_and_status_say_how_many(tmp_path: Path, simulator: Any) -> None:
     sim = simulator(rpm=100_000)
     db = tmp_path / "s.db"
