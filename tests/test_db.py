@@ -229,6 +229,42 @@ def test_a_lock_held_past_the_wait_is_one_line_naming_it(tmp_path: Path, monkeyp
     assert import_file(engine, str(tmp_path / "a.jsonl"), "a", DEFAULTS).added == 2  # nothing was half-written
 
 
+def test_the_writers_of_one_process_take_turns_without_timing_out(tmp_path: Path) -> None:
+    # As in `batcher serve`: a score of threads, each committing small writes many times a second
+    # and waiting at most a run's 2 s (here 0.5 s). SQLite's own busy wait polls, and left some
+    # of them out past their wait; queued on one lock they all get through.
+    engine = open_store(str(tmp_path / "store.db"))
+    with write(engine) as conn:
+        conn.execute(batches.insert().values(name="b", source="-", created_at=0.0))
+    deadline = time.monotonic() + 1.5
+
+    def writer() -> int:
+        done = 0
+        while time.monotonic() < deadline:
+            with write(engine, 0.5) as conn:
+                conn.execute(text("UPDATE batches SET created_at = created_at + 1"))
+                time.sleep(0.002)  # a transaction that takes a little while, as a claim does
+            done += 1
+        return done
+
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        done = sum(f.result() for f in [pool.submit(writer) for _ in range(24)])  # raises StoreBusy if one timed out
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT created_at FROM batches")).scalar() == done
+    engine.dispose()
+
+
+def test_a_thread_of_this_process_holding_the_store_is_named_as_such(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    engine = open_store(str(db))
+    with write(engine):
+        with pytest.raises(StoreBusy) as caught:
+            concurrent.futures.ThreadPoolExecutor(1).submit(lambda: write(engine, 0.2).__enter__()).result()
+    assert str(caught.value) == (f"{db}: cannot use the job store: another thread of this process has been "
+                                 "writing to it for over 0.2 s")
+    engine.dispose()
+
+
 # --- errors as one line -----------------------------------------------------
 
 def test_missing_folder(tmp_path: Path) -> None:
