@@ -197,16 +197,6 @@ def unfinished(engine: Engine) -> list[Batch]:
     return [Batch(r.id, r.name, r.source, r.created_at) for r in rows]
 
 
-@store_errors
-def request_cancel(engine: Engine, batch: Batch) -> int:
-    """Note the cancel (once) and cancel the pending jobs; returns how many."""
-    with write(engine) as conn:
-        conn.execute(update(api_batches).where(api_batches.c.batch_id == batch.id,
-                                               api_batches.c.cancel_requested_at.is_(None))
-                     .values(cancel_requested_at=time.time()))
-    return cancel(engine, batch)
-
-
 def expire(engine: Engine, batch: Batch) -> int:
     """Mark the pending jobs expired (canceled, error type ``expired``); returns how many."""
     return cancel(engine, batch, why=EXPIRED)

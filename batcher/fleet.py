@@ -21,7 +21,7 @@ import httpx
 from anyio.abc import ObjectSendStream, TaskGroup
 from sqlalchemy import Engine
 
-from . import apibatches
+from . import apibatches, manage
 from .apibatches import ApiBatch
 from ._keymask import mask_key
 from .client import Attempt, MessagesClient, rate_info
@@ -103,7 +103,7 @@ class Fleet:
         runner = self._runners.get(batch.id)
         if runner is not None:
             runner.request_stop(self.config.timeout_s)
-        n = await anyio.to_thread.run_sync(apibatches.request_cancel, self.engine, batch)
+        n = await anyio.to_thread.run_sync(manage.cancel, self.engine, batch)
         n += await self._drop_unsent(batch, runner, None)
         self._on_event(batch.name, f"canceling: {n} request(s) canceled, requests in flight finish")
         self._wake(batch)

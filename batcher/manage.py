@@ -82,12 +82,15 @@ def cancel(engine: Engine, batch: Batch, why: str | None = None) -> int:
     Returns how many jobs were cancelled; ``retry(..., canceled=True)``
     brings them back. ``why``, if given, is kept as their ``error_type``
     (``expired``: a Message Batches API batch whose deadline passed).
+    A cancel asked for (no ``why``) of a batch made through the Message
+    Batches API is noted there too, once, as the API's own cancel does:
+    its ``cancel_initiated_at``, and the server ends the batch.
     """
-    return cancel_jobs(engine, batch, "pending", why=why)
+    return cancel_jobs(engine, batch, "pending", why=why, asked=why is None)
 
 
 def cancel_jobs(engine: Engine, batch: Batch, status: str, *where: Any, why: str | None = None,
-                **values: Any) -> int:
+                asked: bool = False, **values: Any) -> int:
     """Mark the batch's jobs in ``status`` (and matching ``where``) canceled, the tally with them.
 
     What :func:`cancel` does to pending jobs; ``values`` are further
@@ -98,6 +101,10 @@ def cancel_jobs(engine: Engine, batch: Batch, status: str, *where: Any, why: str
              .values(status="canceled", finished_at=now, updated_at=now, **values,
                      **({"error_type": why} if why is not None else {})))
     with write(engine) as conn:
+        if asked:
+            conn.execute(api_batches.update()
+                         .where(api_batches.c.batch_id == batch.id, api_batches.c.cancel_requested_at.is_(None))
+                         .values(cancel_requested_at=now))
         n = conn.execute(query).rowcount
         tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({status: -n, "canceled": n}),
                                                      last_finished_at=now if n else None))

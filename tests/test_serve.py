@@ -169,6 +169,17 @@ def test_cancel_mid_batch_then_delete(client: anthropic.Anthropic) -> None:
         client.messages.batches.retrieve(created.id)
 
 
+def test_a_cancel_from_the_cli_cancels_an_api_batch_as_the_api_does(server: Served,
+                                                                       client: anthropic.Anthropic) -> None:
+    created = client.messages.batches.create(requests=[request(f"k{i}") for i in range(1500)])
+    db = server.proc.args[server.proc.args.index("--db") + 1]
+    done = subprocess.run([sys.executable, "-m", "batcher", "cancel", created.id, "--db", db],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ended = wait_ended(client, created.id)
+    assert ended.cancel_initiated_at is not None and ended.request_counts.canceled > 1000
+
+
 def test_structural_errors_create_nothing(client: anthropic.Anthropic) -> None:
     before = [b.id for b in client.messages.batches.list(limit=1000)]
     with pytest.raises(anthropic.BadRequestError) as dup:
@@ -179,6 +190,15 @@ def test_structural_errors_create_nothing(client: anthropic.Anthropic) -> None:
     for bad in ([], [{"custom_id": "has space", "params": {}}], [{"custom_id": "x", "params": []}], "nope"):
         with pytest.raises(anthropic.BadRequestError):
             client.messages.batches.create(requests=bad)  # type: ignore[arg-type]
+    deep = json.loads("[" * 300 + "]" * 300)  # parses, but is nested deeper than JSON can be stored
+    for bad, says in (({"requests": [request("x")], "foo": 1}, "foo: Extra inputs are not permitted"),
+                      ({"requests": [{**request("x"), "bar": 2}]}, "requests.0.bar: Extra inputs are not permitted"),
+                      ({"requests": [{"params": request("x")["params"]}]}, "requests.0.custom_id: Field required"),
+                      ({"requests": [request("x", metadata=deep)]}, "requests.0.params: cannot be stored as JSON")):
+        with httpx.Client(base_url=str(client.base_url), headers={"x-api-key": str(client.api_key)}) as http:
+            refused = http.post("/v1/messages/batches", json=bad)
+            assert refused.status_code == 400 and refused.json()["error"]["message"].startswith(says), refused.text
+            assert http.get("/v1/messages/batches").status_code == 200  # the connection is still good
     assert [b.id for b in client.messages.batches.list(limit=1000)] == before
     with pytest.raises(anthropic.NotFoundError) as missing:
         client.messages.batches.retrieve("msgbatch_missing")
@@ -189,6 +209,12 @@ def test_wrong_token_is_401(server: Served) -> None:
     with pytest.raises(anthropic.AuthenticationError) as refused:
         server.sdk(token="not-the-token").messages.batches.list()
     assert refused.value.body["error"]["type"] == "authentication_error"
+    assert refused.value.body["error"]["message"] == "invalid bearer token"  # how this SDK sends its key
+    key = httpx.get(f"{server.base_url}/v1/messages/batches", headers={"x-api-key": "nope"})
+    assert (key.status_code, key.json()["error"]["message"]) == (401, "invalid x-api-key")
+    both = httpx.get(f"{server.base_url}/v1/messages/batches",
+                     headers={"x-api-key": "", "authorization": f"Bearer {server.token}"})
+    assert both.status_code == 200  # an empty x-api-key is no key
     assert KEY not in str(refused.value.body)
     assert KEY not in server.stdout + server.stderr
     with pytest.raises(anthropic.AuthenticationError):
@@ -488,6 +514,38 @@ def test_the_token_is_stripped_like_the_headers(tmp_path: Path, sim: SimulatorTh
         assert served.sdk(token="spaced-token").messages.batches.list().data == []
     finally:
         served.stop()
+
+
+def test_a_wrong_method_is_an_anthropic_shaped_405_naming_those_allowed(server: Served) -> None:
+    response = httpx.put(f"{server.base_url}/v1/messages/batches", headers={"x-api-key": server.token})
+    assert response.status_code == 405 and response.json()["error"]["type"] == "invalid_request_error"
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "POST"}
+
+
+def test_an_unforeseen_failure_is_a_500_and_one_line_not_a_traceback() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from batcher.serve._app import ContainErrors
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    logged: list[str] = []
+    app = Starlette(routes=[Route("/x", broken)],
+                    middleware=[Middleware(ContainErrors, log=lambda _batch, line: logged.append(line))])
+
+    async def with_id(scope: Any, receive: Any, send: Any) -> None:
+        scope.setdefault("state", {})["request_id"] = "req_1"
+        await app(scope, receive, send)
+
+    with TestClient(with_id) as http:  # raises here if the error got past the middleware
+        response = http.get("/x")
+    assert response.status_code == 500
+    assert response.json()["error"] == {"type": "api_error", "message": "internal server error"}
+    assert logged == ["internal error on GET /x: RuntimeError: a bug"]
 
 
 def test_a_trailing_slash_is_an_anthropic_shaped_404(server: Served) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hmac
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import anyio
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -65,24 +66,55 @@ class TokenGuard:
                 message["headers"] = headers
             await send(message)
 
-        given = self._given(scope["headers"])
+        how, given = self._given(scope["headers"])
         if given is None or not hmac.compare_digest(given, self._token):
-            why = "x-api-key header is required" if given is None else "invalid x-api-key"
+            why = "x-api-key header is required" if given is None else f"invalid {how}"
             await _error(401, "authentication_error", why, request_id)(scope, receive, send_with_id)
             return
         await self.app(scope, receive, send_with_id)
 
     @staticmethod
-    def _given(headers: list[tuple[bytes, bytes]]) -> bytes | None:
-        found = None
+    def _given(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes | None]:
+        """How the token came (for the refusal's wording) and the token; an empty header counts as none."""
+        key = bearer = None
         for name, value in headers:
-            if name == b"x-api-key":
-                return value.strip()
-            if name == b"authorization":
+            if name == b"x-api-key" and value.strip():
+                key = value.strip()
+            elif name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    found = token.strip()
-        return found
+                if scheme.lower() == b"bearer" and token.strip():
+                    bearer = token.strip()
+        return ("x-api-key", key) if key is not None or bearer is None else ("bearer token", bearer)
+
+
+class ContainErrors:
+    """Any other failure of a route: one log line and a 500 in Anthropic's shape, never a traceback.
+
+    Starlette's own handler of ``Exception`` answers too, but then raises the
+    error again for the server to print, which also drops the connection.
+    """
+
+    def __init__(self, app: ASGIApp, log: Log) -> None:
+        self.app, self.log = app, log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            self.log(None, f"internal error on {scope.get('method')} {scope.get('path')}: {type(exc).__name__}: {exc}")
+            if not started:
+                await _error(500, "api_error", "internal server error", scope["state"]["request_id"])(
+                    scope, receive, send)
 
 
 class BatchesApi:
@@ -165,7 +197,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "api_error")
     message = f"{request.method} {request.url.path}: " + ("no such endpoint" if exc.status_code == 404 else exc.detail)
-    return _error(exc.status_code, kind, message, request.state.request_id)
+    response = _error(exc.status_code, kind, message, request.state.request_id)
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
+
+
+def _by_method(**endpoints: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """One route for a path that several methods serve: another method's 405 then allows them all."""
+    async def endpoint(request: Request) -> Response:
+        return await endpoints["GET" if request.method == "HEAD" else request.method](request)
+
+    return endpoint
 
 
 def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, log: Log) -> ASGIApp:
@@ -182,10 +224,6 @@ def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, 
         log(None, f"store error: {exc}")
         return _error(500, "api_error", str(exc), request.state.request_id)
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log(None, f"internal error on {request.method} {request.url.path}: {type(exc).__name__}: {exc}")
-        return _error(500, "api_error", "internal server error", request.state.request_id)
-
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tasks:
@@ -195,17 +233,15 @@ def create_app(engine: Engine, fleet: Fleet, token: str, expire_after_s: float, 
 
     batches = "/v1/messages/batches"
     routes = [
-        Route(batches, api.create, methods=["POST"]),
-        Route(batches, api.list, methods=["GET"]),
-        Route(batches + "/{batch_id}", api.retrieve, methods=["GET"]),
-        Route(batches + "/{batch_id}", api.delete, methods=["DELETE"]),
+        Route(batches, _by_method(POST=api.create, GET=api.list), methods=["GET", "POST"]),
+        Route(batches + "/{batch_id}", _by_method(GET=api.retrieve, DELETE=api.delete), methods=["GET", "DELETE"]),
         Route(batches + "/{batch_id}/cancel", api.cancel, methods=["POST"]),
         Route(batches + "/{batch_id}/results", api.results, methods=["GET"]),
         Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     ]
-    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, BatcherError: store_error,
-                                Exception: internal_error}
-    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error, BatcherError: store_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan,
+                    middleware=[Middleware(ContainErrors, log=log)])
     app.router.redirect_slashes = False  # a wrong path is a 404 in Anthropic's shape, never a redirect
     return TokenGuard(app, token)

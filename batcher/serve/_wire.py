@@ -113,6 +113,7 @@ def parse_create(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
         raise invalid(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise invalid("the request body must be a JSON object with a `requests` list")
+    _no_extra(body, ("requests",), "")
     requests = body.get("requests")
     if not isinstance(requests, list):
         raise invalid("requests: a list of {custom_id, params} objects is required")
@@ -125,7 +126,10 @@ def parse_create(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
     for i, request in enumerate(requests):
         if not isinstance(request, dict):
             raise invalid(f"requests.{i}: must be an object with `custom_id` and `params`")
+        _no_extra(request, ("custom_id", "params"), f"requests.{i}.")
         custom_id = request.get("custom_id")
+        if custom_id is None:
+            raise invalid(f"requests.{i}.custom_id: Field required")
         if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
             raise invalid(f"requests.{i}.custom_id: must be 1-64 characters of a-z, A-Z, 0-9, _ and -")
         if custom_id in seen:
@@ -135,5 +139,16 @@ def parse_create(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
         params = request.get("params")
         if not isinstance(params, dict):
             raise invalid(f"requests.{i}.params: must be an object (a Messages API request body)")
+        try:
+            orjson.dumps(params)  # as the store will keep it: JSON nested deeper than 254 levels cannot be
+        except orjson.JSONEncodeError as exc:
+            raise invalid(f"requests.{i}.params: cannot be stored as JSON: {exc}") from None
         out.append((custom_id, params))
     return out
+
+
+def _no_extra(given: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse a field the API does not know, as Anthropic's API does, rather than drop it unsaid."""
+    for key in given:
+        if key not in known:
+            raise invalid(f"{where}{key}: Extra inputs are not permitted")
