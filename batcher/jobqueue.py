@@ -87,8 +87,9 @@ def end_dead_runs(conn: Connection, batch_id: int, batch_name: str, now: float, 
     for row in conn.execute(select(runs).where(runs.c.batch_id == batch_id, runs.c.ended_at.is_(None))).all():
         if run_is_alive(row, now):
             started = time.strftime("%H:%M:%S", time.localtime(row.started_at))
-            raise BatchBusy(f"batch {batch_name!r} is already being run by process {row.pid} on {row.host} "
-                            f"(since {started}); {advice}")
+            ours = row.pid == os.getpid() and row.host == socket.gethostname()
+            who = "another thread of this process" if ours else f"process {row.pid} on {row.host}"
+            raise BatchBusy(f"batch {batch_name!r} is already being run by {who} (since {started}); {advice}")
         conn.execute(update(runs).where(runs.c.id == row.id).values(ended_at=now, outcome="died"))
 
 

@@ -240,7 +240,7 @@ def test_delete_refuses_a_live_run_and_spends_the_handle(tmp_path: Path) -> None
         b = store.add("big", [f"Prompt {i}: " + "words " * 40 for i in range(3000)])
         record = find_batch(store.engine, "big")
         run_id = start_run(store.engine, record.id, "big", 500, "http://127.0.0.1:9")  # this process: alive
-        with pytest.raises(batcher.BatchBusy, match=r"being run by process \d+ .*; stop it, then delete the batch"):
+        with pytest.raises(batcher.BatchBusy, match="being run by another thread of this process .*; stop it, then delete the batch"):
             b.delete()
         assert b.status()["total"] == 3000
         finish_run(store.engine, run_id, "interrupted")
