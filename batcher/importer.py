@@ -27,7 +27,7 @@ from . import tally
 from ._told import Progress
 from .cost import CostSums, merge_costs
 from .db import store_errors, write
-from .errors import UsageError
+from .errors import UsageError, on_command_line, option
 from .interrupts import CommitPoint
 from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
@@ -62,6 +62,9 @@ class ImportReport:
     #: last import read (their jobs count as ``unchanged``, and this import
     #: goes on under that import's id); 0 when the file was read in full.
     skipped_lines: int = 0
+    #: For a refused import: the options the batch's earlier import of the
+    #: same file was given, when these differ (the likely cause), or None.
+    hint: str | None = None
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -87,6 +90,8 @@ class ImportReport:
         shown = [f"{prefix}{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
         if self.rejected > len(self.errors):
             shown.append(f"... and {self.rejected - len(self.errors):,} more bad line(s)")
+        if self.hint is not None:
+            shown.append(f"{self.file}: {self.hint}")
         return shown
 
 
@@ -331,6 +336,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
             importer.take(chunk)
         importer.finish()
         if report.rejected and (not skip_invalid or report.none_valid):
+            if not created:
+                report.hint = _options_hint(conn, stored, source, given, import_id)
             raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
         head = file.read if file is not None else None
         worst: tuple[int | None, int | None] = (importer.worst_input, importer.worst_output)
@@ -371,6 +378,23 @@ def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str
     if file is None or last.read_bytes is None:  # only a hashed file reading keeps how far it read
         return None
     return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
+
+
+def _options_hint(conn: Connection, stored: Batch, source: str, given: str, this_import: int) -> str | None:
+    """The options the batch's last import of ``source`` before this one had, if not those ``given``: say them.
+
+    Run again without its ``--model``, or with another ``--max-tokens``,
+    every line fails (no model, a changed request), and they do not say why.
+    """
+    earlier = (imports.c.batch_id == stored.id, imports.c.source == source, imports.c.id != this_import)
+    before = conn.scalar(select(imports.c.defaults).where(*earlier).order_by(imports.c.id.desc()).limit(1))
+    if before is None or before == given:
+        return None
+    values = dict(zip(("model", "max_tokens", "system"), orjson.loads(before)))
+    spelled = " ".join(f"{option(k)} {v if k != 'system' else repr(v)}" for k, v in values.items() if v is not None)
+    had = f"with {spelled}" if spelled else "with no options"
+    resume = f", or send what it holds with: batcher run {stored.name}" if on_command_line() else ""
+    return f"batch {stored.name!r} was imported from this file {had}: give those options again{resume}"
 
 
 def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:

@@ -765,6 +765,19 @@ def test_changed_request_through_the_command(tmp_path: Path) -> None:
     done = cli("import", "c.jsonl", "--db", "s.db", "--model", HAIKU, "--max-tokens", "64", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.splitlines()[0] == "c.jsonl:2: custom_id 'j2' is already in the batch with a different request"
+    assert "was imported from this file" not in done.stderr  # the options were the same: the line changed
+
+
+def test_a_file_given_other_options_than_its_batch_had_says_which(tmp_path: Path) -> None:
+    # Running the same command again resumes a batch; without its options, every line fails.
+    engine = open_store(str(tmp_path / "s.db"))
+    import_file(engine, str(write_lines(tmp_path / "c.jsonl", numbered(3))), defaults=DEFAULTS)
+    engine.dispose()
+    hint = (f"c.jsonl: batch 'c' was imported from this file with --model {HAIKU} --max-tokens 64: give those "
+            "options again, or send what it holds with: batcher run c")
+    for options in ([], ["--model", HAIKU, "--max-tokens", "65"]):
+        done = cli("import", "c.jsonl", "--db", "s.db", *options, cwd=tmp_path)
+        assert done.returncode == 2 and hint in done.stderr.splitlines(), done.stderr
 
 
 def test_status_needs_a_known_batch(tmp_path: Path) -> None:
