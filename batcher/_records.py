@@ -8,10 +8,16 @@ stored shape is written down once.
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
 from .client import Attempt
 from .jobqueue import AttemptRow, Outcome
+
+
+#: The error type of a request given up in flight (see :func:`abandoned_row`).
+ABANDONED = "abandoned"
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -22,6 +28,16 @@ def attempt_row(job_id: int, started: float, attempt: Attempt, counts: bool) -> 
     """The ``attempts`` row of one HTTP attempt (``counts``: against the job's attempt budget)."""
     return AttemptRow(job_id, started, _ms(attempt.latency_s), attempt.status_code, attempt.error_type,
                       attempt.streamed, _ms(attempt.ttft_s), counts)
+
+
+def abandoned_row(job_id: int, started: float, streamed: bool) -> AttemptRow:
+    """The ``attempts`` row of a request given up in flight (a stop's grace ran out, the run ended).
+
+    It may have reached the API, and be paid for: the store counts it among
+    the requests sent, with no status and ``error_type`` ``abandoned``. It
+    does not count against the job's attempt budget.
+    """
+    return AttemptRow(job_id, started, _ms(time.time() - started), None, ABANDONED, streamed, None, False)
 
 
 def succeeded(job_id: int, attempt: Attempt, request_key: str | None) -> Outcome:

@@ -13,6 +13,7 @@ committed them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ import orjson
 from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
-from ._records import attempt_row, failed, refusal, succeeded
+from ._records import abandoned_row, attempt_row, failed, refusal, succeeded
 from .claims import Claims
 from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
@@ -232,6 +233,10 @@ class Runner:
             attempt: Attempt | None = None
             try:
                 attempt = await self.client.send(wire, stream=stream)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True), contextlib.suppress(anyio.BrokenResourceError):
+                    await records.send(abandoned_row(job.id, started, stream))  # sent, perhaps paid for
+                raise
             finally:
                 self.state.in_flight -= 1
                 self.spend.settle(cost, attempt.message if attempt is not None and attempt.ok else None)

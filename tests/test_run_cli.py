@@ -638,6 +638,9 @@ def test_second_ctrl_c_quits_at_once_keeping_what_was_committed(tmp_path: Path, 
     assert_clean(again.stderr)
     assert "0 done, 1 left: run the same command again to resume" in again.stderr.splitlines()
     assert query(db, "SELECT pid, outcome FROM runs ORDER BY id") == [(proc.pid, "died"), (again.pid, "interrupted")]
+    # The request it gave up may have reached the API, and be paid for: it counts among those sent.
+    assert query(db, "SELECT count(*) FROM attempts WHERE error_type = 'abandoned' AND status_code IS NULL") == [(1,)]
+    assert "attempts  10 requests sent" in cli("status", "twice", "--db", str(db)).stdout  # 9 answered, 1 given up
     assert counts(db) == {"succeeded": 9, "pending": 1}
 
 
@@ -679,7 +682,8 @@ def test_second_concurrent_run_is_refused_naming_the_first(tmp_path: Path, sim: 
     stats = server.stats()
     # The refused runs sent nothing: the first run's requests are all the server saw.
     assert stats["requests"] == n and stats["by_status"].get("200") == n - 1, stats
-    assert query(db, "SELECT count(*) FROM attempts") == [(n - 1,)]
+    # Every request the server saw is stored as an attempt, the one given up at the stop included.
+    assert query(db, "SELECT count(*), count(status_code) FROM attempts") == [(n, n - 1)]
     assert query(db, "SELECT outcome FROM runs") == [("interrupted",)]
 
 
