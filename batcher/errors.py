@@ -46,6 +46,18 @@ class BatcherError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling calls ``type(exc)(*exc.args)`` by default, which fails for a
+        # subclass whose __init__ takes other arguments (InvalidRows takes a
+        # report): the error then cannot leave a process pool's worker. It is
+        # rebuilt from its message and attributes instead, __init__ not called.
+        return _rebuilt, (type(self), self.args), self.__dict__
+
+
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """An unpickled error: its class, its message, and (set after) its attributes."""
+    return cls.__new__(cls, *args)
+
 
 class UsageError(BatcherError):
     """Bad option, unknown batch, unreadable file: the user can fix it."""

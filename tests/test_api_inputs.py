@@ -230,3 +230,23 @@ def test_ctrl_c_while_the_run_starts_its_loop_is_a_stop_not_a_hang(env: Any, mon
         with pytest.raises(batcher.Interrupted) as caught:
             b.run(progress=False, rpm=600, concurrency=2)
         assert caught.value.summary.left > 0  # a graceful stop: not every row was sent
+
+
+def test_every_public_error_survives_pickling(env: Any) -> None:
+    """An error raised in a process pool's worker is pickled to reach the caller: InvalidRows,
+    whose __init__ takes a report, could not be rebuilt, and the caller got BrokenProcessPool."""
+    import pickle
+
+    from batcher.errors import OutputError, StoreFull
+
+    with batcher.Store("p.db") as store, pytest.raises(batcher.InvalidRows) as caught:
+        store.add("p", ["fine", "", {"prompt": "hi", "max_tokens": 0}])
+    errors: list[BaseException] = [caught.value, batcher.BatcherError("stopped", exit_code=5),
+                                   batcher.UsageError("u"), batcher.StoreError("s"), batcher.APIStopped("a"),
+                                   batcher.BatchBusy("b"), batcher.Interrupted("i"), StoreFull("f"), OutputError("o")]
+    for error in errors:
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), str(again), again.__dict__) == (type(error), str(error), error.__dict__)
+    rows = pickle.loads(pickle.dumps(caught.value))
+    assert rows.errors == [(1, "`prompt` must be a non-empty string"), (2, "`max_tokens` must be a positive integer")]
+    assert rows.exit_code == 2
