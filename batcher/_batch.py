@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._results import Result
     from ._running import RunControl
     from .estimator import Estimate
+    from .export import Destination
     from .importer import ImportReport
     from .runconfig import RunSummary
 
@@ -164,16 +165,18 @@ class Batch:
         import_id = self.report.import_id if self.report is not None else None
         return iter_results(self._engine, self._record, "all", import_id=import_id)
 
-    def export(self, path: str | None = None, format: str = "results", only: str = "all",
+    def export(self, path: Destination | None = None, format: str = "results", only: str = "all",
                include_pending: bool = False, *, force: bool = False, notes: Any = None,
                progress: bool | None = None) -> int:
         """Write the results as JSONL, like ``batcher export``; return the lines written.
 
         ``format`` is ``results`` (Anthropic's Message Batches result lines),
         ``text`` or ``merged``; ``only`` is ``all``, ``succeeded`` or
-        ``failed``. ``path`` defaults to ``NAME.FORMAT.jsonl`` here; ``"-"``
-        is stdout. A file is written whole or not at all; a FIFO or device is
-        written into. Writing over the batch's own job file needs ``force``.
+        ``failed``. ``path`` is a file's name or path object (default:
+        ``NAME.FORMAT.jsonl`` here), ``"-"`` for stdout, or an open stream:
+        binary, or text (``io.StringIO``, a notebook's stdout), which is
+        given text. A file is written whole or not at all; a FIFO, device or
+        stream is written into. Writing over the batch's own job file needs ``force``.
         ``notes`` (a :class:`batcher.export.ExportNotes`) collects warnings;
         without it they are issued as Python warnings (input keys the
         ``merged`` format replaced). An export that takes more than a second
@@ -188,14 +191,14 @@ class Batch:
         2
         """
         from ._progress import counting
-        from .export import ExportNotes, default_output, export_batch
+        from .export import ExportNotes, default_output, described, destination, export_batch
 
         kept = ExportNotes() if notes is None else notes
         record = self._record
-        path = path or default_output(record, format)
-        onto_terminal = path == "-" and sys.stdout is not None and sys.stdout.isatty()
-        with counting(False if onto_terminal else progress, f"writing {'stdout' if path == '-' else path}") as display:
-            written = export_batch(self._engine, record, path, format, only, include_pending, force=force,
+        out = default_output(record, format) if path is None or path == "" else destination(path)
+        onto_terminal = out == "-" and sys.stdout is not None and sys.stdout.isatty()
+        with counting(False if onto_terminal else progress, f"writing {described(out)}") as display:
+            written = export_batch(self._engine, record, out, format, only, include_pending, force=force,
                                    notes=kept, progress=display)
         if notes is None:
             for warning in kept.warnings():

@@ -30,12 +30,14 @@ from ._told import Progress, told
 from ._render import RENDERERS, ExportNotes, renderer
 from .db import read_failure
 from .errors import OutputError, UsageError, option
-from .outfile import Chunk, stream_destination, write_atomically, write_into, write_stream
+from .outfile import Chunk, binary_writer, stream_destination, write_atomically, write_into, write_stream
 from .outstream import CLOSED
 from .schema import ORDER, batches, imports, jobs
 from .store import Batch, status_counts
 
 FORMATS = ("results", "text", "merged")
+#: Where an export can go: a file's path (``"-"`` is stdout), or an open stream, binary or text.
+Destination = str | os.PathLike[str] | IO[bytes] | IO[str]
 ONLY = ("all", "succeeded", "failed")
 #: Rows fetched per round trip; also the unit written at once.
 CHUNK = 500
@@ -162,18 +164,43 @@ def is_stream_destination(out: str) -> bool:
     return out == "-" or stream_destination(out)
 
 
-def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: str = "results",
+def destination(out: Destination) -> str | IO[bytes] | IO[str]:
+    """``out`` as a path (a ``str``; ``-`` is stdout) or an open stream, or one UsageError saying what is taken."""
+    if isinstance(out, os.PathLike):
+        return os.fsdecode(out)
+    if isinstance(out, str):
+        return out
+    if isinstance(out, (bytes, bytearray)) or not callable(getattr(out, "write", None)):
+        raise UsageError(f"an export is written to a file name, '-' (stdout), a path object or an open stream, "
+                         f"not {type(out).__name__}")
+    if getattr(out, "closed", False):
+        raise UsageError(f"{described(out)} is closed: nothing can be written to it")
+    return out
+
+
+def described(out: str | IO[bytes] | IO[str]) -> str:
+    """Where an export goes, as messages name it: a path, ``stdout``, a stream's file name, or what it is."""
+    if isinstance(out, str):
+        return "stdout" if out == "-" else out
+    name = getattr(out, "name", None)
+    return name if isinstance(name, str) else f"the {type(out).__name__} given"
+
+
+def export_batch(engine: Engine, batch: Batch, out: Destination = "-", fmt: str = "results",
                  only: str = "all", include_pending: bool = False, force: bool = False,
                  notes: ExportNotes | None = None, progress: Progress | None = None) -> int:
-    """Export ``batch`` to a file path, ``"-"`` (stdout) or a binary stream.
+    """Export ``batch`` to a file path (``str`` or path object), ``"-"`` (stdout) or an open stream.
 
     Returns the number of lines written. A regular file is written
     all-or-nothing (see the module's notes); a stream, a FIFO or a device
-    keeps whatever was written before a failure. Writing over the job file
-    of any batch in the store needs ``force``. Failures to write are
-    :class:`~batcher.errors.OutputError` (a closed pipe stays BrokenPipeError).
-    ``progress`` hears the lines written so far, and their part of all.
+    keeps whatever was written before a failure. A text stream gets text
+    unless it has a binary buffer (see :func:`batcher.outfile.binary_writer`).
+    Writing over the job file of any batch in the store needs ``force``.
+    Failures to write are :class:`~batcher.errors.OutputError` (a closed
+    pipe stays BrokenPipeError). ``progress`` hears the lines written so
+    far, and their part of all.
     """
+    out = destination(out)
     chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
     if progress is not None:
         total = _lines_to_export(engine, batch, only, include_pending)
@@ -183,10 +210,10 @@ def export_batch(engine: Engine, batch: Batch, out: str | IO[bytes] = "-", fmt: 
         if out == "-":
             if sys.stdout is None:
                 raise OutputError(CLOSED)
-            return write_stream(chunks, sys.stdout.buffer, "stdout")
+            return write_stream(chunks, binary_writer(sys.stdout), "stdout")
         if stream_destination(out):
             return write_into(out, chunks)
         path = os.path.realpath(out)
         _check_destination(engine, path, out, force)
         return write_atomically(path, chunks, shown=out)
-    return write_stream(chunks, out, getattr(out, "name", "the output"))
+    return write_stream(chunks, binary_writer(out), described(out))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import os
 import stat
 import tempfile
 import threading
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, cast
 
 from ._forking import read_exactly
 from .errors import OutputError, StoreError
@@ -280,6 +281,50 @@ def _close(chunks: Chunks) -> None:
     close = getattr(chunks, "close", None)
     if close is not None:
         close()
+
+
+def takes_text(stream: Any) -> bool:
+    """Whether ``stream`` is written with ``str`` (``io.StringIO``, ``sys.stdout``, a notebook's output).
+
+    A text stream of :mod:`io`, or a stream of another kind that has an
+    ``encoding`` (as text streams do) and is none of :mod:`io`'s binary ones.
+    """
+    if isinstance(stream, io.TextIOBase):
+        return True
+    binary = isinstance(stream, (io.RawIOBase, io.BufferedIOBase))
+    return not binary and isinstance(getattr(stream, "encoding", None), str)
+
+
+def binary_writer(stream: Any) -> IO[bytes]:
+    """Where the export's bytes go into ``stream``: itself, its binary buffer, or a writer of text.
+
+    The lines are UTF-8 JSONL. A binary stream takes them as they are; a
+    text stream over a binary buffer (``sys.stdout`` in a terminal, a file
+    opened with ``"w"``) has them written to the buffer, as fast as a file,
+    once the text written before is flushed ahead of them; one without a
+    buffer (``io.StringIO``, stdout in Jupyter) is given them as text.
+    """
+    if not takes_text(stream):
+        return cast(IO[bytes], stream)
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        stream.flush()
+        return cast(IO[bytes], buffer)
+    return cast(IO[bytes], _TextWriter(stream))
+
+
+class _TextWriter:
+    """A text stream written with the export's bytes: chunks hold whole lines, so each decodes on its own."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data.decode())
+        return len(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def write_stream(chunks: Chunks, out: IO[bytes], shown: str) -> int:

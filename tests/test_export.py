@@ -362,6 +362,50 @@ def test_writes_to_a_stream(mixed: Any) -> None:
     assert len(buffer.getvalue().splitlines()) == 4
 
 
+def test_batch_export_takes_path_objects_text_streams_and_a_replaced_stdout(
+        mixed: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pathlib.Path was taken for a stream (no .flush), a text stream was given bytes, and "-" wrote
+    to sys.stdout.buffer, which a notebook's stdout or a StringIO put in its place does not have."""
+    import io
+
+    import batcher
+
+    _, batch, db = mixed
+    with batcher.Store(db) as store:
+        b = store.batch(batch.name)
+        assert b.export(tmp_path / "p.jsonl", format="text") == 8
+        assert len((tmp_path / "p.jsonl").read_bytes().splitlines()) == 8
+        text = io.StringIO()
+        assert b.export(text, format="text", only="succeeded") == 4
+        assert [orjson.loads(line)["status"] for line in text.getvalue().splitlines()] == ["succeeded"] * 4
+        with open(tmp_path / "t.jsonl", "w") as opened:  # over a binary buffer: what was written first stays first
+            opened.write("header\n")
+            assert b.export(opened, only="failed") == 3
+        assert (tmp_path / "t.jsonl").read_text().splitlines()[0] == "header"
+        monkeypatch.setattr(sys, "stdout", io.StringIO())
+        assert b.export("-", format="text") == 8
+        assert len(sys.stdout.getvalue().splitlines()) == 8
+
+
+@pytest.mark.parametrize("where, message", [
+    (5, "an export is written to a file name, '-' (stdout), a path object or an open stream, not int"),
+    (b"x.jsonl", "an export is written to a file name, '-' (stdout), a path object or an open stream, not bytes"),
+    ("closed", "the StringIO given is closed: nothing can be written to it"),
+])
+def test_what_an_export_cannot_write_to_is_one_usage_error(mixed: Any, where: Any, message: str) -> None:
+    import io
+
+    import batcher
+
+    _, batch, db = mixed
+    if where == "closed":
+        where = io.StringIO()
+        where.close()
+    with batcher.Store(db) as store, pytest.raises(batcher.UsageError) as caught:
+        store.batch(batch.name).export(where)
+    assert str(caught.value) == message
+
+
 def test_default_output_name(mixed: Any) -> None:
     _, batch, _ = mixed
     assert default_output(batch, "results") == "b.results.jsonl"
