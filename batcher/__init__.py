@@ -26,16 +26,24 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from ._api import arun, estimate, run
-    from ._batch import Batch
-    from ._handles import Store
-    from ._results import Result
-    from ._rows import InvalidRows
-    from .errors import APIStopped, BatcherError, Interrupted, StoreError, UsageError
-    from .jobqueue import BatchBusy
-    from .estimator import Estimate
-    from .runconfig import RunSummary
+    # ``X as X``: a type checker takes the name as re-exported (mypy --strict, pyright).
+    from ._api import arun as arun
+    from ._api import estimate as estimate
+    from ._api import run as run
+    from ._batch import Batch as Batch
+    from ._handles import Store as Store
+    from ._results import Result as Result
+    from ._rows import InvalidRows as InvalidRows
+    from .errors import APIStopped as APIStopped
+    from .errors import BatcherError as BatcherError
+    from .errors import Interrupted as Interrupted
+    from .errors import StoreError as StoreError
+    from .errors import UsageError as UsageError
+    from .estimator import Estimate as Estimate
+    from .jobqueue import BatchBusy as BatchBusy
+    from .runconfig import RunSummary as RunSummary
 
+#: Where each public name lives, loaded on first use.
 _WHERE = {
     "run": "_api",
     "arun": "_api",
@@ -54,7 +62,25 @@ _WHERE = {
     "Interrupted": "errors",
 }
 
-__all__ = ["__version__", *_WHERE]
+# Spelled out, not made from _WHERE: type checkers read only a literal list.
+__all__ = [
+    "__version__",
+    "run",
+    "arun",
+    "estimate",
+    "Estimate",
+    "Store",
+    "Batch",
+    "Result",
+    "RunSummary",
+    "BatcherError",
+    "UsageError",
+    "InvalidRows",
+    "BatchBusy",
+    "APIStopped",
+    "StoreError",
+    "Interrupted",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -67,4 +93,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+    """The public names only: what a notebook's completion offers, not this module's own imports."""
+    return sorted(__all__)

@@ -261,6 +261,24 @@ def test_public_names() -> None:
             batcher.Interrupted.exit_code] == [2, 3, 4, 130]
 
 
+def test_type_checkers_and_dir_see_the_public_names() -> None:
+    """mypy --strict saw no public name: it cannot read ``__all__ = [..., *_WHERE]``, and takes a plain
+    ``from ._api import run`` as private. And dir() listed the module's own imports (Any, TYPE_CHECKING)."""
+    import ast
+
+    tree = ast.parse(Path(batcher.__file__).read_text())
+    (listed,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                 and [getattr(t, "id", None) for t in node.targets] == ["__all__"]]
+    public = ast.literal_eval(listed)  # what a type checker reads
+    assert public == batcher.__all__ and set(public) == {"__version__", *batcher._WHERE}
+    (checking,) = [node for node in tree.body
+                   if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"]
+    imported = [(alias.name, alias.asname) for node in checking.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names]
+    assert all(name == alias for name, alias in imported) and {name for name, _ in imported} == set(batcher._WHERE)
+    assert dir(batcher) == sorted(batcher.__all__)
+
+
 # -- one store, two faces: the handles and the command line ---------------------------------------
 
 
