@@ -58,13 +58,21 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     >>> [(r.custom_id, r.status) for r in results]
     [('line-1', 'succeeded'), ('line-2', 'succeeded')]
     """
-    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
-              base_url=base_url, **options)
+    _refuse_bad_options(model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                        stream=stream, api_key=api_key, base_url=base_url, **options)
     with Store(db) as store:
         handle = _add(store, batch, rows, model, max_tokens, system, progress)
         _say_why_stopped(handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
                                     api_key=api_key, base_url=base_url, progress=progress, **options))
         return list(handle._added_results())
+
+
+def _refuse_bad_options(model: Any, max_tokens: Any, system: Any, **run_options: Any) -> None:
+    """A bad option is one UsageError naming it, before the store is opened or a row read."""
+    from ._rows import defaults_of
+
+    defaults_of(model, max_tokens, system)
+    check_run(**run_options)
 
 
 def _say_why_stopped(summary: RunSummary) -> None:
@@ -93,8 +101,8 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
     >>> [r.status for r in anyio.run(main)]
     ['succeeded']
     """
-    check_run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream, api_key=api_key,
-              base_url=base_url, **options)
+    _refuse_bad_options(model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                        stream=stream, api_key=api_key, base_url=base_url, **options)
     store = await anyio.to_thread.run_sync(Store, db)
     try:
         handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system, progress))

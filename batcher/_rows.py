@@ -11,14 +11,14 @@ are iterated, so an import's memory stays flat in the number of rows. Row
 from __future__ import annotations
 
 import hashlib
-import operator
 import re
+import reprlib
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
 from ._told import Progress
-from .errors import UsageError
+from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport
 from .jobfile import LineError
 from .prepare import PreparedChunk, prepare_object
@@ -58,13 +58,26 @@ def records(rows: Any) -> Iterable[Any]:
     return rows  # type: ignore[no-any-return]
 
 
-def defaults_of(model: str | None, max_tokens: Any, system: str | None) -> Defaults:
-    """The defaults given in Python, with numpy's integers taken as the numbers they are."""
-    if max_tokens is not None and not isinstance(max_tokens, (bool, int)):
-        try:
-            max_tokens = operator.index(max_tokens)
-        except TypeError:
-            pass  # validation names the value
+def defaults_of(model: Any, max_tokens: Any, system: Any) -> Defaults:
+    """The defaults given in Python, checked once: a bad one is one error naming the option, not one per row.
+
+    ``max_tokens`` is taken as ``--max-tokens`` takes it, like the run's
+    numbers: numpy's integers, ``"16"`` and ``16.0`` are the number 16.
+
+    >>> defaults_of("claude-haiku-4.5", "16", None).max_tokens
+    16
+    >>> defaults_of("claude-haiku-4.5", 0, None)
+    Traceback (most recent call last):
+    batcher.UsageError: max_tokens: '0' is not in [1, 10000000]
+    """
+    from . import options as opt
+
+    if max_tokens is not None:
+        max_tokens = opt.checked(option("max_tokens"), opt.MAX_TOKENS, max_tokens)
+    if model is not None and (not isinstance(model, str) or not model):
+        raise UsageError(f"{option('model')} must be a model's name (a non-empty string), not {reprlib.repr(model)}")
+    if system is not None and not isinstance(system, (str, list)):
+        raise UsageError(f"{option('system')} must be a string or a list of text blocks, not {reprlib.repr(system)}")
     return Defaults(model, max_tokens, system)
 
 

@@ -66,7 +66,8 @@ class Defaults:
 
     model: str | None = None
     max_tokens: int | None = None
-    system: str | None = None
+    #: A string or a list of text blocks, as a job's ``system`` may be.
+    system: str | list[Any] | None = None
 
 
 @dataclass(slots=True)

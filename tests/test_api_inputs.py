@@ -102,6 +102,10 @@ def test_numpy_numbers_and_timestamps_are_taken_as_plain_values(env: Any) -> Non
     (dict(stream="no"), "stream must be True or False (or None), not 'no'"),
     (dict(reuse="yes"), "reuse must be True or False, not 'yes'"),
     (dict(handle_signals=True), "unknown run option(s): handle_signals (the run options are "),
+    (dict(max_tokens=0), "max_tokens: '0' is not in [1, 10000000]"),
+    (dict(max_tokens=16.5), "max_tokens: '16.5' is not a whole number"),
+    (dict(system=5), "system must be a string or a list of text blocks, not 5"),
+    (dict(model=""), "model must be a model's name (a non-empty string), not ''"),
 ])
 def test_a_bad_option_is_one_usage_error_before_anything_is_stored(
         env: Any, tmp_path: Path, options: dict[str, Any], message: str) -> None:
@@ -110,6 +114,21 @@ def test_a_bad_option_is_one_usage_error_before_anything_is_stored(
     assert str(caught.value).startswith(message)
     assert not (tmp_path / "batcher.db").exists()
     assert requests(env) == 0
+
+
+def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any) -> None:
+    """max_tokens=0 was refused as "InvalidRows: 2 bad row(s)", once per row, and a
+    max_tokens given as text ("16") as well, where every run option given as text is taken."""
+    with batcher.Store("d.db") as store:
+        for call in (lambda: store.add("d", ["a", "b"], max_tokens=0), lambda: batcher.estimate(["a", "b"], system=5)):
+            with pytest.raises(batcher.UsageError) as caught:
+                call()
+            assert not isinstance(caught.value, batcher.InvalidRows) and "row" not in str(caught.value)
+        assert store.batches() == []
+        as_number = store.add(None, ["a"], max_tokens=16)
+        assert store.add(None, ["a"], max_tokens="16").name == store.add(None, ["a"], max_tokens=16.0).name \
+            == as_number.name
+    assert batcher.estimate(["a"], max_tokens="16").max_output_tokens == 16
 
 
 def test_options_given_as_text_work_like_numbers(env: Any) -> None:
