@@ -58,7 +58,7 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     >>> [(r.custom_id, r.status) for r in results]
     [('line-1', 'succeeded'), ('line-2', 'succeeded')]
     """
-    _refuse_bad_options(model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+    _refuse_bad_arguments(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
                         stream=stream, api_key=api_key, base_url=base_url, **options)
     with Store(db) as store:
         handle = _add(store, batch, rows, model, max_tokens, system, progress)
@@ -67,10 +67,14 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
         return list(handle._added_results())
 
 
-def _refuse_bad_options(model: Any, max_tokens: Any, system: Any, **run_options: Any) -> None:
-    """A bad option is one UsageError naming it, before the store is opened or a row read."""
-    from ._rows import defaults_of
+def _refuse_bad_arguments(rows: Any, model: Any, max_tokens: Any, system: Any, **run_options: Any) -> None:
+    """Rows that are none, or a bad option, are one UsageError saying so, before the store is opened or a row read."""
+    from ._rows import defaults_of, records, refuse_a_prompt_for_a_path
 
+    if isinstance(rows, str):
+        refuse_a_prompt_for_a_path(rows)
+    elif not isinstance(rows, os.PathLike):
+        records(rows)
     defaults_of(model, max_tokens, system)
     check_run(**run_options)
 
@@ -101,7 +105,7 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
     >>> [r.status for r in anyio.run(main)]
     ['succeeded']
     """
-    _refuse_bad_options(model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+    _refuse_bad_arguments(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
                         stream=stream, api_key=api_key, base_url=base_url, **options)
     store = await anyio.to_thread.run_sync(Store, db)
     try:

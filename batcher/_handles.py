@@ -106,12 +106,14 @@ class Store:
         """
         from ._progress import counting
         from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
-                            rows_report)
+                            refuse_a_prompt_for_a_path, rows_report)
         from .importer import ImportRejected, import_chunks
 
         if name is not None:
             check_batch_name(name)
         defaults = defaults_of(model, max_tokens, system)
+        if isinstance(rows, str):
+            refuse_a_prompt_for_a_path(rows)
         if isinstance(rows, (str, os.PathLike)):
             return self._add_file(name, os.fspath(rows), defaults, skip_invalid, progress)
         given = records(rows)

@@ -11,6 +11,7 @@ are iterated, so an import's memory stays flat in the number of rows. Row
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import reprlib
 from typing import Any, Iterable, Iterator, Sequence
@@ -18,9 +19,9 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 
 from ._told import Progress
-from .errors import UsageError, option
+from .errors import UsageError, on_command_line, option
 from .importer import ImportRejected, ImportReport
-from .jobfile import LineError
+from .jobfile import STDIN, LineError
 from .prepare import PreparedChunk, prepare_object
 from .validate import Defaults
 
@@ -56,6 +57,27 @@ def records(rows: Any) -> Iterable[Any]:
     if isinstance(rows, bytes) or not hasattr(rows, "__iter__"):
         raise UsageError(f"rows must be prompts, dicts, a DataFrame or a job file's path, not {type(rows).__name__}")
     return rows  # type: ignore[no-any-return]
+
+
+def refuse_a_prompt_for_a_path(rows: str) -> None:
+    """Refuse a string that names no file, from Python, saying how to send it as a prompt.
+
+    ``run("Name a colour.")`` takes the string for a job file's path, as the
+    command line does; alone, "no such file" leaves the caller guessing.
+    The command line keeps its plain message: there, a path was meant.
+
+    >>> refuse_a_prompt_for_a_path("Name a colour.")
+    Traceback (most recent call last):
+    batcher.UsageError: 'Name a colour.': no such file (for one prompt, pass a list: [prompt])
+    """
+    if rows == STDIN or on_command_line() or os.path.lexists(rows):
+        return
+    raise UsageError(f"{_SHORT.repr(rows)}: no such file (for one prompt, pass a list: [prompt])")
+
+
+#: A prompt shown in a message: quoted, on one line, its middle cut when long.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
 
 
 def defaults_of(model: Any, max_tokens: Any, system: Any) -> Defaults:

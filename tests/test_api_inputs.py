@@ -148,6 +148,23 @@ def test_rows_that_are_no_collection_are_refused(env: Any, rows: Any, message: s
         batcher.estimate(rows)
 
 
+def test_a_prompt_given_alone_is_told_how_to_be_sent(env: Any, tmp_path: Path) -> None:
+    """run("Name a colour.") said only "Name a colour.: no such file", after making a store."""
+    from batcher.errors import command_line_words
+
+    hint = "'Name a colour.': no such file (for one prompt, pass a list: [prompt])"
+    with pytest.raises(batcher.UsageError) as caught:
+        batcher.run("Name a colour.", **FAST)
+    assert str(caught.value) == hint
+    assert not (tmp_path / "batcher.db").exists()
+    with batcher.Store("h.db") as store:
+        with pytest.raises(batcher.UsageError, match=r"^'line one\\nline two': no such file \(for one prompt"):
+            store.add("h", "line one\nline two")
+        with command_line_words(), pytest.raises(batcher.UsageError) as caught:
+            store.add("h", "prompts.jsonl")  # a shell's user meant a path: the plain message
+        assert str(caught.value) == "prompts.jsonl: no such file"
+
+
 def test_handles_refuse_what_they_cannot_mean(env: Any) -> None:
     with batcher.Store("handles.db") as store:
         with pytest.raises(batcher.UsageError, match="a batch name must be a non-empty string"):
