@@ -165,14 +165,16 @@ class Batch:
         import_id = self.report.import_id if self.report is not None else None
         return iter_results(self._engine, self._record, "all", import_id=import_id)
 
-    def export(self, path: Destination | None = None, format: str = "results", only: str = "all",
+    def export(self, path: Destination | None = None, format: str = "results", only: str | Iterable[str] = "all",
                include_pending: bool = False, *, force: bool = False, notes: Any = None,
                progress: bool | None = None) -> int:
         """Write the results as JSONL, like ``batcher export``; return the lines written.
 
         ``format`` is ``results`` (Anthropic's Message Batches result lines),
-        ``text`` or ``merged``; ``only`` is ``all``, ``succeeded`` or
-        ``failed``. ``path`` is a file's name or path object (default:
+        ``text`` or ``merged``; ``only`` is ``all`` (every finished job) or,
+        as for :meth:`results`, a status or several (``pending`` ones are
+        written as pending lines, as ``include_pending`` adds them).
+        ``path`` is a file's name or path object (default:
         ``NAME.FORMAT.jsonl`` here), ``"-"`` for stdout, or an open stream:
         binary, or text (``io.StringIO``, a notebook's stdout), which is
         given text. A file is written whole or not at all; a FIFO, device or

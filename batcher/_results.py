@@ -9,8 +9,7 @@ import orjson
 from sqlalchemy import Engine, select
 
 from ._render import _message, _text_of, anthropic_error
-from .errors import UsageError
-from .export import CHUNK, _stream
+from .export import CHUNK, _stream, chosen_statuses
 from .schema import ORDER, jobs
 from .store import Batch as BatchRecord
 
@@ -54,26 +53,6 @@ class Result:
         return self.status == "succeeded"
 
 
-#: What ``only=`` accepts besides single statuses.
-ALL = "all"
-STATUS_CHOICES = ("succeeded", "failed", "canceled", "pending")
-
-
-def _statuses(only: str | Iterable[str] | None) -> tuple[str, ...] | None:
-    if only is None or only == ALL:
-        return None
-    try:
-        chosen = (only,) if isinstance(only, str) else tuple(only)
-    except TypeError:
-        chosen = (only,)  # refused below, by name
-    for status in chosen:
-        if status not in STATUS_CHOICES:
-            raise UsageError(f"only= takes {ALL!r} or statuses among {', '.join(STATUS_CHOICES)}, not {status!r}")
-    if "pending" in chosen:
-        chosen += ("running",)
-    return chosen
-
-
 def _result(row: Any) -> Result:
     line, custom_id, status, response, error, error_type, status_code, source = row
     try:
@@ -97,7 +76,7 @@ def iter_results(engine: Engine, batch: BatchRecord, only: str | Iterable[str] |
     ``only`` is checked now; the snapshot is taken when iteration starts.
     With ``import_id``, only the jobs of that import (the rows of one call).
     """
-    statuses = _statuses(only)
+    statuses = chosen_statuses(only)
     query = select(jobs.c.line, jobs.c.custom_id, jobs.c.status, jobs.c.response, jobs.c.error, jobs.c.error_type,
                    jobs.c.status_code, jobs.c.source).where(jobs.c.batch_id == batch.id)
     if import_id is not None:

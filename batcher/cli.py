@@ -281,8 +281,8 @@ Formats, one line per job in input order:
               help="Where to write; - is stdout (default: BATCH.FORMAT.jsonl in the current folder).")
 @click.option("--format", "fmt", type=click.Choice(["results", "text", "merged"]), default="results",
               show_default=True, help="Line format (see below).")
-@click.option("--only", type=click.Choice(["all", "succeeded", "failed"]), default="all", show_default=True,
-              help="Which finished jobs to write (all includes canceled).")
+@click.option("--only", type=click.Choice(["all", "succeeded", "failed", "canceled", "pending"]), default="all",
+              show_default=True, help="Which jobs to write (all: every finished one, canceled included).")
 @click.option("--include-pending", is_flag=True,
               help="Also write unfinished jobs (as type pending), so lines align with the input.")
 @click.option("--force", is_flag=True, help="Allow writing over the batch's own job file.")

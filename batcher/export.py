@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Any, Callable, Iterator, TypeVar
+from typing import IO, Any, Callable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -36,9 +36,12 @@ from .schema import ORDER, batches, imports, jobs
 from .store import Batch, status_counts
 
 FORMATS = ("results", "text", "merged")
+#: What ``only`` accepts besides ``"all"``, alone or several: the same for an export and for results.
+STATUS_CHOICES = ("succeeded", "failed", "canceled", "pending")
+#: The statuses of finished jobs: what an export of ``all`` writes unless pending ones are included.
+FINISHED = ("succeeded", "failed", "canceled")
 #: Where an export can go: a file's path (``"-"`` is stdout), or an open stream, binary or text.
 Destination = str | os.PathLike[str] | IO[bytes] | IO[str]
-ONLY = ("all", "succeeded", "failed")
 #: Rows fetched per round trip; also the unit written at once.
 CHUNK = 500
 
@@ -59,22 +62,41 @@ def default_output(batch: Batch, fmt: str) -> str:
     return f"{safe or 'batch'}.{fmt}.jsonl"
 
 
-def _statuses(only: str, include_pending: bool) -> tuple[str, ...] | None:
+def chosen_statuses(only: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """The job statuses ``only`` names (``pending`` takes in jobs in flight), or None for ``all``.
+
+    One reading for :meth:`batcher.Batch.results` and :meth:`batcher.Batch.export`,
+    so that both take the same values and refuse others with the same words.
+
+    >>> chosen_statuses(["succeeded", "pending"])
+    ('succeeded', 'pending', 'running')
+    """
+    if only is None or only == "all":
+        return None
+    chosen: tuple[Any, ...]
+    try:
+        chosen = (only,) if isinstance(only, str) else tuple(only)
+    except TypeError:
+        chosen = (only,)  # refused below, by name
+    for status in chosen:
+        if status not in STATUS_CHOICES:
+            raise UsageError(f"{option('only')} takes 'all' or one or more of {', '.join(STATUS_CHOICES)}, "
+                             f"not {status!r}")
+    return chosen + ("running",) if "pending" in chosen else chosen
+
+
+def _statuses(only: str | Iterable[str], include_pending: bool) -> tuple[str, ...] | None:
     """Job statuses to export, or None for every status."""
-    if only not in ONLY:
-        raise UsageError(f"{option('only')} must be one of {', '.join(ONLY)}, not {only!r}")
-    chosen = {"all": ("succeeded", "failed", "canceled"), "succeeded": ("succeeded",), "failed": ("failed",)}[only]
+    chosen = chosen_statuses(only)
     if include_pending:
-        if only == "all":
-            return None
-        chosen += ("pending", "running")
-    return chosen
+        return None if chosen is None else tuple(dict.fromkeys(chosen + ("pending", "running")))
+    return FINISHED if chosen is None else chosen
 
 
 # -- reading --------------------------------------------------------------------
 
 
-def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str = "all",
+def export_chunks(engine: Engine, batch: Batch, fmt: str = "results", only: str | Iterable[str] = "all",
                   include_pending: bool = False, chunk: int = CHUNK,
                   notes: ExportNotes | None = None, piped: bool = False) -> Iterator[Chunk]:
     """The export's lines, a chunk at a time, in input order, from one snapshot.
@@ -151,7 +173,7 @@ def _check_destination(engine: Engine, path: str, shown: str, force: bool) -> No
                                  f"choose another name (or {option('force', switch=True)} to overwrite it)")
 
 
-def _lines_to_export(engine: Engine, batch: Batch, only: str, include_pending: bool) -> int:
+def _lines_to_export(engine: Engine, batch: Batch, only: str | Iterable[str], include_pending: bool) -> int:
     """How many lines the export will write, from the batch's tally (a live run may change it meanwhile)."""
     statuses = _statuses(only, include_pending)
     with engine.connect() as conn:
@@ -187,7 +209,7 @@ def described(out: str | IO[bytes] | IO[str]) -> str:
 
 
 def export_batch(engine: Engine, batch: Batch, out: Destination = "-", fmt: str = "results",
-                 only: str = "all", include_pending: bool = False, force: bool = False,
+                 only: str | Iterable[str] = "all", include_pending: bool = False, force: bool = False,
                  notes: ExportNotes | None = None, progress: Progress | None = None) -> int:
     """Export ``batch`` to a file path (``str`` or path object), ``"-"`` (stdout) or an open stream.
 
@@ -201,6 +223,8 @@ def export_batch(engine: Engine, batch: Batch, out: Destination = "-", fmt: str 
     far, and their part of all.
     """
     out = destination(out)
+    if not isinstance(only, str) and isinstance(only, Iterable):
+        only = tuple(only)  # read twice: for the lines, and for their count
     chunks = export_chunks(engine, batch, fmt, only, include_pending, notes=notes, piped=True)
     if progress is not None:
         total = _lines_to_export(engine, batch, only, include_pending)

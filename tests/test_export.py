@@ -80,8 +80,11 @@ def test_include_pending_keeps_rows_aligned_with_the_input(mixed: Any) -> None:
     ("succeeded", ["job-1", "job-2", "job-5", "job-8"]),
     ("failed", ["job-3", "job-6", "job-9"]),
     ("all", FINISHED),
+    ("canceled", ["job-4"]),
+    ("pending", ["job-7", "job-10"]),
+    (["succeeded", "canceled"], ["job-1", "job-2", "job-4", "job-5", "job-8"]),
 ])
-def test_only_filters(mixed: Any, only: str, expected: list[str]) -> None:
+def test_only_filters(mixed: Any, only: Any, expected: list[str]) -> None:
     engine, batch, _ = mixed
     for fmt in ("results", "text", "merged"):
         assert [o["custom_id"] for o in lines_of(engine, batch, fmt=fmt, only=only)] == expected
@@ -91,6 +94,28 @@ def test_only_with_include_pending_adds_the_unfinished(mixed: Any) -> None:
     engine, batch, _ = mixed
     out = lines_of(engine, batch, only="failed", include_pending=True)
     assert [o["custom_id"] for o in out] == ["job-3", "job-6", "job-7", "job-9", "job-10"]
+
+
+def test_export_and_results_take_the_same_only_and_refuse_others_alike(mixed: Any, tmp_path: Path) -> None:
+    """results(only="canceled") worked where export(only="canceled") was refused, each in its own words."""
+    import batcher
+
+    _, batch, db = mixed
+    with batcher.Store(db) as store:
+        b = store.batch(batch.name)
+        for only in ("canceled", "pending", ("failed", "canceled")):
+            out = tmp_path / "only.jsonl"
+            assert b.export(out, format="text", only=only) == len(list(b.results(only=only)))
+            assert [orjson.loads(line)["custom_id"] for line in out.read_bytes().splitlines()] == [
+                r.custom_id for r in b.results(only=only)]
+        refusals = []
+        for call in (lambda: list(b.results(only="done")), lambda: b.export(tmp_path / "x.jsonl", only="done")):
+            with pytest.raises(UsageError) as caught:
+                call()
+            refusals.append(str(caught.value))
+    assert refusals == ["only takes 'all' or one or more of succeeded, failed, canceled, pending, not 'done'"] * 2
+    done = cli("export", batch.name, "--db", db, "--only", "canceled", "-o", "-")
+    assert [orjson.loads(line)["custom_id"] for line in done.stdout.splitlines()] == ["job-4"], done.stderr
 
 
 def test_unusual_stored_errors_still_validate(tmp_path: Path) -> None:
