@@ -6,9 +6,10 @@ followed by the batch's results: no second code path.
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import anyio
 
@@ -43,7 +44,8 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     as the batch ``batch``; when None, its name is derived from the rows and
     those three options, so the same call finds the same batch: re-running
     it after a crash or a Ctrl-C resumes, and answered rows are never sent
-    again. Run options are :meth:`batcher.Batch.run`'s.
+    again. Run options are :meth:`batcher.Batch.run`'s. No rows at all
+    return ``[]``: no batch is made, nothing stored.
 
     Raises :class:`batcher.InvalidRows` (nothing stored) if any row is
     invalid, :class:`batcher.APIStopped` if the API refuses the key,
@@ -58,8 +60,10 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
     >>> [(r.custom_id, r.status) for r in results]
     [('line-1', 'succeeded'), ('line-2', 'succeeded')]
     """
-    _refuse_bad_arguments(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
-                        stream=stream, api_key=api_key, base_url=base_url, **options)
+    rows = _rows_to_send(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                         stream=stream, api_key=api_key, base_url=base_url, **options)
+    if rows is None:
+        return []
     with Store(db) as store:
         handle = _add(store, batch, rows, model, max_tokens, system, progress)
         _say_why_stopped(handle.run(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, stream=stream,
@@ -67,16 +71,31 @@ def run(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None = DEF
         return list(handle._added_results())
 
 
-def _refuse_bad_arguments(rows: Any, model: Any, max_tokens: Any, system: Any, **run_options: Any) -> None:
-    """Rows that are none, or a bad option, are one UsageError saying so, before the store is opened or a row read."""
+def _rows_to_send(rows: Any, model: Any, max_tokens: Any, system: Any, **run_options: Any) -> Any:
+    """The rows to send, or None when there are none (nothing to store: no batch is made for them).
+
+    Rows that are none (a dict, a prompt alone) or a bad option are one
+    UsageError saying so, before the store is opened or a row read. An
+    iterator's first row is read to know it is not empty, and put back.
+    """
     from ._rows import defaults_of, records, refuse_a_prompt_for_a_path
 
     if isinstance(rows, str):
         refuse_a_prompt_for_a_path(rows)
-    elif not isinstance(rows, os.PathLike):
-        records(rows)
+    given = rows if isinstance(rows, (str, os.PathLike)) else records(rows)
     defaults_of(model, max_tokens, system)
     check_run(**run_options)
+    if isinstance(given, (str, os.PathLike)):
+        return rows
+    if isinstance(given, Sequence):
+        return rows if given else None
+    iterator = iter(given)
+    first = next(iterator, _NONE)
+    return None if first is _NONE else itertools.chain([first], iterator)
+
+
+#: No row at all (None may be a row, though a bad one).
+_NONE = object()
 
 
 def _say_why_stopped(summary: RunSummary) -> None:
@@ -105,8 +124,10 @@ async def arun(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | Non
     >>> [r.status for r in anyio.run(main)]
     ['succeeded']
     """
-    _refuse_bad_arguments(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
-                        stream=stream, api_key=api_key, base_url=base_url, **options)
+    rows = _rows_to_send(rows, model, max_tokens, system, rpm=rpm, concurrency=concurrency, max_attempts=max_attempts,
+                         stream=stream, api_key=api_key, base_url=base_url, **options)
+    if rows is None:
+        return []
     store = await anyio.to_thread.run_sync(Store, db)
     try:
         handle = await anyio.to_thread.run_sync(lambda: _add(store, batch, rows, model, max_tokens, system, progress))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ._batch import Batch
 from .db import compact, display_name, open_store
+from .errors import UsageError
 from .store import check_batch_name, find_batch, list_batches
 
 # The importer loads on first use, so that the reading commands (status,
@@ -89,7 +90,8 @@ class Store:
         valid: an empty batch is no one's intent). Rows are streamed, so memory stays
         flat. With ``name=None`` a file's batch is named after the file, and
         rows' batch after a hash of the rows and these options (the rows are
-        then read twice, so an iterator is first turned into a list). Rows
+        then read twice, so an iterator is first turned into a list; no rows
+        at all are refused, as a batch named after nothing is no one's). Rows
         given again exactly as the batch's last import stored them (a call
         made again to resume) are known by that hash and not imported again,
         as an unchanged file is not read again (``report.unread``).
@@ -119,6 +121,8 @@ class Store:
         given = records(rows)
         if name is None and not isinstance(given, Sequence):
             given = list(given)
+        if name is None and not given:
+            raise UsageError("no rows given: a batch named after its rows needs some (name it to make an empty one)")
         fingerprint = None
         if isinstance(given, Sequence):  # read twice: to know them again, then to import them
             derived, fingerprint = name_and_fingerprint(given, defaults)

@@ -165,6 +165,23 @@ def test_a_prompt_given_alone_is_told_how_to_be_sent(env: Any, tmp_path: Path) -
         assert str(caught.value) == "prompts.jsonl: no such file"
 
 
+def test_no_rows_make_no_batch(env: Any, tmp_path: Path) -> None:
+    """run([]) made an empty rows-<hash> batch, listed by `batcher batches` ever after."""
+    import anyio
+
+    assert batcher.run([], **FAST) == [] and batcher.run(iter([]), **FAST) == []
+    assert anyio.run(lambda: batcher.arun((row for row in ()), **FAST)) == []
+    assert not (tmp_path / "batcher.db").exists()
+    assert batcher.estimate([]).jobs == 0
+    with batcher.Store("e.db") as store:
+        with pytest.raises(batcher.UsageError, match=r"^no rows given: a batch named after its rows needs some"):
+            store.add(None, [])
+        assert store.batches() == []
+        assert store.add("named", []).status()["total"] == 0  # as `batcher import` of an empty file
+    [result] = batcher.run(iter(["one, read ahead"]), **FAST)  # an iterator's first row is not lost
+    assert result.row == {"prompt": "one, read ahead"} and result.ok
+
+
 def test_handles_refuse_what_they_cannot_mean(env: Any) -> None:
     with batcher.Store("handles.db") as store:
         with pytest.raises(batcher.UsageError, match="a batch name must be a non-empty string"):
