@@ -48,10 +48,11 @@ class RunControl:
 
 def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, RunConfig]:
     """The key and the RunConfig from :meth:`Batch.run`'s options, checked like the CLI's."""
-    from .client import DEFAULT_BASE_URL, check_api_key, check_base_url
+    from .client import DEFAULT_BASE_URL, KEY_VARIABLE, check_api_key, check_base_url
 
     options = dict(options)
-    key = check_api_key(options.pop("api_key") or os.environ.get("POE_API_KEY", ""))
+    given = options.pop("api_key")
+    key = check_api_key(given, "api_key") if given else check_api_key(os.environ.get(KEY_VARIABLE, ""))
     base_url = options.pop("base_url") or os.environ.get("POE_BASE_URL") or DEFAULT_BASE_URL
     check_base_url(base_url)
     options.pop("progress")

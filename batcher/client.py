@@ -151,19 +151,29 @@ def check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-def check_api_key(api_key: str) -> str:
+#: Where the key is read when none is given.
+KEY_VARIABLE = "POE_API_KEY"
+
+
+def check_api_key(api_key: str, source: str = KEY_VARIABLE) -> str:
     """The key without surrounding whitespace, if it can be sent in a header at all.
 
     A key with a newline, a space or a non-ASCII character inside cannot be
     a Poe key, and sending it would only make every request fail with an
-    error that quotes the header. The message never shows the key.
+    error that quotes the header. ``source`` is where the key came from
+    (``api_key`` when a caller passed it), for the message to name what to
+    fix; the message never shows the key.
     """
+    if not isinstance(api_key, str):
+        raise UsageError(f"{source} must be a string, not {type(api_key).__name__} (the key is not shown here)")
     key = api_key.strip()
-    if not key:
+    if not key and source == KEY_VARIABLE:
         raise UsageError("no API key: set POE_API_KEY (export POE_API_KEY=your-key; "
                          "keys at https://poe.com/api_key)")
+    if not key:
+        raise UsageError(f"{source} is blank; give the key, or leave {source} out to read POE_API_KEY")
     if not all(33 <= ord(c) <= 126 for c in key):
-        raise UsageError(f"POE_API_KEY is malformed ({_key_flaw(key)}); "
+        raise UsageError(f"{source} is malformed ({_key_flaw(key)}); "
                          "copy it again from https://poe.com/api_key (the key is not shown here)")
     return key
 

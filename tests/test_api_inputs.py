@@ -131,6 +131,24 @@ def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any)
     assert batcher.estimate(["a"], max_tokens="16").max_output_tokens == 16
 
 
+@pytest.mark.parametrize("given, message", [
+    ("sk-SECRET key\n", "api_key is malformed (it has whitespace or a line break inside)"),
+    ("sk-SECRET-é", "api_key is malformed (it has characters that are not ASCII)"),
+    ("   ", "api_key is blank; give the key, or leave api_key out to read POE_API_KEY"),
+    (b"sk-SECRET", "api_key must be a string, not bytes"),
+])
+def test_a_bad_key_given_as_api_key_is_named_so_and_never_shown(
+        env: Any, monkeypatch: pytest.MonkeyPatch, given: Any, message: str) -> None:
+    """A malformed api_key= was reported as "POE_API_KEY is malformed", which the caller had not set."""
+    with pytest.raises(batcher.UsageError) as caught:
+        batcher.run(["never sent"], **FAST, api_key=given)
+    assert str(caught.value).startswith(message) and "SECRET" not in str(caught.value)
+    monkeypatch.setenv("POE_API_KEY", "sk-SECRET key")
+    with pytest.raises(batcher.UsageError, match="^POE_API_KEY is malformed") as caught:
+        batcher.run(["never sent"], **FAST)
+    assert "SECRET" not in str(caught.value)
+
+
 def test_options_given_as_text_work_like_numbers(env: Any) -> None:
     results = batcher.run(["spelled out"], **{**FAST, "rpm": "6000", "max_attempts": "2", "auth": "Bearer"})
     assert [r.status for r in results] == ["succeeded"]
