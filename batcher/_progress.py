@@ -63,6 +63,17 @@ class NotebookDisplay:
             self._show(self._latest)
 
 
+def _shown(progress: bool | None) -> bool:
+    """Whether a display goes on stderr: ``progress`` True forces it, None asks for a terminal.
+
+    Never when the process has no stderr (started with ``2>&-``): then
+    ``sys.stderr`` is None, and the work goes on without a word.
+    """
+    if progress is False or sys.stderr is None:
+        return False
+    return progress is True or sys.stderr.isatty()
+
+
 @contextmanager
 def counting(progress: bool | None, doing: str, unit: str = "line") -> Iterator[CountDisplay | None]:
     """How a long import, estimate or export shows how far it is (``doing``, counted by ``unit``).
@@ -71,7 +82,7 @@ def counting(progress: bool | None, doing: str, unit: str = "line") -> Iterator[
     elsewhere too; False: nothing. A notebook shows only a run's progress.
     The line is taken away when the block ends, however it ends.
     """
-    if progress is False or in_notebook() or (progress is None and not sys.stderr.isatty()):
+    if in_notebook() or not _shown(progress):
         yield None
         return
     display = CountDisplay(doing, unit)
@@ -84,7 +95,7 @@ def counting(progress: bool | None, doing: str, unit: str = "line") -> Iterator[
 @contextmanager
 def waiting(doing: str) -> Iterator[None]:
     """A spinner saying what a long step that cannot count does (``doing``), on a terminal only."""
-    if in_notebook() or not sys.stderr.isatty():
+    if in_notebook() or not _shown(None):
         yield
         return
     display = WaitDisplay(doing)
@@ -100,6 +111,6 @@ def run_display(progress: bool | None) -> Display | None:
         return None
     if in_notebook():
         return NotebookDisplay()
-    if progress is None and not sys.stderr.isatty():
+    if not _shown(progress):
         return None
     return ProgressDisplay()

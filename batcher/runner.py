@@ -297,10 +297,10 @@ class Runner:
         if error is not None:
             self.pacer.pause(2 * FULL_RETRY_S)
         if was is not None and error is None:
-            print(f"{self._newline()}batcher: the store {was.again}; sending resumes", file=sys.stderr, flush=True)
+            self._tell(f"batcher: the store {was.again}; sending resumes")
         elif was is None and error is not None:
-            print(f"{self._newline()}batcher: {error}: no request starts {error.until}; the answers of those in "
-                  "flight wait in memory (Ctrl-C gives them up)", file=sys.stderr, flush=True)
+            self._tell(f"batcher: {error}: no request starts {error.until}; the answers of those in "
+                       "flight wait in memory (Ctrl-C gives them up)")
         return not self.state.stopping
 
     # --- stopping ------------------------------------------------------------
@@ -335,18 +335,22 @@ class Runner:
                 if self.state.stopping:
                     done, held = self.tally.done, self.state.held if self.state.stalled else 0
                     lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
-                    print(f"{self._newline()}batcher: stopped at once; {done:,} done are safely stored{lost}, "
-                          "the rest resumes on the next run", file=sys.stderr, flush=True)
+                    self._tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
+                               "the rest resumes on the next run")
                     os._exit(EXIT_INTERRUPTED)
-                print(f"{self._newline()}batcher: stopping: waiting up to {self.config.grace_s:g} s for "
-                      f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)",
-                      file=sys.stderr, flush=True)
+                self._tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
+                           f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
                 self.request_stop()
 
     @staticmethod
-    def _newline() -> str:
-        """Start on a fresh line after a live progress line, not in a log."""
-        return "\n" if sys.stderr.isatty() else ""
+    def _tell(line: str) -> None:
+        """A line on stderr, on a fresh line after a live progress line (not in a log).
+
+        None when the process has no stderr (``2>&-``): ``print`` would
+        otherwise write the line into the results on stdout.
+        """
+        if sys.stderr is not None:
+            print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]

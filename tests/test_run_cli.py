@@ -644,6 +644,39 @@ def test_second_ctrl_c_quits_at_once_keeping_what_was_committed(tmp_path: Path, 
     assert counts(db) == {"succeeded": 9, "pending": 1}
 
 
+def without_stderr(args: list[str]) -> list[str]:
+    """``batcher ARGS 2>&-``: the command started with no stderr at all (``sys.stderr`` is None)."""
+    return ["bash", "-c", 'exec "$@" 2>&-', "bash", sys.executable, "-m", "batcher", *args]
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_stderr_imports_and_runs_saying_nothing_there(tmp_path: Path, sim: Any) -> None:
+    server = sim(latency=0)
+    db = tmp_path / "store.db"
+    raw = ["A slow one #sim:sleep=1.5"] + [prompt_of(i) for i in range(2, 6)]
+    prompts = write_jobs(tmp_path / "mute.jsonl", raw)
+    imported = subprocess.run(without_stderr(["import", str(tmp_path / "mute.jsonl"), "--db", str(db), *RUN_DEFAULTS]),
+                              capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert (imported.returncode, imported.stdout) == (0, "batch mute: 5 added, 0 unchanged, 0 rejected\n")
+
+    # Ctrl-C: the run waits for the slow answer, keeps it, and says nothing on stdout (the results' place).
+    with open(tmp_path / "first.out", "w") as out:
+        proc = subprocess.Popen(without_stderr(run_args("mute", db, server.base_url, "--rpm", "6000")), stdout=out,
+                                env=clean_env())
+    wait_for(lambda: succeeded_count(db) == 4, what="the four quick answers")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 130
+    assert (tmp_path / "first.out").read_text() == ""
+    assert counts(db) == {"succeeded": 5}
+
+    write_jobs(tmp_path / "mute.jsonl", raw + [prompt_of(6)])
+    ran = subprocess.run(without_stderr(run_args(tmp_path / "mute.jsonl", db, server.base_url)), capture_output=True,
+                         text=True, env=clean_env(), timeout=60)
+    assert ran.returncode == 0
+    assert ran.stdout.startswith("batch mute: 1 succeeded, 0 failed this run, 0 left;"), ran.stdout
+    assert_answers_are_their_own(db, {**prompts, "job-6": prompt_of(6)})
+
+
 # -- 7. one run per batch ----------------------------------------------------------------------------
 
 
