@@ -73,6 +73,8 @@ class Runner:
         self.spend = Spend(engine, batch, config.limit, config.caps)
         self.taken = 0  # jobs this run claimed, against --limit
         self.twins = Twins() if config.reuse else None
+        #: Set when stderr's reader went away mid-run (see :meth:`_lose_output`); :meth:`run` raises it at its end.
+        self.lost_output: BrokenPipeError | None = None
 
     # --- the pipeline ---------------------------------------------------------
     async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
@@ -90,7 +92,7 @@ class Runner:
                 self.state.fatal = (outcome, too_big)
             else:
                 async with self.client:
-                    outcome = await self._pipeline(on_progress)
+                    outcome = await self._pipeline(self._guarded(on_progress))
         except BaseExceptionGroup as group:
             raise first_user_error(group) from None
         finally:
@@ -107,6 +109,8 @@ class Runner:
                 except StoreError:
                     if not quick or outcome != "failed":  # else the first error is the one to report
                         raise
+        if self.lost_output is not None:
+            raise self.lost_output
         return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
@@ -342,15 +346,45 @@ class Runner:
                            f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
                 self.request_stop()
 
-    @staticmethod
-    def _tell(line: str) -> None:
+    def _tell(self, line: str) -> None:
         """A line on stderr, on a fresh line after a live progress line (not in a log).
 
-        None when the process has no stderr (``2>&-``): ``print`` would
-        otherwise write the line into the results on stdout.
+        Nothing when the process has no stderr (``2>&-``), where ``print``
+        would write the line into the results on stdout; a closed pipe stops
+        the run (see :meth:`_lose_output`).
         """
-        if sys.stderr is not None:
-            print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
+        if sys.stderr is not None and self.lost_output is None:
+            try:
+                print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
+            except BrokenPipeError as exc:
+                self._lose_output(exc)
+
+    def _guarded(self, on_progress: Callable[[Snapshot], None] | None) -> Callable[[Snapshot], None] | None:
+        """``on_progress``, silent once stderr's reader has gone away (see :meth:`_lose_output`)."""
+        if on_progress is None:
+            return None
+
+        def show(snapshot: Snapshot) -> None:
+            if self.lost_output is None:
+                try:
+                    on_progress(snapshot)
+                except BrokenPipeError as exc:
+                    self._lose_output(exc)
+
+        return show
+
+    def _lose_output(self, exc: BrokenPipeError) -> None:
+        """Stderr's reader went away (``batcher run ... 2>&1 | head``): stop as a Ctrl-C stops.
+
+        Raised inside the run's task group, the closed pipe would tear the
+        run down, answers in flight lost; instead claiming stops, requests
+        in flight get the grace period and are stored, the rest goes back
+        to pending, and :meth:`run` raises the error at its end, so that
+        the command ends as other filters do when their reader goes away.
+        """
+        if self.lost_output is None:
+            self.lost_output = exc
+            self.request_stop()
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]

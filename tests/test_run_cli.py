@@ -677,6 +677,38 @@ def test_a_closed_stderr_imports_and_runs_saying_nothing_there(tmp_path: Path, s
     assert_answers_are_their_own(db, {**prompts, "job-6": prompt_of(6)})
 
 
+@pytest.mark.timeout(60)
+def test_a_run_whose_stderr_reader_goes_away_stops_as_on_ctrl_c_and_ends_quietly(tmp_path: Path, sim: Any) -> None:
+    """``batcher run ... 2>&1 >out | head -1``: the status line due every 10 s finds no reader."""
+    server = sim(latency=(0.3, 0.6))
+    db = tmp_path / "store.db"
+    n = 30
+    prompts = write_jobs(tmp_path / "gone.jsonl", (prompt_of(i) for i in range(1, n + 1)))
+    assert cli("import", str(tmp_path / "gone.jsonl"), "--db", str(db), *RUN_DEFAULTS).returncode == 0
+    with open(tmp_path / "gone.out", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "batcher", "run", "gone", "--db", str(db), "--base-url",
+                                 server.base_url, "--rpm", "90"], stdout=out, stderr=subprocess.PIPE, env=clean_env())
+    assert proc.stderr is not None
+    proc.stderr.close()  # the reader is gone before the first line
+    assert proc.wait(30) == -signal.SIGPIPE
+    assert (tmp_path / "gone.out").read_text() == ""
+
+    now = counts(db)
+    done = now["succeeded"]
+    assert 5 <= done < n and now == {"succeeded": done, "pending": n - done}, now
+    assert query(db, "SELECT outcome FROM runs") == [("interrupted",)]
+    stats = settled_stats(server)  # the requests in flight were let finish, and their answers stored
+    assert query(db, "SELECT count(*) FROM attempts") == [(stats["requests"],)]
+    assert stats["succeeded"] == done
+
+    again = cli(*run_args("gone", db, server.base_url, "--rpm", "6000"))
+    assert again.returncode == 0, again.stderr
+    assert counts(db) == {"succeeded": n}
+    assert_answers_are_their_own(db, prompts)
+    assert server.stats()["requests"] == n  # nothing sent twice
+
+
+
 # -- 7. one run per batch ----------------------------------------------------------------------------
 
 
