@@ -78,7 +78,7 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     from ._batch import check_run
     from ._handles import Store
     from .importer import ImportRejected
-    from .jobfile import is_job_input, refuse_file_like
+    from .jobfile import is_job_input, naming_a_batch
     from .progress import summary_lines
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
@@ -86,10 +86,11 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
                    limit=limit, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens, reuse=reuse)
     check_run(**options)  # no key, malformed key, unsafe URL: refused before the store is touched
     is_file = is_job_input(file_or_batch)
-    if not is_file:
-        refuse_file_like(file_or_batch)
-    with Store(db, create=is_file) as store:
-        if is_file:
+    with naming_a_batch(file_or_batch):
+        store = Store(db, create=is_file)
+        handle = None if is_file else store.batch(file_or_batch)
+    with store:
+        if handle is None:
             try:
                 handle = store.add(batch, file_or_batch, model=model, max_tokens=max_tokens, system=system,
                                    skip_invalid=skip_invalid, progress=False if quiet else None)
@@ -102,7 +103,6 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
             if not quiet and report.added:
                 click.echo(f"batch {report.batch}: {report.added:,} new job(s) imported", err=True)
         else:
-            handle = store.batch(file_or_batch)
             _warn_file_only(handle.name, {"--batch": batch, "--model": model, "--max-tokens": max_tokens,
                                           "--system": system, "--skip-invalid": skip_invalid})
         try:

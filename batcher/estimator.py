@@ -25,8 +25,8 @@ from .cost import BYTES_PER_TOKEN, Cost, CostSums, add_cost, request_cost
 from .db import open_store
 from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
-from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, readable_copy,
-                      refuse_file_like)
+from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, naming_a_batch,
+                      readable_copy)
 from .jobqueue import batch_counts, body_cost, import_costs, row_body, unfinished_costs, unfinished_jobs
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks, told_reading
@@ -313,12 +313,15 @@ def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Def
         ensure_readable(file_or_batch)
         with readable_copy(file_or_batch) as path:
             return estimate_file(path, defaults, rpm, describe(file_or_batch), progress)
-    refuse_file_like(file_or_batch)
-    engine = open_store(db, create=False, readonly=True)  # stores nothing: works where the store is read-only
+    engine = None
     try:
-        return estimate_batch(engine, find_batch(engine, file_or_batch), rpm, progress)
+        with naming_a_batch(file_or_batch):
+            engine = open_store(db, create=False, readonly=True)  # stores nothing: works where the store is read-only
+            found = find_batch(engine, file_or_batch)
+        return estimate_batch(engine, found, rpm, progress)
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def estimate_lines(e: Estimate) -> list[str]:

@@ -87,12 +87,29 @@ def is_job_input(arg: str) -> bool:
     return arg == STDIN or (os.path.exists(arg) and not os.path.isdir(arg))
 
 
-def refuse_file_like(arg: str) -> None:
-    """``run``/``estimate ARG`` that is not job input but reads as a file's name (a
-    folder, a missing ``x.jsonl``) gets the error the file would, not "no such batch"."""
-    if os.path.exists(arg) or arg.endswith((".jsonl", ".json")):
+@contextmanager
+def naming_a_batch(arg: str) -> Iterator[None]:
+    """Around opening the store and finding the batch that ``run``/``estimate ARG`` names.
+
+    Job input (see :func:`is_job_input`) passes through: it names no batch.
+    A missing ``x.jsonl`` gets the error the file would, not "no such batch".
+    A folder is never a job file, so it names a batch like any other word:
+    ``prompts/`` beside ``prompts.jsonl`` must not stop ``batcher run
+    prompts`` from resuming its batch. Only when that batch cannot be found
+    does the error say the folder is there too.
+    """
+    if is_job_input(arg):
+        yield
+        return
+    if not os.path.isdir(arg) and arg.endswith((".jsonl", ".json")):
         ensure_readable(arg)
         raise UsageError(f"{arg}: not a readable job file")
+    try:
+        yield
+    except UsageError as exc:
+        if not os.path.isdir(arg):
+            raise
+        raise UsageError(f"{arg}: is a folder, not a job file; {exc}") from None
 
 
 def needs_batch_name(path: str) -> bool:

@@ -267,6 +267,24 @@ def test_same_stem_in_two_folders_does_not_merge_silently(tmp_path: Path) -> Non
     assert import_file(engine, str(tmp_path / "a" / "u.jsonl"), defaults=DEFAULTS).unchanged == 2
 
 
+def test_a_folder_named_like_a_batch_does_not_hide_the_batch(tmp_path: Path, simulator: Any) -> None:
+    """``prompts/`` beside ``prompts.jsonl``: ``batcher run prompts`` still resumes batch ``prompts``."""
+    for folder in ("a", "u", "v"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "a" / "u.jsonl").write_text(job_lines(2))
+    assert cli("import", "a/u.jsonl", "--db", "i.db", *MODEL_ARGS, cwd=tmp_path).returncode == 0
+    estimated = cli("estimate", "u", "--db", "i.db", "--json", cwd=tmp_path)
+    assert (estimated.returncode, json.loads(estimated.stdout or "{}").get("jobs")) == (0, 2), estimated.stderr
+    ran = cli("run", "u", "--db", "i.db", "--base-url", simulator.base_url, cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stdout.startswith("batch u: 2 succeeded"), ran.stderr
+    # A folder that names no batch either: one line says both.
+    for command in (["run", "v", "--base-url", simulator.base_url], ["estimate", "v"]):
+        one_error_line(cli(*command, "--db", "i.db", cwd=tmp_path), 2,
+                       "error: v: is a folder, not a job file; no batch named 'v' (batches here: u)")
+    one_error_line(cli("estimate", "v", "--db", "none.db", cwd=tmp_path), 2, "v: is a folder, not a job file; ",
+                   "none.db: no such database")
+
+
 # -- damaged and foreign stores ----------------------------------------------------------
 
 COMMANDS = [["batches"], ["status", "b"], ["export", "b", "-o", "-"],
