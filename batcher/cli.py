@@ -150,7 +150,7 @@ main.add_command(delete_command)
 
 
 @main.command("import", epilog="Example: batcher import prompts.jsonl --model claude-haiku-4.5 --max-tokens 1024")
-@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("file", type=click.Path(allow_dash=True))  # a folder is refused as run refuses it (ensure_readable)
 @click.option("--batch", help="Batch name (default: the file's name without extension; required for -).")
 @db_option
 @defaults_options
@@ -179,8 +179,7 @@ def import_command(file: str, batch: str | None, db: str | None, model: str | No
                                skip_invalid=skip_invalid).report
         except ImportRejected as exc:
             fix = report_rejected(exc.report, "fix the lines above or pass --skip-invalid")
-            click.echo(f"batcher: nothing imported; {fix}", err=True)
-            sys.exit(exc.exit_code)
+            fail(f"nothing imported; {fix}", exc.exit_code)
     assert report is not None
     report_import_notes(report)
     how = ""

@@ -727,7 +727,7 @@ def test_import_command_refuses_a_bad_file(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.splitlines() == BAD_LINES + [
-        "batcher: nothing imported; fix the lines above or pass --skip-invalid"]
+        "batcher: error: nothing imported; fix the lines above or pass --skip-invalid"]
     assert count(open_store(db), jobs) == 0
 
     skipped = cli("import", "bad.jsonl", "--db", db, "--model", HAIKU, "--max-tokens", "64", "--skip-invalid",
@@ -744,7 +744,7 @@ def test_import_command_lists_twenty_then_counts(tmp_path: Path) -> None:
     lines = done.stderr.splitlines()
     assert lines[0] == "many.jsonl:1: no `model` (give one in the line or with --model)"
     assert lines[19] == "many.jsonl:20: no `model` (give one in the line or with --model)"
-    assert lines[20:] == ["... and 10 more bad line(s)", "batcher: nothing imported; no line is a valid job"]
+    assert lines[20:] == ["... and 10 more bad line(s)", "batcher: error: nothing imported; no line is a valid job"]
     assert path.exists()
     # Skipping every line would leave an empty batch and exit 0, which no script could tell from success.
     for command in ("import", "run"):

@@ -285,6 +285,16 @@ def test_a_folder_named_like_a_batch_does_not_hide_the_batch(tmp_path: Path, sim
                    "none.db: no such database")
 
 
+def test_a_folder_given_as_the_job_file_is_one_line_for_import_as_for_run(tmp_path: Path) -> None:
+    (tmp_path / "adir.jsonl").mkdir()
+    (tmp_path / "j.jsonl").write_text(job_lines(1))
+    assert cli("import", "j.jsonl", "--db", "s.db", *MODEL_ARGS, cwd=tmp_path).returncode == 0
+    said = [one_error_line(cli(command, "adir.jsonl", "--db", "s.db", cwd=tmp_path), 2)
+            for command in ("import", "run", "estimate")]
+    assert said[0] == "batcher: error: adir.jsonl: is a folder, not a job file"
+    assert said[1] == said[2] == said[0] + "; no batch named 'adir.jsonl' (batches here: j)"
+
+
 # -- damaged and foreign stores ----------------------------------------------------------
 
 COMMANDS = [["batches"], ["status", "b"], ["export", "b", "-o", "-"],
