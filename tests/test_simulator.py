@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -437,6 +439,18 @@ def test_command_usage_errors_and_missing_extra(monkeypatch: pytest.MonkeyPatch)
     done = runner.invoke(simulate, [])
     assert done.exit_code == 2 and "pip install 'batcher[sim]'" in done.output
     assert len(done.output.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_is_one_error_line_exit_2_as_for_serve() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (["-m", "batcher", "simulate"], ["-m", "batcher.sim"]):
+            done = subprocess.run([sys.executable, *command, "--port", str(port)], capture_output=True, text=True,
+                                  timeout=60)
+            assert (done.returncode, done.stdout) == (2, ""), done.stderr
+            assert done.stderr == f"batcher: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -6,12 +6,13 @@ inside the command body; ``batcher --help`` works without them.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
 
 from batcher import options as opt
+from batcher._clikit import friendly
+from batcher.errors import UsageError
 
 _P = opt.PROBABILITY
 
@@ -56,6 +57,7 @@ Examples:
               help="Announce the window as x-ratelimit-*-requests (poe), as anthropic-ratelimit-requests-* "
                    "with an RFC 3339 reset (anthropic), or not at all (none).")
 @click.option("--verbose", is_flag=True, help="Log one line per request on stderr.")
+@friendly  # here, not where the batcher command adds it: python -m batcher.sim speaks the same
 def simulate(no_retry_after: bool, fail_status: tuple[str, ...], **options: Any) -> None:
     """Run a local imitation of Poe's Anthropic-compatible Messages API (no key needed).
 
@@ -64,8 +66,7 @@ def simulate(no_retry_after: bool, fail_status: tuple[str, ...], **options: Any)
     try:
         import uvicorn  # noqa: F401
     except ImportError:
-        click.echo("the simulator needs extra packages: pip install 'batcher[sim]'", err=True)
-        sys.exit(2)
+        raise UsageError("the simulator needs extra packages: pip install 'batcher[sim]'") from None
     from batcher.sim.config import SimConfig
     from batcher.sim.server import serve
 
@@ -75,6 +76,5 @@ def simulate(no_retry_after: bool, fail_status: tuple[str, ...], **options: Any)
         raise click.UsageError(str(exc)) from None
     try:
         serve(config)
-    except OSError as exc:
-        click.echo(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", err=True)
-        sys.exit(1)
+    except OSError as exc:  # the port taken, an address not this machine's: a mistake, as for batcher serve
+        raise UsageError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
