@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from . import options as opt
-from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError, Interrupted
+from .errors import EXIT_INTERRUPTED, EXIT_STORE, EXIT_USAGE, BatcherError, Interrupted, UsageError
 
 DB_HELP = "Job store: an SQLite file or a SQLAlchemy URL (env BATCHER_DB; default ./batcher.db)."
 EXIT_CODES = ("Exit codes: 0 ok, 1 some jobs failed, 2 usage error or output not writable, 3 stopped by the API, "
@@ -95,6 +95,7 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
         guard_stdout()
         try:
             try:
+                refuse_undecodable(kwargs)
                 return command(*args, **kwargs)
             finally:
                 flush_stdout()
@@ -115,6 +116,32 @@ def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
             fail(f"cannot use the job store: {getattr(exc, 'orig', None) or exc}", EXIT_STORE)
 
     return wrapper
+
+
+#: Parameters that name files: the file system takes any bytes, so these may be other than UTF-8.
+#: (Where such a name is kept or shown it is written as text: see :func:`batcher._text.as_text`.)
+FILE_NAMES = frozenset({"file", "file_or_batch", "output"})
+
+
+def refuse_undecodable(values: dict[str, Any]) -> None:
+    """Refuse an option value that is not valid UTF-8, naming the option: ``--model 'm\\xe9' is not valid UTF-8``.
+
+    A word typed in a Latin-1 shell reaches Python as lone surrogates, which
+    the store, a request's JSON and the API all refuse, each deep inside and
+    with a traceback. One check here covers every command and option; file
+    names (:data:`FILE_NAMES`) pass, and a FILE_OR_BATCH that is no file is
+    checked as a batch name by the store.
+    """
+    from ._text import as_text, is_text
+
+    params = {param.name: param for param in click.get_current_context().command.params}
+    for name, value in values.items():
+        for one in value if isinstance(value, tuple) else (value,):
+            if name not in FILE_NAMES and isinstance(one, str) and not is_text(one):
+                param = params.get(name)
+                shown = (max(param.opts, key=len) if isinstance(param, click.Option) else
+                         param.human_readable_name if param is not None else name)
+                raise UsageError(f"{shown} '{as_text(one)}' is not valid UTF-8")
 
 
 def reports_commit(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -24,6 +24,7 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, literal_column, select
 
 from . import tally
+from ._text import as_text, is_text
 from ._told import Progress
 from .cost import CostSums, merge_costs
 from .db import store_errors, write
@@ -282,8 +283,11 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     if batch is None and needs_batch_name(path):
         raise UsageError(f"{describe(path)}: give the batch a name with --batch NAME when reading from it")
     name = batch or os.path.splitext(os.path.basename(path))[0] or "batch"
+    if not is_text(name):  # the file's name (a name given is checked above): the file may keep it
+        raise UsageError(f"{describe(path)}: the file's name is not valid UTF-8; give the batch a name with "
+                         "--batch NAME")
     report = ImportReport(batch=name, file=describe(path))
-    source = path if path == STDIN else os.path.abspath(path)
+    source = path if path == STDIN else as_text(os.path.abspath(path))  # the same text at each import
     seen = file_fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
         return import_chunks(engine, report, source, FileChunks(readable, defaults, seen, progress), skip_invalid,

@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Iterator
 
 import orjson
 
+from ._text import as_text
 from .errors import UsageError
 
 BOM = b"\xef\xbb\xbf"
@@ -322,5 +323,5 @@ def parse_line(number: int, raw: bytes) -> Any:
 
 
 def describe(path: str) -> str:
-    """How a job file is named in messages: as the user typed it (``-`` is stdin)."""
-    return "stdin" if path == STDIN else os.path.normpath(path)
+    """How a job file is named in messages: as the user typed it (``-`` is stdin), as text (see :func:`as_text`)."""
+    return "stdin" if path == STDIN else as_text(os.path.normpath(path))

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 
 from . import tally
+from ._text import as_text, is_text
 from .db import store_errors
 from .errors import UsageError, on_command_line
 from .schema import batches
@@ -38,11 +39,22 @@ def check_batch_name(name: Any) -> None:
     """
     if not isinstance(name, str):
         raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
+    _only_utf8(name)
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
         where = " with --batch NAME" if on_command_line() else ""  # the name may be the file's, not given
         raise UsageError(f"batch name {name!r} has control characters; choose another{where}")
     if not name.strip():
         raise UsageError(f"a batch name must be a non-empty string, not {name!r}")
+
+
+def _only_utf8(name: str) -> None:
+    """Refuse a batch name that is not valid UTF-8 (bytes such as a Latin-1 ``\\xe9`` from a shell).
+
+    No batch can have one: the store keeps text, and looking it up would
+    fail inside the database driver instead of saying what is wrong.
+    """
+    if not is_text(name):
+        raise UsageError(f"batch name '{as_text(name)}' is not valid UTF-8")
 
 
 def get_or_create_batch(conn: Connection, name: str, source: str) -> tuple[Batch, bool]:
@@ -64,6 +76,8 @@ def list_batches(engine: Engine) -> list[Batch]:
 
 def find_batch(engine: Engine, name: str | None) -> Batch:
     """The named batch, or the only one when no name is given."""
+    if name is not None:
+        _only_utf8(name)
     with engine.connect() as conn:
         if name is not None:
             row = conn.execute(select(batches).where(batches.c.name == name)).first()

@@ -188,6 +188,52 @@ def test_batch_names_with_control_characters_are_refused(tmp_path: Path) -> None
 # -- job input that is not a regular file ----------------------------------------------
 
 
+#: Latin-1 words, as a shell in that encoding passes them: bytes that are not UTF-8.
+CAFE, LATIN = os.fsdecode(b"caf\xe9.jsonl"), os.fsdecode(b"x\xe9")
+
+
+#: What each command says of a word that is not UTF-8: the option it was given to, or the file's name.
+NOT_UTF8 = [
+    (["import", CAFE, "--db", "s.db", *MODEL_ARGS],
+     "caf\\xe9.jsonl: the file's name is not valid UTF-8; give the batch a name with --batch NAME"),
+    (["import", CAFE, "--batch", LATIN, "--db", "s.db", *MODEL_ARGS], "--batch 'x\\xe9' is not valid UTF-8"),
+    (["import", CAFE, "--batch", "c", "--db", "s.db", "--model", LATIN, "--max-tokens", "5"], "--model 'x\\xe9'"),
+    (["run", CAFE, "--batch", "c", "--db", "s.db", *MODEL_ARGS, "--system", LATIN], "--system 'x\\xe9'"),
+    (["import", CAFE, "--batch", "c", "--db", LATIN, *MODEL_ARGS], "--db 'x\\xe9' is not valid UTF-8"),
+    (["status", LATIN, "--db", "s.db"], "BATCH 'x\\xe9' is not valid UTF-8"),
+    (["run", LATIN, "--db", "s.db"], "batch name 'x\\xe9' is not valid UTF-8"),
+]
+
+
+def test_words_that_are_not_utf8_are_one_line_naming_them(tmp_path: Path) -> None:
+    (tmp_path / CAFE).write_text(job_lines(2))
+    cli("import", CAFE, "--batch", "c", "--db", "s.db", *MODEL_ARGS, cwd=tmp_path)  # a store to look in
+    for args, says in NOT_UTF8:
+        one_error_line(cli(*args, cwd=tmp_path), 2, says)
+    assert sqlite3.connect(tmp_path / "s.db").execute("SELECT name FROM batches").fetchall() == [("c",)]
+
+
+def test_a_file_whose_name_is_not_utf8_imports_runs_and_estimates(tmp_path: Path, simulator: Any) -> None:
+    (tmp_path / CAFE).write_text(job_lines(2))
+    args = [CAFE, "--batch", "cafe", "--db", "s.db", *MODEL_ARGS]
+    assert cli("import", *args, cwd=tmp_path).stdout == "batch cafe: 2 added, 0 unchanged, 0 rejected\n"
+    again = cli("import", *args, cwd=tmp_path)  # its name is kept as the same text each time: known again
+    assert again.stdout.endswith("the file is as its last import read it: not read again\n"), again.stderr
+    assert sqlite3.connect(tmp_path / "s.db").execute("SELECT DISTINCT source FROM imports").fetchall() == [
+        (f"{tmp_path}/caf\\xe9.jsonl",)]
+    ran = cli("run", *args, "--base-url", simulator.base_url, cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stdout.startswith("batch cafe: 2 succeeded"), ran.stderr
+    estimated = cli("estimate", CAFE, *MODEL_ARGS, cwd=tmp_path)
+    assert estimated.stdout.startswith("caf\\xe9.jsonl: 2 job(s) to send"), estimated.stderr
+    # From Python too, a batch name that is not UTF-8 is a UsageError, not a database driver's crash.
+    engine = open_store(str(tmp_path / "s.db"))
+    for refused in (lambda: import_file(engine, str(tmp_path / CAFE), LATIN, DEFAULTS),
+                    lambda: find_batch(engine, LATIN)):
+        with pytest.raises(UsageError, match=r"^batch name 'x\\xe9' is not valid UTF-8$"):
+            refused()
+    engine.dispose()
+
+
 def test_import_from_stdin_needs_a_name_and_is_all_or_nothing(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     with pytest.raises(UsageError, match="stdin: give the batch a name with --batch NAME"):
