@@ -301,12 +301,18 @@ def store_errors(fn: Callable[Concatenate[Engine, P], R]) -> Callable[Concatenat
         except DBAPIError as exc:
             where = display_name(engine.url.render_as_string(hide_password=False))
             if is_busy(exc):
-                raise StoreBusy(f"{where}: cannot use the job store: database is locked: another process is "
-                                "writing to it") from None
+                raise _busy(engine) from None
             kind = StoreFull if is_full(exc) else StoreError
             raise kind(f"{where}: cannot use the job store: {exc.orig}") from None
 
     return wrapper
+
+
+def _busy(engine: Engine, why: str | None = None) -> StoreBusy:
+    """The store's write lock was not had in time: held by another process, unless ``why`` says otherwise."""
+    where = display_name(engine.url.render_as_string(hide_password=False))
+    return StoreBusy(f"{where}: cannot use the job store: "
+                     f"{why or 'database is locked: another process is writing to it'}")
 
 
 #: SQLite's "database or disk is full" (a full disk, or max_page_count reached), PostgreSQL's disk_full.
@@ -340,6 +346,8 @@ class _Turns:
         self._guard = threading.Lock()
         self._held = False
         self._queue: collections.deque[threading.Lock] = collections.deque()
+        #: The holder has the store's write lock (else it is itself waiting for another process's write).
+        self.writing = False
 
     def acquire(self, timeout: float) -> bool:
         with self._guard:
@@ -393,16 +401,18 @@ def write(engine: Engine, wait_s: float | None = None) -> Iterator[Connection]:
     lock = _writer_lock(engine)
     started = time.monotonic()
     if lock is not None and not lock.acquire(timeout=wait):
-        where = display_name(engine.url.render_as_string(hide_password=False))
-        raise StoreBusy(f"{where}: cannot use the job store: another thread of this process has been writing "
-                        f"to it for over {wait:g} s")
+        raise _busy(engine, f"another thread of this process has been writing to it for over {wait:g} s"
+                    if lock.writing else None)
     try:
         left = max(0.001, wait - (time.monotonic() - started))
         with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=left) as conn:
             with conn.begin():
+                if lock is not None:
+                    lock.writing = True
                 yield conn
     finally:
         if lock is not None:
+            lock.writing = False
             lock.release()
 
 
