@@ -12,12 +12,10 @@ or on a file they may not write (see :func:`_readonly_connect`).
 
 from __future__ import annotations
 
-import collections
 import functools
 import os
 import sqlite3
 import threading
-import time
 import urllib.parse
 from contextlib import contextmanager
 from importlib.resources import files
@@ -27,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from ._turns import Turns
 from .errors import StoreBusy, StoreError, StoreFull, UsageError, option
 
 DEFAULT_DB = "batcher.db"
@@ -334,55 +333,16 @@ def is_full(exc: DBAPIError) -> bool:
             or getattr(orig, "pgcode", None) == _PG_DISK_FULL)
 
 
-class _Turns:
-    """A lock taken in turn: threads waiting for it get it in the order they came.
-
-    ``threading.Lock`` lets a thread that has just released it take it
-    again ahead of the others, so one that writes in a loop could keep the
-    rest out past their wait.
-    """
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._held = False
-        self._queue: collections.deque[threading.Lock] = collections.deque()
-        #: The holder has the store's write lock (else it is itself waiting for another process's write).
-        self.writing = False
-
-    def acquire(self, timeout: float) -> bool:
-        with self._guard:
-            if not self._held:
-                self._held = True
-                return True
-            turn = threading.Lock()
-            turn.acquire()
-            self._queue.append(turn)
-        if turn.acquire(timeout=timeout):
-            return True  # handed over by release()
-        with self._guard:
-            if turn in self._queue:
-                self._queue.remove(turn)
-                return False
-        return True  # handed over just as the wait ran out
-
-    def release(self) -> None:
-        with self._guard:
-            if self._queue:
-                self._queue.popleft().release()  # still held: by the next in line
-            else:
-                self._held = False
-
-
 #: One lock per SQLite file for the writers of this process (see :func:`write`).
-_writers: dict[str, _Turns] = {}
+_writers: dict[str, Turns] = {}
 _writers_lock = threading.Lock()
 
 
-def _writer_lock(engine: Engine) -> _Turns | None:
+def _writer_lock(engine: Engine) -> Turns | None:
     if engine.url.get_backend_name() != "sqlite" or not engine.url.database:
         return None
     with _writers_lock:
-        return _writers.setdefault(engine.url.database, _Turns())
+        return _writers.setdefault(engine.url.database, Turns())
 
 
 @contextmanager
@@ -392,20 +352,16 @@ def write(engine: Engine, wait_s: float | None = None) -> Iterator[Connection]:
     Another writer is waited for up to ``wait_s`` (by default
     :data:`BUSY_TIMEOUT_S`); then the store is :class:`~batcher.errors.StoreBusy`.
     The writers of this process (the batches ``batcher serve`` runs, each
-    run's claimer and writer, a notebook's threads) take turns on a lock of
-    their own first: SQLite's busy wait polls, sleeping up to 100 ms a try,
-    so a score of threads each writing ten times a second left some of them
-    waiting past a run's 2 s, and its sending paused for nothing.
+    run's claimer and writer, a notebook's threads) take turns first (see
+    :mod:`batcher._turns`), waiting longer while the turns go round.
     """
     wait = wait_s or BUSY_TIMEOUT_S
     lock = _writer_lock(engine)
-    started = time.monotonic()
-    if lock is not None and not lock.acquire(timeout=wait):
+    if lock is not None and not lock.acquire(wait, max(wait, BUSY_TIMEOUT_S)):
         raise _busy(engine, f"another thread of this process has been writing to it for over {wait:g} s"
                     if lock.writing else None)
     try:
-        left = max(0.001, wait - (time.monotonic() - started))
-        with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=left) as conn:
+        with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=wait) as conn:
             with conn.begin():
                 if lock is not None:
                     lock.writing = True

@@ -1,6 +1,7 @@
 """``batcher serve`` under load: what an interactive request pays while a big batch runs.
 
 Usage: python bench/serve_bench.py [--rpm 3000] [--requests 10000] [--measure 60] [--every 1.0]
+                                   [--many 10] [--per 100] [--only-many]
 
 A real ``batcher serve`` subprocess in front of ``batcher simulate`` (which
 allows exactly --rpm per 60 s window, fixed latency). A batch of --requests
@@ -16,6 +17,9 @@ window) and one through the server. Printed:
               loaded machine a late wake-up loses its slot, for every run alike
   fair share  how long a 100-request batch created beside the big one takes
   429s        requests the simulator refused
+  many        --many batches of --per requests created one after another on a fresh
+              server: all their answers per minute, from the first create to the
+              last end, against --rpm; and the server's "store locked" pauses
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import anthropic
 import anyio
@@ -41,12 +46,13 @@ TOKEN = "bench-token"
 LATENCY_S = 0.1
 
 
-def start_server(db: str, upstream: str, rpm: float) -> tuple[subprocess.Popen[str], str, float]:
+def start_server(db: str, upstream: str, rpm: float, stderr: Any = subprocess.DEVNULL,
+                 ) -> tuple[subprocess.Popen[str], str, float]:
     env = {**os.environ, "POE_API_KEY": "bench-key", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "batcher", "serve", "--port", "0", "--db", db, "--rpm", str(rpm),
                              "--base-url", upstream, "--token", TOKEN], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env=env)
+                            stderr=stderr, text=True, env=env)
     assert proc.stdout is not None
     for line in proc.stdout:
         match = re.search(r"listening on (http://\S+)", line)
@@ -81,13 +87,48 @@ def timed_create(client: anthropic.Anthropic, i: int) -> float:
     return time.perf_counter() - start
 
 
+def many_batches(rpm: float, n: int, per: int) -> None:
+    """``n`` batches at once on one server: each runs with its own claimer and writer on one store."""
+    sim = SimulatorProcess(rpm=int(rpm), latency="0.05:0.2").start()
+    tmp = tempfile.mkdtemp(prefix="serve-bench-many-")
+    with open(os.path.join(tmp, "serve.err"), "w+") as err:
+        proc, url, _ = start_server(os.path.join(tmp, "store.db"), sim.base_url, rpm, stderr=err)
+        try:
+            client = anthropic.Anthropic(api_key=TOKEN, base_url=url, max_retries=0)
+            started = time.perf_counter()
+            ids = [client.messages.batches.create(requests=[
+                {"custom_id": f"r{i}", "params": {"model": MODEL, "max_tokens": 16, "messages": [
+                    {"role": "user", "content": f"Batch {k}, question {i}?"}]}} for i in range(per)]).id
+                for k in range(n)]
+            left = set(ids)
+            while left:
+                left = {i for i in left if client.messages.batches.retrieve(i).processing_status != "ended"}
+                time.sleep(0.05)
+            took = time.perf_counter() - started
+            answered = sum(client.messages.batches.retrieve(i).request_counts.succeeded for i in ids)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+            sim.stop()
+        err.seek(0)
+        locked = err.read().count("no request starts until it is free")
+    print(f"many         {n} batches of {per}: {answered:,} answers in {took:.1f} s = {answered / took * 60:,.0f}/min "
+          f"= {answered / took * 60 / rpm:.2f} of --rpm {rpm:g}; pauses for a locked store {locked}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rpm", type=float, default=3000)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--measure", type=float, default=60.0, help="seconds of steady state measured")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between interactive requests")
+    parser.add_argument("--many", type=int, default=10, help="batches created at once on a fresh server (0: none)")
+    parser.add_argument("--per", type=int, default=100, help="requests in each of those batches")
+    parser.add_argument("--only-many", action="store_true", help="measure only the batches created at once")
     args = parser.parse_args()
+    if args.only_many:
+        many_batches(args.rpm, args.many, args.per)
+        return
 
     sim = SimulatorProcess(rpm=int(args.rpm), window=60.0, latency=f"{LATENCY_S}:{LATENCY_S}").start()
     tmp = tempfile.mkdtemp(prefix="serve-bench-")
@@ -144,6 +185,8 @@ def main() -> None:
           f"{big_left} of the big one's still unsent")
     print(f"pacer alone  {alone:.3f} of --rpm in this process, no HTTP, 10 s (what the machine allows any run now)")
     print(f"429s         {refused}")
+    if args.many:
+        many_batches(args.rpm, args.many, args.per)
 
 
 if __name__ == "__main__":
