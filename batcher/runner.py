@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ from anyio.abc import ObjectSendStream
 from sqlalchemy import Engine
 
 from ._records import abandoned_row, attempt_row, failed, refusal, succeeded
+from ._voice import Voice
 from .claims import Claims
 from .client import Attempt, MessagesClient
 from .errors import EXIT_INTERRUPTED, StoreError, StoreStalled, first_user_error, option
@@ -73,8 +73,7 @@ class Runner:
         self.spend = Spend(engine, batch, config.limit, config.caps)
         self.taken = 0  # jobs this run claimed, against --limit
         self.twins = Twins() if config.reuse else None
-        #: Set when stderr's reader went away mid-run (see :meth:`_lose_output`); :meth:`run` raises it at its end.
-        self.lost_output: BrokenPipeError | None = None
+        self.voice = Voice(on_lost=self.request_stop)  # stderr gone: stop as on Ctrl-C
 
     # --- the pipeline ---------------------------------------------------------
     async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
@@ -92,7 +91,7 @@ class Runner:
                 self.state.fatal = (outcome, too_big)
             else:
                 async with self.client:
-                    outcome = await self._pipeline(self._guarded(on_progress))
+                    outcome = await self._pipeline(self.voice.guarded(on_progress))
         except BaseExceptionGroup as group:
             raise first_user_error(group) from None
         finally:
@@ -109,8 +108,8 @@ class Runner:
                 except StoreError:
                     if not quick or outcome != "failed":  # else the first error is the one to report
                         raise
-        if self.lost_output is not None:
-            raise self.lost_output
+        if self.voice.lost is not None:
+            raise self.voice.lost
         return self._summary(outcome, batch_counts(self.engine, self.batch.id), time.monotonic() - started)
 
     async def _pipeline(self, on_progress: Callable[[Snapshot], None] | None) -> str:
@@ -301,9 +300,9 @@ class Runner:
         if error is not None:
             self.pacer.pause(2 * FULL_RETRY_S)
         if was is not None and error is None:
-            self._tell(f"batcher: the store {was.again}; sending resumes")
+            self.voice.tell(f"batcher: the store {was.again}; sending resumes")
         elif was is None and error is not None:
-            self._tell(f"batcher: {error}: no request starts {error.until}; the answers of those in "
+            self.voice.tell(f"batcher: {error}: no request starts {error.until}; the answers of those in "
                        "flight wait in memory (Ctrl-C gives them up)")
         return not self.state.stopping
 
@@ -339,52 +338,12 @@ class Runner:
                 if self.state.stopping:
                     done, held = self.tally.done, self.state.held if self.state.stalled else 0
                     lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
-                    self._tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
+                    self.voice.tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
                                "the rest resumes on the next run")
                     os._exit(EXIT_INTERRUPTED)
-                self._tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
+                self.voice.tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
                            f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
                 self.request_stop()
-
-    def _tell(self, line: str) -> None:
-        """A line on stderr, on a fresh line after a live progress line (not in a log).
-
-        Nothing when the process has no stderr (``2>&-``), where ``print``
-        would write the line into the results on stdout; a closed pipe stops
-        the run (see :meth:`_lose_output`).
-        """
-        if sys.stderr is not None and self.lost_output is None:
-            try:
-                print(("\n" if sys.stderr.isatty() else "") + line, file=sys.stderr, flush=True)
-            except BrokenPipeError as exc:
-                self._lose_output(exc)
-
-    def _guarded(self, on_progress: Callable[[Snapshot], None] | None) -> Callable[[Snapshot], None] | None:
-        """``on_progress``, silent once stderr's reader has gone away (see :meth:`_lose_output`)."""
-        if on_progress is None:
-            return None
-
-        def show(snapshot: Snapshot) -> None:
-            if self.lost_output is None:
-                try:
-                    on_progress(snapshot)
-                except BrokenPipeError as exc:
-                    self._lose_output(exc)
-
-        return show
-
-    def _lose_output(self, exc: BrokenPipeError) -> None:
-        """Stderr's reader went away (``batcher run ... 2>&1 | head``): stop as a Ctrl-C stops.
-
-        Raised inside the run's task group, the closed pipe would tear the
-        run down, answers in flight lost; instead claiming stops, requests
-        in flight get the grace period and are stored, the rest goes back
-        to pending, and :meth:`run` raises the error at its end, so that
-        the command ends as other filters do when their reader goes away.
-        """
-        if self.lost_output is None:
-            self.lost_output = exc
-            self.request_stop()
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]
