@@ -219,7 +219,8 @@ class InvalidRows(ImportRejected):
         if more > 0:
             shown += f"; ... and {more} more"
         where = "" if from_rows else f"{report.file}: "
-        self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}",)
+        hint = f"; {report.hint}" if report.hint else ""  # the options the batch was imported with, if others
+        self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}{hint}",)
 
 
 def _as_rows(message: str) -> str:

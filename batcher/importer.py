@@ -395,7 +395,9 @@ def _options_hint(conn: Connection, stored: Batch, source: str, given: str, this
     if before is None or before == given:
         return None
     values = dict(zip(("model", "max_tokens", "system"), orjson.loads(before)))
-    spelled = " ".join(f"{option(k)} {v if k != 'system' else repr(v)}" for k, v in values.items() if v is not None)
+    given_then = [(k, v) for k, v in values.items() if v is not None]
+    spelled = (" ".join(f"{option(k)} {v if k != 'system' else repr(v)}" for k, v in given_then) if on_command_line()
+               else ", ".join(f"{k}={v!r}" for k, v in given_then))
     had = f"with {spelled}" if spelled else "with no options"
     resume = f", or send what it holds with: batcher run {stored.name}" if on_command_line() else ""
     return f"batch {stored.name!r} was imported from this file {had}: give those options again{resume}"

@@ -778,6 +778,12 @@ def test_a_file_given_other_options_than_its_batch_had_says_which(tmp_path: Path
     for options in ([], ["--model", HAIKU, "--max-tokens", "65"]):
         done = cli("import", "c.jsonl", "--db", "s.db", *options, cwd=tmp_path)
         assert done.returncode == 2 and hint in done.stderr.splitlines(), done.stderr
+    import batcher
+
+    with batcher.Store(tmp_path / "s.db") as store, pytest.raises(batcher.InvalidRows) as refused:
+        store.add(None, tmp_path / "c.jsonl", max_tokens=65)
+    assert str(refused.value).endswith(f"batch 'c' was imported from this file with model={HAIKU!r}, max_tokens=64: "
+                                       "give those options again")
 
 
 def test_status_needs_a_known_batch(tmp_path: Path) -> None:
