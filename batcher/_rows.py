@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
 
+from ._text import as_text, is_text
 from ._told import Progress
 from .errors import UsageError, on_command_line, option
 from .importer import ImportRejected, ImportReport
@@ -100,6 +101,9 @@ def defaults_of(model: Any, max_tokens: Any, system: Any) -> Defaults:
         raise UsageError(f"{option('model')} must be a model's name (a non-empty string), not {reprlib.repr(model)}")
     if system is not None and not isinstance(system, (str, list)):
         raise UsageError(f"{option('system')} must be a string or a list of text blocks, not {reprlib.repr(system)}")
+    for name, value in (("model", model), ("system", system)):
+        if isinstance(value, str) and not is_text(value):  # os.fsdecode of a Latin-1 name, say
+            raise UsageError(f"{option(name)} '{as_text(value)}' is not valid UTF-8")
     return Defaults(model, max_tokens, system)
 
 

@@ -106,6 +106,7 @@ def test_numpy_numbers_and_timestamps_are_taken_as_plain_values(env: Any) -> Non
     (dict(max_tokens=16.5), "max_tokens: '16.5' is not a whole number"),
     (dict(system=5), "system must be a string or a list of text blocks, not 5"),
     (dict(model=""), "model must be a model's name (a non-empty string), not ''"),
+    (dict(model="claude-\udce9"), "model 'claude-\\xe9' is not valid UTF-8"),
 ])
 def test_a_bad_option_is_one_usage_error_before_anything_is_stored(
         env: Any, tmp_path: Path, options: dict[str, Any], message: str) -> None:
