@@ -24,17 +24,18 @@ import orjson
 from sqlalchemy import Connection, Engine, bindparam, func, literal_column, select
 
 from . import tally
+from ._earlier import check_same_source, last_reading, options_hint
 from ._text import as_text, is_text
 from ._told import Progress
 from .cost import CostSums, merge_costs
 from .db import store_errors, write
-from .errors import UsageError, on_command_line, option
+from .errors import UsageError
 from .interrupts import CommitPoint
-from .jobfile import STDIN, Head, LineError, describe, needs_batch_name, readable_copy
+from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
 from .jobfile import fingerprint as file_fingerprint
 from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
 from .schema import imports, jobs
-from .store import Batch, check_batch_name, get_or_create_batch
+from .store import check_batch_name, get_or_create_batch
 from .validate import Defaults
 
 SHOWN_ERRORS = 20
@@ -310,7 +311,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     commit (see :mod:`batcher.interrupts`). Chunks with the ``fingerprint``
     of the batch's last import are not read, and a job file
     (:class:`FileChunks`, which has its own) is read only as far as it
-    changed since (see :func:`_last_reading`).
+    changed since (see :func:`batcher._earlier.last_reading`).
     """
     given = defaults_text(defaults)
     file = chunks if isinstance(chunks, FileChunks) else None
@@ -319,8 +320,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
         if same_source and not created:
-            _check_same_source(conn, stored, report, source)
-        last = None if fingerprint is None or created else _last_reading(conn, stored.id, source, fingerprint,
+            check_same_source(conn, stored, report.file, source)
+        last = None if fingerprint is None or created else last_reading(conn, stored.id, source, fingerprint,
                                                                           file, given)
         if last is not None and last.fingerprint == fingerprint:
             report.unchanged, report.import_id, report.unread = last.added + last.unchanged, last.id, True
@@ -341,7 +342,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         importer.finish()
         if report.rejected and (not skip_invalid or report.none_valid):
             if not created:
-                report.hint = _options_hint(conn, stored, source, given, import_id)
+                report.hint = options_hint(conn, stored, source, given, import_id)
             raise ImportRejected(report)  # with every line bad, skipping them would leave nothing
         head = file.read if file is not None else None
         worst: tuple[int | None, int | None] = (importer.worst_input, importer.worst_output)
@@ -361,50 +362,3 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         tally.add_statuses(conn, stored.id, {"pending": report.added})
         commit.reached()
     return report
-
-
-def _last_reading(conn: Connection, batch_id: int, source: str, fingerprint: str, file: FileChunks | None,
-                  defaults: str) -> Any:
-    """The batch's last import, if it read this input with these defaults and no bad line, and the input still
-    is (the same ``fingerprint``) or starts with (a ``file``'s same first bytes) what it read; else None.
-
-    Then reading that again would find every job unchanged: it is not read,
-    and that import's jobs stand under its id (no later import has moved
-    them to another). An import that had bad lines is not taken: they are
-    reported again, as an import always reports them.
-    """
-    last = conn.execute(select(imports).where(imports.c.batch_id == batch_id)
-                        .order_by(imports.c.id.desc()).limit(1)).first()
-    if last is None or (last.source, last.defaults, last.rejected) != (source, defaults, 0):
-        return None
-    if last.fingerprint == fingerprint:
-        return last
-    if file is None or last.read_bytes is None:  # only a hashed file reading keeps how far it read
-        return None
-    return last if file.skip(Head(last.read_bytes, last.read_lines, last.digest)) else None
-
-
-def _options_hint(conn: Connection, stored: Batch, source: str, given: str, this_import: int) -> str | None:
-    """The options the batch's last import of ``source`` before this one had, if not those ``given``: say them.
-
-    Run again without its ``--model``, or with another ``--max-tokens``,
-    every line fails (no model, a changed request), and they do not say why.
-    """
-    earlier = (imports.c.batch_id == stored.id, imports.c.source == source, imports.c.id != this_import)
-    before = conn.scalar(select(imports.c.defaults).where(*earlier).order_by(imports.c.id.desc()).limit(1))
-    if before is None or before == given:
-        return None
-    values = dict(zip(("model", "max_tokens", "system"), orjson.loads(before)))
-    given_then = [(k, v) for k, v in values.items() if v is not None]
-    spelled = (" ".join(f"{option(k)} {v if k != 'system' else repr(v)}" for k, v in given_then) if on_command_line()
-               else ", ".join(f"{k}={v!r}" for k, v in given_then))
-    had = f"with {spelled}" if spelled else "with no options"
-    resume = f", or send what it holds with: batcher run {stored.name}" if on_command_line() else ""
-    return f"batch {stored.name!r} was imported from this file {had}: give those options again{resume}"
-
-
-def _check_same_source(conn: Connection, stored: Batch, report: ImportReport, source: str) -> None:
-    known = set(conn.scalars(select(imports.c.source).where(imports.c.batch_id == stored.id))) | {stored.source}
-    if source not in known:
-        raise UsageError(f"{report.file}: batch {stored.name!r} already holds jobs from {stored.source}; "
-                         f"add this file to it with --batch {stored.name}, or name a new batch with --batch NAME")
