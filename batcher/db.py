@@ -43,7 +43,14 @@ def _refuse_memory(db: str) -> None:
 
 
 def resolve_url(db: str | None) -> str:
-    """The SQLAlchemy URL for ``--db``/``BATCHER_DB``/the default file."""
+    """The SQLAlchemy URL for ``--db``/``BATCHER_DB``/the default file.
+
+    An empty ``--db`` (``--db "$STORE"`` with the variable unset) is refused
+    rather than taken for the default: an import would otherwise make a new
+    store in the current folder. An empty ``BATCHER_DB`` is an unset one.
+    """
+    if db == "":
+        raise UsageError(f"{option('db')} is empty: give the job store's path, or leave it out for ./{DEFAULT_DB}")
     db = db or os.environ.get("BATCHER_DB") or DEFAULT_DB
     if db == ":memory:":
         _refuse_memory(db)

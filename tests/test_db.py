@@ -153,6 +153,19 @@ def test_new_file_from_a_url_is_private(tmp_path: Path, open_umask: None) -> Non
     assert revision(db) == HEAD
 
 
+def test_an_empty_db_is_refused_not_taken_for_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match=r"^db is empty: give the job store's path, or leave it out for ./batcher.db"):
+        open_store("")
+    done = subprocess.run([sys.executable, "-m", "batcher", "import", "-", "--batch", "b", "--db", ""], input="",
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (2, "batcher: error: --db is empty: give the job store's path, or "
+                                                 "leave it out for ./batcher.db\n")
+    assert not (tmp_path / DEFAULT_DB).exists()
+    monkeypatch.setenv("BATCHER_DB", "")  # an empty variable is an unset one
+    assert resolve_url(None).endswith(f"/{DEFAULT_DB}")
+
+
 def test_relative_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     open_store("sqlite:///rel.db").dispose()
