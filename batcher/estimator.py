@@ -58,6 +58,11 @@ class Estimate:
 
     ``requests`` counts one request per job: retries and rate-limited
     attempts come on top, answers reused with ``run --reuse`` come off.
+    Its repr is the figures a notebook wants at a glance.
+
+    >>> import batcher
+    >>> batcher.estimate(["Name a colour.", "Name a fruit."], model="claude-haiku-4.5", max_tokens=100)
+    Estimate(rows: 2 jobs, ~8 input tokens, at most 200 output tokens, 0 min at 500 rpm)
     """
 
     source: str
@@ -92,6 +97,10 @@ class Estimate:
     def minutes(self, requests: int) -> float:
         """Minutes ``requests`` take at the run's pace (just under ``rpm``)."""
         return round(requests / (self.rpm * HEADROOM), 2)
+
+    def __repr__(self) -> str:
+        return (f"Estimate({self.source}: {self.jobs:,} jobs, ~{self.input_tokens_estimate:,} input tokens, "
+                f"at most {self.max_output_tokens:,} output tokens, {self.minutes(self.jobs):g} min at {self.rpm:g} rpm)")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``estimate --json`` object."""

@@ -247,7 +247,8 @@ def test_docstring_examples_run(env: Any) -> None:
     outcome = runner.summarize(verbose=False)
     assert outcome.failed == 0
     # The error subclasses are shown through the others' examples.
-    assert {"run", "arun", "Store", "Batch", "Result", "RunSummary", "BatcherError", "InvalidRows"} <= with_examples
+    assert {"run", "arun", "Store", "Batch", "Result", "RunSummary", "BatcherError", "InvalidRows",
+            "Estimate"} <= with_examples
 
 
 def test_public_names() -> None:
