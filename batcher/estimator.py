@@ -100,7 +100,8 @@ class Estimate:
 
     def __repr__(self) -> str:
         return (f"Estimate({self.source}: {self.jobs:,} jobs, ~{self.input_tokens_estimate:,} input tokens, "
-                f"at most {self.max_output_tokens:,} output tokens, {self.minutes(self.jobs):g} min at {self.rpm:g} rpm)")
+                f"at most {self.max_output_tokens:,} output tokens, "
+                f"{self.minutes(self.jobs):g} min at {self.rpm:g} rpm)")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``estimate --json`` object."""
