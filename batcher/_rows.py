@@ -224,7 +224,15 @@ class InvalidRows(ImportRejected):
             shown += f"; ... and {more} more"
         where = "" if from_rows else f"{report.file}: "
         hint = f"; {report.hint}" if report.hint else ""  # the options the batch was imported with, if others
+        if from_rows and any(_POSITIONAL_CLASH.search(reason) for _, reason in self.errors):
+            hint += ("; rows without a custom_id are named by their position (line-1, line-2, ...), so other rows "
+                     "cannot be added to a named batch that way: give each row a custom_id, or pass the batch's "
+                     "earlier rows first")
         self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}{hint}",)
+
+
+#: A row named by its position (no custom_id of its own) that clashes with a row stored under that name.
+_POSITIONAL_CLASH = re.compile(r"^custom_id 'line-\d+' is already in the batch with a different request")
 
 
 def _as_rows(message: str) -> str:

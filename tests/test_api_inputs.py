@@ -117,6 +117,18 @@ def test_a_bad_option_is_one_usage_error_before_anything_is_stored(
     assert requests(env) == 0
 
 
+def test_rows_named_by_position_that_clash_in_a_named_batch_say_why(env: Any) -> None:
+    with batcher.Store("p.db") as store:
+        store.add("acc", ["x", "y"], max_tokens=16)
+        with pytest.raises(batcher.InvalidRows) as caught:
+            store.add("acc", ["z"], max_tokens=16)
+        assert str(caught.value).endswith("rows without a custom_id are named by their position (line-1, line-2, "
+                                          "...), so other rows cannot be added to a named batch that way: give "
+                                          "each row a custom_id, or pass the batch's earlier rows first")
+        assert [r.custom_id for r in store.add("acc", ["x", "y", "z"], max_tokens=16).results()] == [
+            "line-1", "line-2", "line-3"]
+
+
 def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any) -> None:
     """max_tokens=0 was refused as "InvalidRows: 2 bad row(s)", once per row, and a
     max_tokens given as text ("16") as well, where every run option given as text is taken."""
