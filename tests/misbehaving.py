@@ -81,6 +81,8 @@ class Misbehaving:
         if mode == "drip":
             delta = _event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "la "}})
             return StreamingResponse(self._forever(_opening(), delta), media_type="text/event-stream")
+        if mode == "portal":  # a captive portal's page, under a 200
+            return Response("<html><body>Sign in to continue</body></html>", media_type="text/html")
         if mode == "redirect":
             return RedirectResponse(f"{self.base_url}/ok/v1/messages", status_code=301)
         if mode.startswith("malformed-"):

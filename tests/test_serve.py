@@ -579,6 +579,20 @@ def test_upstream_refusals_reach_pass_through_clients_in_anthropic_shape(tmp_pat
         assert "<html>" not in error.response.text and "502 Bad Gateway" in error.body["error"]["message"]
 
 
+def test_an_upstream_page_under_a_200_is_a_502_not_relayed_as_a_message(tmp_path: Path) -> None:
+    with Misbehaving() as bad:
+        served = Served(tmp_path / "store.db", bad.url("portal")).wait_ready()
+        try:
+            with pytest.raises(anthropic.APIStatusError) as refused:
+                served.sdk().messages.create(model=MODEL, max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        finally:
+            served.stop()
+    assert refused.value.status_code == 502 and refused.value.body["error"] == {
+        "type": "api_error",
+        "message": "the upstream API answered HTTP 200 with something that is not a JSON object "
+                   "(text/html; charset=utf-8)"}
+
+
 def peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024

@@ -91,16 +91,28 @@ async def forward(fleet: Fleet, request: Request, path: str) -> Response:
         await upstream.aclose()
     if upstream.status_code in _SERVER_KEY or (upstream.status_code >= 400 and not _anthropic_error(content)):
         return _refusal(upstream.status_code, content, relayed, request.state.request_id)
+    if upstream.status_code < 300 and not isinstance(_json(content), dict):
+        # A proxy's or portal's page under a 200: relayed, the SDK would fail to read it as a message.
+        shown = upstream.headers.get("content-type") or "no content type"
+        raise ApiError(502, "api_error", f"the upstream API answered HTTP {upstream.status_code} with something "
+                                         f"that is not a JSON object ({shown})")
     return Response(content, status_code=upstream.status_code, headers=relayed)
+
+
+def _json(content: bytes) -> object:
+    """The JSON value of ``content``, or None if it is not JSON."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _anthropic_error(content: bytes) -> bool:
     """Whether an error body is in Anthropic's shape already, ready to relay as it is."""
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
+    data = _json(content)
+    if not isinstance(data, dict):
         return False
-    error = data.get("error") if isinstance(data, dict) else None
+    error = data.get("error")
     return (data.get("type") == "error" and isinstance(error, dict) and isinstance(error.get("type"), str)
             and isinstance(error.get("message"), str))
 
