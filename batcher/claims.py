@@ -136,7 +136,8 @@ class Claims:
     def horizon(self) -> int:
         """The number the last job claimed so far will have when handed out (see :attr:`handed`).
 
-        A job handed out after that one was claimed after now.
+        A job handed out after that one was claimed, and looked up for
+        ``--reuse``, after now (see :class:`batcher.reuse.Twins`).
         """
         return self._queued + self._incoming
 
