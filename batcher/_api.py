@@ -162,6 +162,7 @@ def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None 
     """
     from . import options as opt
     from ._rows import InvalidRows, defaults_of, records
+    from .errors import UsageError
     from .estimator import estimate as estimate_source
     from .estimator import estimate_rows
     from .importer import ImportRejected
@@ -174,3 +175,8 @@ def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None 
         return estimate_rows(records(rows), defaults, rpm)
     except ImportRejected as exc:
         raise InvalidRows(exc.report, from_rows=not isinstance(rows, (str, os.PathLike))) from None
+    except UsageError as exc:
+        if not isinstance(rows, str) or os.path.exists(rows):
+            raise
+        # Neither a file nor a batch: most likely a prompt given alone.
+        raise UsageError(f"{exc}; for one prompt, pass a list: [prompt]") from None

@@ -194,6 +194,12 @@ def test_a_prompt_given_alone_is_told_how_to_be_sent(env: Any, tmp_path: Path) -
         with command_line_words(), pytest.raises(batcher.UsageError) as caught:
             store.add("h", "prompts.jsonl")  # a shell's user meant a path: the plain message
         assert str(caught.value) == "prompts.jsonl: no such file"
+        store.add("h", ["one"], max_tokens=16)
+    # For an estimate a string may name a batch too: the hint follows what was looked for.
+    with pytest.raises(batcher.UsageError) as caught:
+        batcher.estimate("Name a colour.", db="h.db")
+    assert str(caught.value) == ("no batch named 'Name a colour.' (batches here: h); for one prompt, pass a list: "
+                                 "[prompt]")
 
 
 def test_no_rows_make_no_batch(env: Any, tmp_path: Path) -> None:
