@@ -161,7 +161,7 @@ def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None 
     (2, 128)
     """
     from . import options as opt
-    from ._rows import InvalidRows, defaults_of, records
+    from ._rows import PROMPT_HINT, InvalidRows, defaults_of, records
     from .errors import UsageError
     from .estimator import estimate as estimate_source
     from .estimator import estimate_rows
@@ -179,4 +179,4 @@ def estimate(rows: Iterable[Any] | str | os.PathLike[str], *, model: str | None 
         if not isinstance(rows, str) or os.path.exists(rows):
             raise
         # Neither a file nor a batch: most likely a prompt given alone.
-        raise UsageError(f"{exc}; for one prompt, pass a list: [prompt]") from None
+        raise UsageError(f"{exc}; {PROMPT_HINT}") from None

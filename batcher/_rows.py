@@ -73,7 +73,11 @@ def refuse_a_prompt_for_a_path(rows: str) -> None:
     """
     if rows == STDIN or on_command_line() or os.path.lexists(rows):
         return
-    raise UsageError(f"{_SHORT.repr(rows)}: no such file (for one prompt, pass a list: [prompt])")
+    raise UsageError(f"{_SHORT.repr(rows)}: no such file ({PROMPT_HINT})")
+
+
+#: What a string meant as one prompt is told (see :func:`refuse_a_prompt_for_a_path`).
+PROMPT_HINT = "for one prompt, pass a list: [prompt]"
 
 
 #: A prompt shown in a message: quoted, on one line, its middle cut when long.

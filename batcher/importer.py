@@ -322,7 +322,7 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         if same_source and not created:
             check_same_source(conn, stored, report.file, source)
         last = None if fingerprint is None or created else last_reading(conn, stored.id, source, fingerprint,
-                                                                          file, given)
+                                                                         file, given)
         if last is not None and last.fingerprint == fingerprint:
             report.unchanged, report.import_id, report.unread = last.added + last.unchanged, last.id, True
             return report  # nothing to write

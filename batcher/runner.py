@@ -303,7 +303,7 @@ class Runner:
             self.voice.tell(f"batcher: the store {was.again}; sending resumes")
         elif was is None and error is not None:
             self.voice.tell(f"batcher: {error}: no request starts {error.until}; the answers of those in "
-                       "flight wait in memory (Ctrl-C gives them up)")
+                            "flight wait in memory (Ctrl-C gives them up)")
         return not self.state.stopping
 
     # --- stopping ------------------------------------------------------------
@@ -339,10 +339,10 @@ class Runner:
                     done, held = self.tally.done, self.state.held if self.state.stalled else 0
                     lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
                     self.voice.tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
-                               "the rest resumes on the next run")
+                                    "the rest resumes on the next run")
                     os._exit(EXIT_INTERRUPTED)
                 self.voice.tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
-                           f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
+                                f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
                 self.request_stop()
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
