@@ -74,9 +74,19 @@ class Runner:
         self.taken = 0  # jobs this run claimed, against --limit
         self.twins = Twins() if config.reuse else None
         self.voice = Voice(on_lost=self.request_stop)  # stderr gone: stop as on Ctrl-C
+        self.signals: Any = None  # Ctrl-C and SIGTERM, once run() receives them
 
     # --- the pipeline ---------------------------------------------------------
     async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
+        # Ctrl-C and SIGTERM are the run's from its first step: one landing before the
+        # pipeline is up waits in the receiver for the watcher, which stops the run at once.
+        # (Raised as KeyboardInterrupt inside the run's tasks, it ended in a traceback.)
+        signals = (anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) if self.config.handle_signals
+                   else contextlib.nullcontext())
+        with signals as self.signals:
+            return await self._run(on_progress)
+
+    async def _run(self, on_progress: Callable[[Snapshot], None] | None) -> RunSummary:
         started = time.monotonic()
         self.run_id = await anyio.to_thread.run_sync(
             start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
@@ -333,17 +343,18 @@ class Runner:
             self.work_scope.deadline = min(self.work_scope.deadline, deadline)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                if self.state.stopping:
-                    done, held = self.tally.done, self.state.held if self.state.stalled else 0
-                    lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
-                    self.voice.tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
-                                    "the rest resumes on the next run")
-                    os._exit(EXIT_INTERRUPTED)
-                self.voice.tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
-                                f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
-                self.request_stop()
+        asked = False  # the run may be stopping already, on its own: the first signal still asks
+        async for _ in self.signals:
+            if asked:
+                done, held = self.tally.done, self.state.held if self.state.stalled else 0
+                lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
+                self.voice.tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
+                                "the rest resumes on the next run")
+                os._exit(EXIT_INTERRUPTED)
+            self.voice.tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
+                            f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
+            asked = True
+            self.request_stop()
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:
         left = counts["pending"] + counts["running"]

@@ -200,6 +200,47 @@ def test_workers_ignore_stop_signals_sent_to_them(started: Any, big_file: Path, 
     assert stored_jobs(db) == LINES
 
 
+def threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_run_is_under_way_stops_it_as_a_run(started: Any, tmp_path: Path, signum: int) -> None:
+    """The run's first step waits for the store (another process holds it): a signal there is the run's.
+
+    It stops with its summary and closes its run; raised inside the run's
+    tasks instead, it ended in a traceback (exit 1), or in a hang.
+    """
+    db = tmp_path / "w.db"
+    jobs = tmp_path / "few.jsonl"
+    jobs.write_text("".join('{"prompt": "Say %d."}\n' % i for i in range(5)))
+    imported = subprocess.run([*command(), "import", str(jobs), "--db", str(db), "--model", HAIKU,
+                               "--max-tokens", "10"], env=environment(), capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        run = started("run", "few", "--db", str(db), "--base-url", "http://127.0.0.1:9")
+        # The command alone has one thread; the run's first store write, another.
+        assert run.wait_for(lambda: threads(run.pid) >= 2), "the run ended before waiting for the store"
+        time.sleep(0.3)
+        os.kill(run.pid, signum)
+        time.sleep(0.3)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    code, out, err = run.finish()
+    assert code == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.endswith("0 done, 5 left: run the same command again to resume\n"), err
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]
+        assert conn.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+
+
 def holding_stop_signals(pid: int) -> bool:
     """Whether the process's main thread holds SIGINT and SIGTERM (its start-up does)."""
     try:
