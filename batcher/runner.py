@@ -75,12 +75,12 @@ class Runner:
         self.twins = Twins() if config.reuse else None
         self.voice = Voice(on_lost=self.request_stop)  # stderr gone: stop as on Ctrl-C
         self.signals: Any = None  # Ctrl-C and SIGTERM, once run() receives them
+        self.asked_to_stop = False  # by one of them: the next quits at once
 
     # --- the pipeline ---------------------------------------------------------
     async def run(self, on_progress: Callable[[Snapshot], None] | None = None) -> RunSummary:
-        # Ctrl-C and SIGTERM are the run's from its first step: one landing before the
-        # pipeline is up waits in the receiver for the watcher, which stops the run at once.
-        # (Raised as KeyboardInterrupt inside the run's tasks, it ended in a traceback.)
+        # Ctrl-C and SIGTERM are the run's from its first step: raised as KeyboardInterrupt
+        # inside its tasks, one ended in a traceback. (Until the pipeline is up, they wait here.)
         signals = (anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) if self.config.handle_signals
                    else contextlib.nullcontext())
         with signals as self.signals:
@@ -88,8 +88,8 @@ class Runner:
 
     async def _run(self, on_progress: Callable[[Snapshot], None] | None) -> RunSummary:
         started = time.monotonic()
-        self.run_id = await anyio.to_thread.run_sync(
-            start_run, self.engine, self.batch.id, self.batch.name, self.config.rpm, self.config.base_url)
+        self.run_id = await self._starting(start_run, self.engine, self.batch.id, self.batch.name,
+                                           self.config.rpm, self.config.base_url)
         counts = await anyio.to_thread.run_sync(batch_counts, self.engine, self.batch.id)
         self.gauge.left_at_start, self.gauge.total = counts["pending"] + counts["running"], sum(counts.values())
         outcome = "failed"
@@ -342,18 +342,34 @@ class Runner:
             deadline = anyio.current_time() + (self.config.grace_s if grace_s is None else grace_s)
             self.work_scope.deadline = min(self.work_scope.deadline, deadline)
 
+    async def _starting(self, step: Callable[..., int], *args: Any) -> int:
+        """A start-up step in a thread, Ctrl-C answered meanwhile: another process may hold the store for a while."""
+        if self.signals is None:
+            return await anyio.to_thread.run_sync(step, *args)
+        done: list[int | Exception] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._watch_signals)
+            try:
+                done.append(await anyio.to_thread.run_sync(step, *args))
+            except Exception as exc:  # raised as itself, not in the group's ExceptionGroup
+                done.append(exc)
+            group.cancel_scope.cancel()
+        if isinstance(done[0], Exception):
+            raise done[0]
+        return done[0]
+
     async def _watch_signals(self) -> None:
-        asked = False  # the run may be stopping already, on its own: the first signal still asks
         async for _ in self.signals:
-            if asked:
+            if self.asked_to_stop:  # not ``state.stopping``: the run may be stopping on its own
                 done, held = self.tally.done, self.state.held if self.state.stalled else 0
                 lost = f"; {held:,} held for the store are not, and are sent again" if held else ""
                 self.voice.tell(f"batcher: stopped at once; {done:,} done are safely stored{lost}, "
                                 "the rest resumes on the next run")
                 os._exit(EXIT_INTERRUPTED)
-            self.voice.tell(f"batcher: stopping: waiting up to {self.config.grace_s:g} s for "
-                            f"{self.state.in_flight} request(s) in flight (Ctrl-C again to quit now)")
-            asked = True
+            waiting = (f"waiting up to {self.config.grace_s:g} s for {self.state.in_flight} request(s) in flight"
+                       if self.claims is not None else "nothing sent yet")
+            self.voice.tell(f"batcher: stopping: {waiting} (Ctrl-C again to quit now)")
+            self.asked_to_stop = True
             self.request_stop()
 
     def _summary(self, outcome: str, counts: dict[str, int], elapsed: float) -> RunSummary:

@@ -207,13 +207,8 @@ def threads(pid: int) -> int:
         return 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_before_the_run_is_under_way_stops_it_as_a_run(started: Any, tmp_path: Path, signum: int) -> None:
-    """The run's first step waits for the store (another process holds it): a signal there is the run's.
-
-    It stops with its summary and closes its run; raised inside the run's
-    tasks instead, it ended in a traceback (exit 1), or in a hang.
-    """
+def waiting_for_the_store(started: Any, tmp_path: Path) -> tuple[Any, Path, sqlite3.Connection]:
+    """A run of a 5-job batch whose first step waits: another process holds the store."""
     db = tmp_path / "w.db"
     jobs = tmp_path / "few.jsonl"
     jobs.write_text("".join('{"prompt": "Say %d."}\n' % i for i in range(5)))
@@ -222,11 +217,21 @@ def test_a_signal_before_the_run_is_under_way_stops_it_as_a_run(started: Any, tm
     assert imported.returncode == 0, imported.stderr
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
+    run = started("run", "few", "--db", str(db), "--base-url", "http://127.0.0.1:9")
+    # The command alone has one thread; the run's first store write, another.
+    assert run.wait_for(lambda: threads(run.pid) >= 2), "the run ended before waiting for the store"
+    time.sleep(0.3)
+    return run, db, other
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_run_is_under_way_stops_it_as_a_run(started: Any, tmp_path: Path, signum: int) -> None:
+    """A signal while the run starts is the run's: it stops with its summary, having sent nothing.
+
+    Raised inside the run's tasks instead, it ended in a traceback (exit 1), or in a hang.
+    """
+    run, db, other = waiting_for_the_store(started, tmp_path)
     try:
-        run = started("run", "few", "--db", str(db), "--base-url", "http://127.0.0.1:9")
-        # The command alone has one thread; the run's first store write, another.
-        assert run.wait_for(lambda: threads(run.pid) >= 2), "the run ended before waiting for the store"
-        time.sleep(0.3)
         os.kill(run.pid, signum)
         time.sleep(0.3)
     finally:
@@ -235,10 +240,28 @@ def test_a_signal_before_the_run_is_under_way_stops_it_as_a_run(started: Any, tm
     code, out, err = run.finish()
     assert code == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.startswith("batcher: stopping: nothing sent yet (Ctrl-C again to quit now)\n"), err
     assert err.endswith("0 done, 5 left: run the same command again to resume\n"), err
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT outcome FROM runs").fetchall() == [("interrupted",)]
         assert conn.execute("SELECT count(*) FROM attempts").fetchone() == (0,)
+
+
+def test_a_second_ctrl_c_while_the_store_keeps_the_run_waiting_quits_at_once(started: Any, tmp_path: Path) -> None:
+    run, db, other = waiting_for_the_store(started, tmp_path)
+    try:
+        os.kill(run.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(run.pid, signal.SIGINT)
+        code, out, err = run.finish()  # the store still held: the run never started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert code == 130, err
+    assert err == ("batcher: stopping: nothing sent yet (Ctrl-C again to quit now)\n"
+                   "batcher: stopped at once; 0 done are safely stored, the rest resumes on the next run\n")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM runs").fetchone() == (0,)
 
 
 def holding_stop_signals(pid: int) -> bool:
