@@ -295,7 +295,9 @@ class Batch:
         cap this run's tokens (in-flight aware); ``reuse=True`` answers jobs
         from identical requests already answered in the store. A run stopped
         by one of them returns its summary (``outcome`` "limit" or "budget",
-        ``exit_code`` 5, ``message`` saying which); calling again goes on.
+        ``exit_code`` 5, ``message`` saying which, and naming a job by its
+        0-based row, as :attr:`Result.index <batcher.Result.index>` does);
+        calling again goes on.
         """
         from ._running import RunControl, run_config
         from ._sync import call_sync

@@ -168,6 +168,17 @@ def option(name: str, *, switch: bool = False) -> str:
     return f"{name}=True" if switch else name
 
 
+def place(line: int) -> str:
+    """A job's place as its caller counts: ``line 3`` of a file in a shell, ``row 2`` of the rows in Python.
+
+    ``line`` is the job's line number (from 1) in what its import read.
+    Python counts rows from 0, as :attr:`batcher.Result.index` and
+    :attr:`batcher.InvalidRows.errors` do, so a message naming ``line 14``
+    would send a notebook's user to the wrong row.
+    """
+    return f"line {line}" if on_command_line() else f"row {line - 1}"
+
+
 def on_command_line() -> bool:
     """The call came from the ``batcher`` command (for advice only a shell can take)."""
     return _COMMAND_LINE.get()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from .budget import Budget, Caps
 from .cost import Cost
-from .errors import UsageError, option
+from .errors import UsageError, option, place
 from .jobqueue import ANSWER_COLUMNS, AttemptRow, ClaimedJob, Outcome, find_answers, unfinished_costs, worst_job_cost
 from .reuse import request_key
 from .store import Batch
@@ -55,11 +55,11 @@ def first_over_cap(engine: Engine, batch: Batch, caps: Caps, limit: int | None =
     for custom_id, line, _, cost in unfinished_costs(engine, batch.id, limit):
         side = caps.exceeded_alone(cost)
         if side == "output":
-            return (f"job {custom_id!r} (line {line}) has max_tokens {cost.output_tokens:,}, more than "
+            return (f"job {custom_id!r} ({place(line)}) has max_tokens {cost.output_tokens:,}, more than "
                     f"{option('max_output_tokens')} {caps.max_output_tokens:,} allows; raise the cap "
                     "(or lower that job's max_tokens)")
         if side == "input":
-            return (f"job {custom_id!r} (line {line}) is estimated at {cost.input_tokens:,} input tokens, "
+            return (f"job {custom_id!r} ({place(line)}) is estimated at {cost.input_tokens:,} input tokens, "
                     f"more than {option('max_input_tokens')} {caps.max_input_tokens:,} allows; raise the cap "
                     "(or shorten that job's input)")
     return None

@@ -216,13 +216,13 @@ def test_a_job_over_a_cap_is_found_before_sending_however_it_came_in(tmp_path: P
     api = apibatches.create(engine, [("small", params), ("large", dict(params, max_tokens=2000))], 3600)
     engine.dispose()
     sent = sim.stats()["requests"]
-    for name, cap, named in (("g", 500, "job 'big' (line 6) has max_tokens 900"),
-                             (api.name, 1000, "job 'large' (line 2) has max_tokens 2,000")):
+    for name, cap, named in (("g", 500, "job 'big' (row 5) has max_tokens 900"),
+                             (api.name, 1000, "job 'large' (row 1) has max_tokens 2,000")):
         refused = run(db, sim, name, max_output_tokens=cap)
         assert refused.exit_code == 5 and f"nothing sent: {named}" in (refused.message or ""), refused.message
     query(db, "UPDATE imports SET worst_input_tokens = NULL, worst_output_tokens = NULL")
     refused = run(db, sim, "g", max_output_tokens=500)
-    assert "nothing sent: job 'big' (line 6)" in (refused.message or "")
+    assert "nothing sent: job 'big' (row 5)" in (refused.message or "")
     assert sim.stats()["requests"] == sent
     assert run(db, sim, "g", max_output_tokens=1000).exit_code == 0
     assert sim.stats()["requests"] == sent + 1
@@ -355,3 +355,19 @@ def test_python_api_takes_the_same_options(tmp_path: Path, simulator: Any, monke
     results = batcher.run(rows, max_tokens=20, db=db, batch="again", reuse=True, progress=False, rpm=60_000)
     assert [r.status for r in results] == ["succeeded"] * 11
     assert sim.stats()["requests"] == 10
+
+
+def test_python_names_a_job_over_a_cap_by_its_row(tmp_path: Path, simulator: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows count from 0 in Python: the 13th row (index 12) was named "line 13" and sent people to row 13."""
+    import batcher
+
+    sim = simulator(rpm=100_000)
+    monkeypatch.setenv("POE_API_KEY", KEY)
+    rows: list[Any] = [f"prompt {i}" for i in range(14)]
+    rows[12] = {"prompt": "a long answer", "max_tokens": 900}
+    with batcher.Store(tmp_path / "rows.db") as store:
+        summary = store.add("rows", rows, max_tokens=16).run(max_output_tokens=500, base_url=sim.base_url,
+                                                             progress=False)
+    assert summary.outcome == "budget" and sim.stats()["requests"] == 0
+    assert "job 'line-13' (row 12) has max_tokens 900" in (summary.message or ""), summary.message
