@@ -87,7 +87,9 @@ class Store:
         new ones added), and all or nothing: one invalid row raises
         :class:`batcher.InvalidRows` naming every bad row, and nothing is
         stored, unless ``skip_invalid`` (which still raises when no row is
-        valid: an empty batch is no one's intent). Rows are streamed, so memory stays
+        valid: an empty batch is no one's intent; the rows it skipped are
+        ``report.errors``, as ``(index, reason)`` like :attr:`InvalidRows.errors
+        <batcher.InvalidRows>`: rows count from 0). Rows are streamed, so memory stays
         flat. With ``name=None`` a file's batch is named after the file, and
         rows' batch after a hash of the rows and these options (the rows are
         then read twice, so an iterator is first turned into a list; no rows
@@ -107,8 +109,8 @@ class Store:
         ('rows-...', 1)
         """
         from ._progress import counting
-        from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, prepared_rows, records,
-                            refuse_a_prompt_for_a_path, rows_report)
+        from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, positions, prepared_rows,
+                            records, refuse_a_prompt_for_a_path, rows_report)
         from .importer import ImportRejected, import_chunks
 
         if name is not None:
@@ -135,6 +137,7 @@ class Store:
                                        defaults=defaults, fingerprint=fingerprint)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=True) from None
+        report.errors = positions(report.errors, from_rows=True)  # type: ignore[assignment]
         return Batch(self._engine, find_batch(self._engine, name), report)
 
     def _add_file(self, name: str | None, path: str, defaults: Defaults, skip_invalid: bool,

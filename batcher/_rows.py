@@ -219,9 +219,7 @@ class InvalidRows(ImportRejected):
     def __init__(self, report: ImportReport, from_rows: bool) -> None:
         super().__init__(report)
         what = "row" if from_rows else "line"
-        self.errors: list[tuple[int, str]] = [
-            (e.line - 1, _as_rows(e.message)) if from_rows else (e.line, e.message)
-            for e in sorted(report.errors, key=lambda e: e.line)]
+        self.errors = positions(report.errors, from_rows)
         shown = "; ".join(f"{what} {pos}: {reason}" for pos, reason in self.errors[:SHOWN_IN_MESSAGE])
         more = report.rejected - min(len(self.errors), SHOWN_IN_MESSAGE)
         if more > 0:
@@ -233,6 +231,19 @@ class InvalidRows(ImportRejected):
                      "cannot be added to a named batch that way: give each row a custom_id, or pass the batch's "
                      "earlier rows first")
         self.args = (f"{where}{report.rejected} bad {what}(s), nothing imported: {shown}{hint}",)
+
+
+def positions(errors: Iterable[LineError], from_rows: bool) -> list[tuple[int, str]]:
+    """Bad rows or lines as ``(position, reason)``, in order: a row's 0-based index, or a file's line number.
+
+    The import numbers rows as lines, from 1; Python counts them from 0, as
+    :attr:`batcher.Result.index` does, and so does every message about them.
+
+    >>> positions([LineError(3, "duplicate custom_id 'a' (first on line 1)")], from_rows=True)
+    [(2, "duplicate custom_id 'a' (first in row 0)")]
+    """
+    return [(e.line - 1, _as_rows(e.message)) if from_rows else (e.line, e.message)
+            for e in sorted(errors, key=lambda e: e.line)]
 
 
 #: A row named by its position (no custom_id of its own) that clashes with a row stored under that name.

@@ -51,6 +51,8 @@ class ImportReport:
     added: int = 0
     unchanged: int = 0
     rejected: int = 0
+    #: The bad lines kept; in the report of rows given in Python (:meth:`batcher.Store.add`), once imported,
+    #: ``(index, reason)`` pairs, rows counted from 0 as :class:`batcher.InvalidRows` counts them.
     errors: list[LineError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: How many bad lines to keep (the lowest); None keeps every one.

@@ -158,6 +158,8 @@ def test_invalid_rows_raise_naming_each_and_store_nothing(env: Any, tmp_path: Pa
     with batcher.Store() as store:
         b = store.add("kept", rows, skip_invalid=True)
         assert (b.report.added, b.report.rejected) == (2, 4)
+        # The rows it skipped are counted from 0, as InvalidRows counts them (they were lines, from 1).
+        assert b.report.errors == error.errors
 
 
 def test_pandas_in_and_out(env: Any) -> None:
