@@ -47,7 +47,8 @@ def records(rows: Any) -> Iterable[Any]:
     """The rows of ``rows``: a DataFrame's records (empty cells left out), a Series' values, or ``rows``.
 
     A single row (a dict) or something that is no collection is refused: a
-    dict would otherwise be read as its keys, each one a prompt.
+    dict would otherwise be read as its keys, each one a prompt. So is a
+    set: rows are known again by their order.
     """
     if hasattr(rows, "columns") and hasattr(rows, "iloc") and hasattr(rows, "to_dict"):
         return _frame_records(rows)
@@ -55,6 +56,11 @@ def records(rows: Any) -> Iterable[Any]:
         return rows.tolist()  # type: ignore[no-any-return]
     if isinstance(rows, dict):
         raise UsageError("rows must be a collection of rows; for one row, pass [row]")
+    if isinstance(rows, (set, frozenset)):
+        # Its order changes from one process to the next: the same call made
+        # again would be other rows (another batch, line-1 another prompt) and pay again.
+        raise UsageError("rows must come in an order, and a set has none (the same call made again would send "
+                         "them again): pass sorted(rows) or a list")
     if isinstance(rows, bytes) or not hasattr(rows, "__iter__"):
         raise UsageError(f"rows must be prompts, dicts, a DataFrame or a job file's path, not {type(rows).__name__}")
     return rows  # type: ignore[no-any-return]

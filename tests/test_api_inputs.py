@@ -171,6 +171,8 @@ def test_options_given_as_text_work_like_numbers(env: Any) -> None:
     (None, "rows must be prompts, dicts, a DataFrame or a job file's path, not NoneType"),
     (5, "rows must be prompts, dicts, a DataFrame or a job file's path, not int"),
     ({"prompt": "one row"}, "rows must be a collection of rows; for one row, pass [row]"),
+    # A set's order changes from one process to the next: the same call made again was another batch, paid again.
+    ({"Name a colour.", "Name a fruit."}, "rows must come in an order, and a set has none"),
 ])
 def test_rows_that_are_no_collection_are_refused(env: Any, rows: Any, message: str) -> None:
     with pytest.raises(batcher.UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
