@@ -57,7 +57,10 @@ def options_hint(conn: Connection, stored: Batch, source: str, given: str, this_
                else ", ".join(f"{k}={v!r}" for k, v in given_then))
     had = f"with {spelled}" if spelled else "with no options"
     resume = f", or send what it holds with: batcher run {stored.name}" if on_command_line() else ""
-    return f"batch {stored.name!r} was imported from this file {had}: give those options again{resume}"
+    from ._rows import ROWS_SOURCE  # here: _rows imports the importer, which imports this
+
+    what = "given its earlier rows" if source == ROWS_SOURCE else "imported from this file"
+    return f"batch {stored.name!r} was {what} {had}: give those options again{resume}"
 
 
 def check_same_source(conn: Connection, stored: Batch, file: str, source: str) -> None:

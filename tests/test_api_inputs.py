@@ -129,6 +129,17 @@ def test_rows_named_by_position_that_clash_in_a_named_batch_say_why(env: Any) ->
             "line-1", "line-2", "line-3"]
 
 
+def test_rows_refused_for_their_options_are_told_the_options_of_the_earlier_rows(env: Any) -> None:
+    """Rows given again without the max_tokens they were stored with: the hint spoke of "this file"."""
+    rows = [{"custom_id": "a", "prompt": "one"}, {"custom_id": "b", "prompt": "two"}]
+    with batcher.Store() as store:
+        store.add("named", rows, max_tokens=16)
+        with pytest.raises(batcher.InvalidRows) as refused:
+            store.add("named", rows)
+    assert str(refused.value).endswith("batch 'named' was given its earlier rows with model='claude-haiku-4.5', "
+                                       "max_tokens=16: give those options again"), str(refused.value)
+
+
 def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any) -> None:
     """max_tokens=0 was refused as "InvalidRows: 2 bad row(s)", once per row, and a
     max_tokens given as text ("16") as well, where every run option given as text is taken."""
