@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ._turns import Turns
 from .errors import StoreBusy, StoreError, StoreFull, UsageError, option
+from .interrupts import letting_go_after_interrupt
 
 DEFAULT_DB = "batcher.db"
 BUSY_TIMEOUT_S = 30
@@ -369,7 +370,7 @@ def write(engine: Engine, wait_s: float | None = None) -> Iterator[Connection]:
                     if lock.writing else None)
     try:
         with engine.connect().execution_options(batcher_immediate=True, batcher_wait_s=wait) as conn:
-            with conn.begin():
+            with conn.begin(), letting_go_after_interrupt():
                 if lock is not None:
                     lock.writing = True
                 yield conn

@@ -160,3 +160,25 @@ def redeliver_lost_interrupts() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+
+@contextmanager
+def letting_go_after_interrupt() -> Iterator[None]:
+    """Let go at once of what the frames a Ctrl-C cuts short still hold (a statement SQLite was running).
+
+    A KeyboardInterrupt landing inside a statement leaves it unfinished in
+    the traceback's frames, and SQLite keeps its connection, with the write
+    transaction's lock, until they are collected: in a notebook, which keeps
+    the last traceback, not at all, and the next write (of this process or
+    another) waited 30 s to be told another process held the store. The
+    frames' locals are cleared; their lines stay for the traceback.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            import traceback  # here: rarely needed, and not among what a command loads to start
+
+            traceback.clear_frames(exc.__traceback__)
+        raise

@@ -335,6 +335,33 @@ def test_ctrl_c_while_the_run_starts_its_loop_is_a_stop_not_a_hang(env: Any, mon
         assert caught.value.summary.left > 0  # a graceful stop: not every row was sent
 
 
+def test_ctrl_c_inside_an_import_leaves_the_store_free_to_write(env: Any) -> None:
+    """A Ctrl-C landing just as an import's statement ran left it held by the traceback, and SQLite held
+    the write lock with it: a notebook keeps the last traceback, and the same call made again waited 30 s
+    to be told another process was writing to the store."""
+    import _thread
+    import sqlite3
+
+    from sqlalchemy import event
+
+    rows = [f"row {i}" for i in range(10)]
+    with batcher.Store("s.db") as store:
+        @event.listens_for(store.engine, "after_cursor_execute")
+        def ctrl_c_now(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            if statement.startswith("INSERT INTO jobs"):
+                event.remove(store.engine, "after_cursor_execute", ctrl_c_now)
+                _thread.interrupt_main()  # as a Ctrl-C: raised in the main thread at its next step
+
+        with pytest.raises(KeyboardInterrupt) as caught:
+            store.add("s", rows, max_tokens=16)
+        other = sqlite3.connect("s.db", timeout=0.2)
+        other.execute("BEGIN IMMEDIATE")  # "database is locked" while the interrupted statement was held
+        other.rollback()
+        other.close()
+        assert store.add("s", rows, max_tokens=16).report.added == 10
+        assert caught.value is not None  # kept, as a notebook keeps the last traceback
+
+
 def test_every_public_error_survives_pickling(env: Any) -> None:
     """An error raised in a process pool's worker is pickled to reach the caller: InvalidRows,
     whose __init__ takes a report, could not be rebuilt, and the caller got BrokenProcessPool."""
