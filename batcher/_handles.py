@@ -10,11 +10,12 @@ handed to the runner alone.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from ._batch import Batch
 from .db import compact, display_name, open_store
-from .errors import UsageError
+from .errors import Interrupted, UsageError, on_command_line
 from .store import check_batch_name, find_batch, list_batches
 
 # The importer loads on first use, so that the reading commands (status,
@@ -28,6 +29,23 @@ DEFAULT_MODEL = "claude-haiku-4.5"
 DEFAULT_MAX_TOKENS = 512
 
 PathLike = str | os.PathLike[str]
+
+
+@contextmanager
+def _interrupts_said() -> Iterator[None]:
+    """A Ctrl-C during an import is :class:`batcher.Interrupted` from Python, as during a run.
+
+    It was a bare KeyboardInterrupt, which ``except batcher.Interrupted``
+    (what the README tells a notebook to catch) let through. The command
+    line says it its own way.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted) or on_command_line():
+            raise
+        raise Interrupted("import interrupted (an import is stored whole or not at all): "
+                          "run the same call again") from None
 
 
 class Store:
@@ -97,7 +115,8 @@ class Store:
         given again exactly as the batch's last import stored them (a call
         made again to resume) are known by that hash and not imported again,
         as an unchanged file is not read again (``report.unread``).
-        The returned handle's :attr:`Batch.report` says what was done.
+        The returned handle's :attr:`Batch.report` says what was done; a
+        Ctrl-C raises :class:`batcher.Interrupted`, as during a run.
         An import that takes more than a second shows how far it has read:
         with ``progress=None`` on a terminal only, with True also elsewhere (a
         line every 10 s), with False never; a notebook shows only the run's.
@@ -131,7 +150,7 @@ class Store:
             name = name or derived
         assert name is not None
         try:
-            with counting(progress, "reading rows") as display:
+            with _interrupts_said(), counting(progress, "reading rows") as display:
                 report = import_chunks(self._engine, rows_report(name), ROWS_SOURCE,
                                        prepared_rows(given, defaults, progress=display), skip_invalid,
                                        defaults=defaults, fingerprint=fingerprint)
@@ -149,7 +168,7 @@ class Store:
 
         ensure_readable(path)
         try:
-            with counting(progress, f"reading {describe(path)}") as display:
+            with _interrupts_said(), counting(progress, f"reading {describe(path)}") as display:
                 report = import_file(self._engine, path, name, defaults, skip_invalid, display)
         except ImportRejected as exc:
             raise InvalidRows(exc.report, from_rows=False) from None

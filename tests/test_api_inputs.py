@@ -362,6 +362,22 @@ def test_ctrl_c_inside_an_import_leaves_the_store_free_to_write(env: Any) -> Non
         assert caught.value is not None  # kept, as a notebook keeps the last traceback
 
 
+def test_ctrl_c_while_rows_are_read_is_batcher_interrupted(env: Any) -> None:
+    """A Ctrl-C during the import was a bare KeyboardInterrupt: ``except batcher.Interrupted`` missed it."""
+    import _thread
+
+    def rows() -> Any:
+        for i in range(10):
+            if i == 5:
+                _thread.interrupt_main()  # as a Ctrl-C: raised in the main thread at its next step
+            yield f"row {i}"
+
+    with pytest.raises(batcher.Interrupted, match="import interrupted .* run the same call again"):
+        batcher.run(rows(), batch="read", **FAST)
+    with batcher.Store() as store:
+        assert store.batches() == []  # whole or not at all
+
+
 def test_every_public_error_survives_pickling(env: Any) -> None:
     """An error raised in a process pool's worker is pickled to reach the caller: InvalidRows,
     whose __init__ takes a report, could not be rebuilt, and the caller got BrokenProcessPool."""
