@@ -10,6 +10,7 @@ import, not after points were spent.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,13 +159,29 @@ def not_an_object(value: Any) -> str:
     return f"expected a JSON object, found {kind}"
 
 
+def not_a_row(value: Any) -> str:
+    """Why a row given in Python holding ``value`` is refused, in Python's words.
+
+    "expected a JSON object, found float" left a notebook's user guessing;
+    a None or NaN is most often a DataFrame's or a list's empty cell.
+
+    >>> not_a_row(float("nan"))
+    'must be a prompt (a string) or a dict, not nan: an empty cell?'
+    >>> not_a_row(42)
+    'must be a prompt (a string) or a dict, not 42 (int)'
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return f"must be a prompt (a string) or a dict, not {value!r}: an empty cell?"
+    return f"must be a prompt (a string) or a dict, not {reprlib.repr(value)} ({type(value).__name__})"
+
+
 def to_job(obj: Any, line: int, defaults: Defaults = Defaults()) -> Job:
     """Validate one line's object and build its request body.
 
     Raises :class:`InvalidJob` with a message naming the offending field.
     """
-    if not isinstance(obj, dict):
-        raise InvalidJob(f"expected a JSON object, found {type(obj).__name__}")
+    if not isinstance(obj, dict):  # a row given in Python: a line that is no object is refused before
+        raise InvalidJob(not_a_row(obj))
     custom_id = _custom_id(obj, line)
     warnings: list[str] = []
     if "params" in obj:

@@ -149,7 +149,7 @@ def test_invalid_rows_raise_naming_each_and_store_nothing(env: Any, tmp_path: Pa
     message = str(error)
     assert message.startswith("4 bad row(s), nothing imported: row 1: `prompt` must be a non-empty string")
     assert "row 2: `max_tokens` must be a positive integer" in message
-    assert "row 3: expected a JSON object, found int" in message
+    assert "row 3: must be a prompt (a string) or a dict, not 42 (int)" in message
     assert "row 4: `custom_id` must be" in message
     assert isinstance(error, batcher.UsageError) and error.exit_code == 2
     assert db_rows(tmp_path / "batcher.db", "SELECT count(*) FROM jobs") == [(0,)]

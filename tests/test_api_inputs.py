@@ -140,6 +140,15 @@ def test_rows_refused_for_their_options_are_told_the_options_of_the_earlier_rows
                                        "max_tokens=16: give those options again"), str(refused.value)
 
 
+def test_a_row_that_is_no_row_is_named_in_python_words(env: Any) -> None:
+    """An empty cell said "expected a JSON object, found float" (a NaN) or "found NoneType"."""
+    with pytest.raises(batcher.InvalidRows) as refused:
+        batcher.run(["fine", None, float("nan"), ["a", "b"]], **FAST)
+    assert refused.value.errors == [(1, "must be a prompt (a string) or a dict, not None: an empty cell?"),
+                                    (2, "must be a prompt (a string) or a dict, not nan: an empty cell?"),
+                                    (3, "must be a prompt (a string) or a dict, not ['a', 'b'] (list)")]
+
+
 def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any) -> None:
     """max_tokens=0 was refused as "InvalidRows: 2 bad row(s)", once per row, and a
     max_tokens given as text ("16") as well, where every run option given as text is taken."""

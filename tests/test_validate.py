@@ -193,10 +193,12 @@ def test_stream_dropped_with_a_warning(obj: dict[str, Any]) -> None:
 
 # --- field checks -----------------------------------------------------------
 
-@pytest.mark.parametrize("obj, found", [([], "list"), ("x", "str"), (3, "int"), (None, "NoneType"), (1.5, "float"),
-                                        (True, "bool")])
-def test_line_must_be_an_object(obj: Any, found: str) -> None:
-    assert invalid(obj) == f"expected a JSON object, found {found}"
+@pytest.mark.parametrize("obj, found", [([], "[] (list)"), ("x", "'x' (str)"), (3, "3 (int)"),
+                                        (None, "None: an empty cell?"), (1.5, "1.5 (float)"),
+                                        (True, "True (bool)")])
+def test_a_row_must_be_an_object(obj: Any, found: str) -> None:
+    """Only a row given in Python reaches to_job as no object (a line is refused before, in JSON's words)."""
+    assert invalid(obj) == f"must be a prompt (a string) or a dict, not {found}"
 
 
 @pytest.mark.parametrize("messages, message", [
