@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -225,8 +226,9 @@ class Batch:
         from .apibatches import refuse_reopen
         from .manage import retry
 
-        types = _several(error_type, str)
-        codes = tuple(opt.checked("status_code", opt.HTTP_STATUS, code) for code in _several(status_code, (str, int)))
+        types = _several("error_type", error_type, str, "an error type (a string)")
+        given_codes = _several("status_code", status_code, (str, numbers.Integral), "an HTTP status code")
+        codes = tuple(opt.checked("status_code", opt.HTTP_STATUS, code) for code in given_codes)
         record = self._record
         refuse_reopen(self._engine, record)
         return retry(self._engine, record, types, codes, canceled)
@@ -358,16 +360,18 @@ class Batch:
         return checked(summary)
 
 
-def _several(given: Any, one: type | tuple[type, ...]) -> tuple[Any, ...]:
-    """One value or several as a tuple (a single string is one value, not its letters)."""
+def _several(name: str, given: Any, one: type | tuple[type, ...], kind: str) -> tuple[Any, ...]:
+    """The option ``name``'s value or values as a tuple of ``one`` (a single string is one value, not its letters).
+
+    Anything else is refused naming the option: ``error_type=5`` was "expected one value or a list of
+    them", and ``error_type=[5]`` matched no failure, silently.
+    """
     if given is None:
         return ()
-    if isinstance(given, one):
-        return (given,)
-    try:
-        return tuple(given)
-    except TypeError:
-        raise UsageError(f"expected one value or a list of them, not {given!r}") from None
+    values = (given,) if isinstance(given, one) else tuple(given) if isinstance(given, Iterable) else None
+    if values is None or not all(isinstance(value, one) for value in values):
+        raise UsageError(f"{name} must be {kind} or a list of them, not {given!r}")
+    return values
 
 
 def check_run(**options: Any) -> None:

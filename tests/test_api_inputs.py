@@ -269,6 +269,20 @@ def test_retry_takes_a_status_code_given_as_text(env: Any, simulator: Any, monke
         assert b.retry(status_code="400") == 1
 
 
+def test_retry_names_the_option_given_a_value_it_cannot_match(env: Any) -> None:
+    """error_type=5 was "expected one value or a list of them", naming no option; error_type=[5]
+    matched nothing, silently; a numpy status code was refused though numpy numbers are taken elsewhere."""
+    numpy = pytest.importorskip("numpy")
+    with batcher.Store("retry.db") as store:
+        b = store.add("r", ["not sent"], max_tokens=16)
+        for given in (5, [5], ["api_error", None]):
+            with pytest.raises(batcher.UsageError, match=r"^error_type must be an error type \(a string\) or a list"):
+                b.retry(error_type=given)
+        with pytest.raises(batcher.UsageError, match=r"^status_code must be an HTTP status code or a list"):
+            b.retry(status_code=5.5)
+        assert b.retry(status_code=numpy.int64(529)) == b.retry(status_code=[numpy.int64(529), 500]) == 0
+
+
 def test_duplicate_rows_are_named_by_row(env: Any) -> None:
     with pytest.raises(batcher.InvalidRows, match=r"row 2: duplicate custom_id 'a' \(first in row 0\)"):
         batcher.run([{"custom_id": "a", "prompt": "x"}, "other", {"custom_id": "a", "prompt": "y"}], **FAST)
