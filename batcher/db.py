@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from ._storefile import create_private_file, remove_if_unused
 from ._turns import Turns
 from .errors import StoreBusy, StoreError, StoreFull, UsageError, option
 from .interrupts import letting_go_after_interrupt
@@ -59,28 +60,6 @@ def resolve_url(db: str | None) -> str:
         return db
     # Built, not pasted: a path's %, ? and # would otherwise be read as URL syntax.
     return URL.create("sqlite", database=os.path.abspath(db)).render_as_string(hide_password=False)
-
-
-def _create_private_file(path: str, create: bool) -> None:
-    """Create an empty SQLite file readable by its owner only, if absent.
-
-    Commands that only read or change existing batches pass ``create=False``:
-    a mistyped ``--db`` is then an error, not a new empty store.
-    """
-    if not create:
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such database (import a job file first, or check {option('db')}/BATCHER_DB)")
-        return
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise UsageError(f"{path}: folder {directory} does not exist")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create database: {exc.strerror}") from None
-    os.close(fd)
 
 
 def _readonly_connect(path: str) -> Callable[[], sqlite3.Connection]:
@@ -252,10 +231,11 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
     on_disk = is_sqlite and parsed.database and parsed.database != ":memory:"
     if is_sqlite and not on_disk:
         _refuse_memory(url)
+    created = False
     if on_disk:
         if os.path.isdir(parsed.database):
             raise UsageError(f"{parsed.database}: is a folder, not a job store; check {option('db')}/BATCHER_DB")
-        _create_private_file(parsed.database, create and not readonly)
+        created = create_private_file(parsed.database, create and not readonly)
     readonly = bool(readonly and on_disk)
     options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}} if is_sqlite else {}
     if readonly:
@@ -272,8 +252,13 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
         except _NeedsUpgrade:
             engine.dispose()
             return open_store(db, upgrade, create)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"{display_name(url)}: cannot open database: {getattr(exc, 'orig', None) or exc}") from None
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: the journal mode is set on a raw connection
+            engine.dispose()
+            if created:
+                remove_if_unused(parsed.database)
+            why = getattr(exc, "orig", None) or exc
+            kind = StoreFull if getattr(why, "sqlite_errorcode", None) == _SQLITE_FULL else StoreError
+            raise kind(f"{display_name(url)}: cannot open database: {why}") from None
     return engine
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -379,6 +380,19 @@ def test_a_damaged_store_is_exit_4_for_every_command(tmp_path: Path) -> None:
     for args in COMMANDS:
         done = cli(*args, "--db", str(db), cwd=tmp_path)
         one_error_line(done, 4, str(db), "table attempts missing")
+
+
+def no_room_to_write() -> None:
+    """In the child: no file may grow past 0 bytes, as on a full disk (a write fails, no signal kills)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+
+
+def test_a_new_store_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_path: Path) -> None:
+    (tmp_path / "j.jsonl").write_text(job_lines(2))
+    done = cli("import", "j.jsonl", "--db", "s.db", *MODEL_ARGS, cwd=tmp_path, preexec_fn=no_room_to_write)
+    one_error_line(done, 4, f"{tmp_path}/s.db: cannot open database")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["j.jsonl"]  # no empty store that would pass for one
 
 
 # -- output errors -------------------------------------------------------------------------
