@@ -68,6 +68,7 @@ UPSTREAM_SHARE = 0.25
 HEADERS_FRESH_S = 10.0
 #: Displays name what held the pace under --rpm this recently.
 SHOWN_S = 2.0
+#: The pace cuts and a spent window never go under, unless --rpm itself is lower.
 MIN_RPM = 1.0
 
 
@@ -86,6 +87,7 @@ class Pacer:
         if rpm <= 0:
             raise ValueError("rpm must be positive")
         self.max_rpm = rpm
+        self._floor = min(MIN_RPM, rpm)  # a floor above --rpm would send faster than asked
         self._clock = clock
         self.rpm = rpm  # the pace the bucket spaces starts at
         self._limiter = AsyncLimiter(1, 60.0 / (rpm * HEADROOM))
@@ -236,7 +238,7 @@ class Pacer:
             return  # sent before the last cut: that cut already answered it
         self._last_cut = self._clock()
         self._cause = cause
-        self.ceiling = max(MIN_RPM, min(self.ceiling, self._sending_rpm()) * DECREASE)
+        self.ceiling = max(self._floor, min(self.ceiling, self._sending_rpm()) * DECREASE)
 
     def _sending_rpm(self) -> float:
         """Starts per minute over the last SHARE_WINDOW_S: the pace that met the evidence."""
@@ -253,7 +255,7 @@ class Pacer:
         if min(self.ceiling, self._window_rpm) < self.max_rpm * 0.99:
             self._bound_at = now
             self._binding = "window" if self._window_rpm <= self.ceiling else self._cause
-        self._set_rate(max(MIN_RPM, min(self.max_rpm, self.ceiling, self._window_rpm)))
+        self._set_rate(max(self._floor, min(self.max_rpm, self.ceiling, self._window_rpm)))
 
     @property
     def shown_rpm(self) -> float:

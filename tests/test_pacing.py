@@ -179,6 +179,16 @@ def test_without_headers_only_a_share_of_refusals_cuts_and_seconds_win_it_back()
     assert pacer.reason is None and pacer.shown_rpm == 3000
 
 
+def test_a_pace_under_one_request_a_minute_is_kept_after_answers_and_refusals() -> None:
+    clock = Clock()
+    pacer = Pacer(0.5, clock=clock)
+    pacer.answered(clock.now, None, None, None)
+    assert pacer.rpm == 0.5
+    clock.now += 130.0
+    pacer.refused(clock.now - 1.0, 0, 60.0, 500, wait_s=None)
+    assert pacer.rpm <= 0.5
+
+
 # --- whole runs -------------------------------------------------------------------
 
 
