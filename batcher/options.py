@@ -21,6 +21,9 @@ from .validate import MAX_TOKENS_CAP
 MAX_CONCURRENCY = 1000
 #: The pace at most, in requests per minute.
 MAX_RPM = 1_000_000.0
+#: The pace at least: a request every 1,000 minutes. Slower is a typo (``--rpm 5e-7`` would send its
+#: first request and the next some decades later), not a pace anyone waits for.
+MIN_RPM = 0.001
 #: Seconds: the longest --timeout, --grace or --stream-limit accepted (a day).
 MAX_SECONDS = 86_400.0
 MAX_ATTEMPTS = 100
@@ -129,7 +132,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "...'"
 
 
-RPM = Number(0, MAX_RPM, low_open=True, unit="requests/minute")
+RPM = Number(MIN_RPM, MAX_RPM, unit="requests/minute")
 CONCURRENCY = Number(1, MAX_CONCURRENCY, integer=True)
 ATTEMPTS = Number(1, MAX_ATTEMPTS, integer=True)
 SECONDS = Number(0, MAX_SECONDS, low_open=True, unit="s")

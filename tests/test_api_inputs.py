@@ -250,7 +250,7 @@ def test_handles_refuse_what_they_cannot_mean(env: Any) -> None:
             list(b.results(only=5))  # type: ignore[arg-type]
         with pytest.raises(batcher.UsageError, match="status_code: 'soon' is not a whole number"):
             b.retry(status_code="soon")
-        with pytest.raises(batcher.UsageError, match=r"rpm: '0' is not in \(0, 1000000\]"):
+        with pytest.raises(batcher.UsageError, match=r"rpm: '0' is not in \[0.001, 1000000\]"):
             b.estimate(rpm=0)
         assert [x.name for x in store.batches()] == ["h"]
     with pytest.raises(batcher.UsageError, match="rpm: '-5' is not in"):

@@ -20,7 +20,7 @@ from batcher.cli import main
 
 #: option -> (low, high, low excluded, whole numbers only), as the README documents them.
 RANGES = {
-    "--rpm": (0, opt.MAX_RPM, True, False),
+    "--rpm": (opt.MIN_RPM, opt.MAX_RPM, False, False),
     "--timeout": (0, opt.MAX_SECONDS, True, False),
     "--stream-limit": (0, opt.MAX_SECONDS, True, False),
     "--grace": (0, opt.MAX_SECONDS, False, False),
@@ -34,7 +34,7 @@ RANGES = {
 numberish = st.one_of(
     st.text(max_size=12),
     st.sampled_from(["nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-0", "0", "0.0", "1e-320", " 5 ", "5.",
-                     "1_000", "0x10", "1000", "1001", "86400", "86400.5", "65536", "9" * 5000]),
+                     "1_000", "0x10", "1000", "1001", "0.001", "0.00099", "1e-9", "86400", "86400.5", "65536", "9" * 5000]),
     st.floats().map(repr),
     st.integers(-(10**20), 10**20).map(str),
 )
