@@ -1,4 +1,4 @@
-"""A job store's SQLite file on disk: created private before SQLite opens it, removed if set-up left it empty.
+"""A job store's SQLite file on disk: created private, removed if set-up left it empty, why it cannot be written.
 
 SQLite would create the file with the umask's mode; a store holds prompts
 and answers, so it is created here first, readable by its owner only.
@@ -7,6 +7,7 @@ and answers, so it is created here first, readable by its owner only.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .errors import StoreError, UsageError, option
 
@@ -46,3 +47,27 @@ def remove_if_unused(path: str) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+#: SQLite's "attempt to write a readonly database" and "unable to open database file" (base codes).
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
+
+
+def unwritable(path: str | None, error: Any) -> str:
+    """What to add to SQLite's ``error`` when a store cannot be opened for writing: what may not be written.
+
+    SQLite says "attempt to write a readonly database" or "unable to open
+    database file" even when the file itself may be written: then it is
+    the folder, where the write-ahead log and its index must be made.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if not path or code is None or code & 0xFF not in (_SQLITE_READONLY, _SQLITE_CANTOPEN) or not os.path.exists(path):
+        return ""
+    folder = os.path.dirname(path) or "."
+    if not os.access(path, os.W_OK):
+        what = "the file cannot be written"
+    elif not os.access(folder, os.W_OK):
+        what = f"folder {folder} cannot be written, and a store is written with its -wal and -shm files beside it"
+    else:
+        return ""
+    return f" ({what}; status, batches and export only read it)"

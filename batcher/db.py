@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ._storefile import create_private_file, remove_if_unused
+from ._storefile import create_private_file, remove_if_unused, unwritable
 from ._turns import Turns
 from .errors import StoreBusy, StoreError, StoreFull, UsageError, option
 from .interrupts import letting_go_after_interrupt
@@ -258,7 +258,7 @@ def open_store(db: str | None = None, upgrade: bool = True, create: bool = True,
                 remove_if_unused(parsed.database)
             why = getattr(exc, "orig", None) or exc
             kind = StoreFull if getattr(why, "sqlite_errorcode", None) == _SQLITE_FULL else StoreError
-            raise kind(f"{display_name(url)}: cannot open database: {why}") from None
+            raise kind(f"{display_name(url)}: cannot open database: {why}{unwritable(parsed.database, why)}") from None
     return engine
 
 

@@ -486,8 +486,8 @@ def test_reading_commands_work_on_a_read_only_store(readonly_folder: tuple[Path,
         assert done.returncode == 0, (args, done.stderr)
         assert done.stdout
     assert sorted(p.name for p in folder.iterdir()) == ["j.jsonl", "s.db"]  # nothing written beside it
-    # Writing commands still say why they cannot.
-    one_error_line(run("cancel", "j"), 4, "s.db")
+    # Writing commands still say why they cannot: the folder, when the file could be written.
+    one_error_line(run("cancel", "j"), 4, "s.db", f"folder {folder} cannot be written", "-wal")
 
 
 # -- Ctrl-C around a commit ------------------------------------------------------------------
