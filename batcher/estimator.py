@@ -26,7 +26,7 @@ from .db import open_store
 from .errors import UsageError, option
 from .importer import ImportRejected, ImportReport, file_warnings
 from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, is_job_input, naming_a_batch,
-                      readable_copy)
+                      one_document, readable_copy)
 from .jobqueue import batch_counts, body_cost, import_costs, row_body, unfinished_costs, unfinished_jobs
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks, told_reading
@@ -180,6 +180,7 @@ def estimate_file(path: str, defaults: Defaults = Defaults(), rpm: float = 500.0
     if repeated:
         _reject_duplicates(prepared_chunks(path, defaults), repeated, report)
     if report.rejected:
+        report.whole = one_document(path) if report.none_valid else None
         raise ImportRejected(report)
     return estimate
 

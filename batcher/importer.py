@@ -31,7 +31,7 @@ from .cost import CostSums, merge_costs
 from .db import store_errors, write
 from .errors import UsageError
 from .interrupts import CommitPoint
-from .jobfile import STDIN, LineError, describe, needs_batch_name, readable_copy
+from .jobfile import STDIN, LineError, describe, needs_batch_name, one_document, readable_copy
 from .jobfile import fingerprint as file_fingerprint
 from .prepare import ROW_FIELDS, FileChunks, PreparedChunk, defaults_text
 from .schema import imports, jobs
@@ -69,6 +69,9 @@ class ImportReport:
     #: For a refused import: the options the batch's earlier import of the
     #: same file was given, when these differ (the likely cause), or None.
     hint: str | None = None
+    #: For a file none of whose lines is valid: what it is, when it is one
+    #: JSON document rather than JSONL (its lines are then not listed).
+    whole: str | None = None
 
     def reject(self, error: LineError) -> None:
         """Count a bad line; keep it if it is among the first lines of the file.
@@ -90,7 +93,9 @@ class ImportReport:
         return self.rejected > 0 and self.added + self.unchanged == 0
 
     def error_lines(self, prefix: str = "") -> list[str]:
-        """``FILE:LINE: message`` for the first bad lines, then a count."""
+        """``FILE:LINE: message`` for the first bad lines, then a count; or what the whole file is instead."""
+        if self.whole is not None:
+            return [f"{prefix}{self.file}: {self.whole}"]
         shown = [f"{prefix}{self.file}:{e.line}: {e.message}" for e in sorted(self.errors, key=lambda e: e.line)]
         if self.rejected > len(self.errors):
             shown.append(f"... and {self.rejected - len(self.errors):,} more bad line(s)")
@@ -293,8 +298,12 @@ def import_file(engine: Engine, path: str, batch: str | None = None, defaults: D
     source = path if path == STDIN else as_text(os.path.abspath(path))  # the same text at each import
     seen = file_fingerprint(path)  # before reading: a write from here on makes the next import read it again
     with readable_copy(path) as readable:
-        return import_chunks(engine, report, source, FileChunks(readable, defaults, seen, progress), skip_invalid,
-                             defaults=defaults, same_source=batch is None)
+        try:
+            return import_chunks(engine, report, source, FileChunks(readable, defaults, seen, progress),
+                                 skip_invalid, defaults=defaults, same_source=batch is None)
+        except ImportRejected:
+            report.whole = one_document(readable) if report.none_valid else None
+            raise
 
 
 @store_errors

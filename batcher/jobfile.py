@@ -304,6 +304,36 @@ def numbered_lines(path: str, block_size: int = 1 << 20) -> Iterator[tuple[int, 
         yield from block_lines(block)
 
 
+#: A file this size at most is parsed whole to see whether it is one JSON document (see :func:`one_document`).
+ONE_DOCUMENT_MAX = 64 << 20
+
+
+def one_document(path: str) -> str | None:
+    """What the file is, if it is one JSON document rather than JSONL: a JSON array, or an object over lines.
+
+    For a file none of whose lines is a job: a pretty-printed ``.json`` file
+    would otherwise be reported line by line (``{``, ``"prompt": ...``),
+    none of which names the mistake. None when it is not one such document.
+    """
+    try:
+        if os.path.getsize(path) > ONE_DOCUMENT_MAX:
+            return None
+        with _open(path) as handle:
+            data = handle.read()
+        value = orjson.loads(data[len(BOM):] if data.startswith(BOM) else data)
+    except (OSError, UsageError, orjson.JSONDecodeError):
+        return None
+    lines = data.strip().count(b"\n") + 1
+    if isinstance(value, list):
+        over = f" over {lines:,} lines" if lines > 1 else ""
+        return (f"one JSON array{over} ({len(value):,} items), not JSONL (one job object per line): convert it "
+                "first (e.g. jq -c '.[]' FILE > FILE.jsonl)")
+    if isinstance(value, dict) and lines > 1:
+        return (f"one JSON object over {lines:,} lines, not JSONL (one job object per line): put each job on one "
+                "line (e.g. jq -c . FILE > FILE.jsonl)")
+    return None
+
+
 def parse_line(number: int, raw: bytes) -> Any:
     """The JSON value of one line, or a LineError saying what is wrong."""
     try:

@@ -286,6 +286,22 @@ def test_import_messages_for_compressed_files_and_huge_numbers(tmp_path: Path) -
     assert caught.value.report.error_lines()[0].startswith(f"{tmp_path / 'n.jsonl'}:1: number too large at column 24")
 
 
+@pytest.mark.parametrize("document, says", [
+    ([{"prompt": "a"}, {"prompt": "b"}], "one JSON array over 8 lines (2 items), not JSONL (one job object per line): "
+                                         "convert it first (e.g. jq -c '.[]' FILE > FILE.jsonl)"),
+    ({"prompt": "a", "tags": ["x"]}, "one JSON object over 6 lines, not JSONL (one job object per line): "
+                                     "put each job on one line (e.g. jq -c . FILE > FILE.jsonl)")])
+def test_a_pretty_printed_json_file_is_named_as_such_not_listed_line_by_line(tmp_path: Path, document: Any,
+                                                                             says: str) -> None:
+    (tmp_path / "p.json").write_text(json.dumps(document, indent=2) + "\n")
+    for command in ("import", "estimate"):
+        done = cli(command, "p.json", "--db", "s.db", *MODEL_ARGS, cwd=tmp_path)
+        assert done.returncode == 2
+        assert done.stderr.splitlines()[0] == f"p.json: {says}", done.stderr
+        assert len(done.stderr.splitlines()) == 2 and done.stderr.splitlines()[1].startswith("batcher: error: ")
+    assert sqlite3.connect(tmp_path / "s.db").execute("SELECT count(*) FROM batches").fetchone() == (0,)
+
+
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-be"])
 def test_a_utf16_or_utf32_file_is_named_as_such_in_one_line(tmp_path: Path, encoding: str) -> None:
     """Not a screenful of "invalid UTF-8" lines, one per line of the file and more."""
