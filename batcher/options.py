@@ -37,10 +37,17 @@ class _Checked(click.ParamType):
 
 
 def one_line(exc: click.BadParameter) -> str:
-    """A bad option value as one line: ``--rpm 'nan' is not a finite number``."""
+    """A bad option value as one line: ``--rpm 'nan' is not a finite number``.
+
+    A value taken from the environment is named by its variable
+    (``POE_BASE_URL 'ftp://x' is ...``): the user typed no such option.
+    """
     param = exc.param
     if param is not None and isinstance(param.type, _Checked):
         name = max(param.opts, key=len) if param.opts else param.human_readable_name
+        if (exc.ctx is not None and isinstance(param.envvar, str) and param.name is not None
+                and exc.ctx.get_parameter_source(param.name) is click.core.ParameterSource.ENVIRONMENT):
+            name = param.envvar
         return f"{name} {exc.message}"
     return exc.format_message()
 

@@ -81,3 +81,12 @@ def test_any_base_url_is_taken_or_refused_in_one_line(url: str) -> None:
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(("batcher: error: --base-url ", "batcher: error: no API key"))
+
+
+def test_a_bad_value_from_the_environment_names_its_variable_not_the_option() -> None:
+    env = {"POE_API_KEY": "", "POE_BASE_URL": "ftp://x", "BATCHER_DB": None}
+    result = CliRunner().invoke(main, ["run", "b", "--db", "/nonexistent/x.db"], env=env)
+    assert result.exit_code == 2
+    assert result.output.strip() == "batcher: error: POE_BASE_URL 'ftp://x' is not an http(s) URL"
+    given = CliRunner().invoke(main, ["run", "b", "--db", "/nonexistent/x.db", "--base-url", "ftp://y"], env=env)
+    assert given.output.strip() == "batcher: error: --base-url 'ftp://y' is not an http(s) URL"
