@@ -175,6 +175,17 @@ def test_simulate_refuses_a_port_out_of_range() -> None:
     assert done.returncode == 2 and error_lines(done.stderr) == ["batcher: error: --port '99999' is not in [0, 65535]"]
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--latency", "abc"], "latency must be MIN:MAX seconds (e.g. 0.1:0.4), got 'abc'"),
+    (["--latency", "0.1:inf"], "latency needs 0 <= MIN <= MAX, finite seconds, got '0.1:inf'"),
+    (["--fail-status", "x=0.1"], "fail-status must be CODE=P (e.g. 503=0.1), got 'x=0.1'"),
+])
+def test_simulate_names_the_option_a_bad_value_was_given_to(args: list[str], says: str) -> None:
+    done = cli("simulate", "--port", "0", *args, timeout=10)
+    assert done.returncode == 2
+    assert error_lines(done.stderr) == [f"batcher: error: {says} (see python -m batcher simulate --help)"], done.stderr
+
+
 # -- cancel during a run ---------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -9,18 +10,25 @@ from batcher.sim.faults import FaultPlan, parse_fail_status
 
 
 def parse_latency(value: Any) -> tuple[float, float]:
-    """``0``, ``0.2``, ``"0.1:0.4"`` or ``(0.1, 0.4)`` -> (min, max) seconds."""
-    if isinstance(value, str):
-        parts = value.split(":")
-        if len(parts) > 2:
-            raise ValueError(f"latency must be MIN:MAX seconds, got {value!r}")
-        lo, hi = float(parts[0]), float(parts[-1])
-    elif isinstance(value, (int, float)):
-        lo = hi = float(value)
-    else:
-        lo, hi = (float(v) for v in value)
-    if lo < 0 or hi < lo:
-        raise ValueError(f"latency needs 0 <= MIN <= MAX, got {lo}:{hi}")
+    """``0``, ``0.2``, ``"0.1:0.4"`` or ``(0.1, 0.4)`` -> (min, max) seconds.
+
+    Anything else is a ValueError that names the latency and the value
+    given, as ``batcher simulate`` shows it (not Python's "could not convert").
+    """
+    try:
+        if isinstance(value, str):
+            parts = value.split(":")
+            if len(parts) > 2:
+                raise ValueError
+            lo, hi = float(parts[0]), float(parts[-1])
+        elif isinstance(value, (int, float)):
+            lo = hi = float(value)
+        else:
+            lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"latency must be MIN:MAX seconds (e.g. 0.1:0.4), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi < lo:
+        raise ValueError(f"latency needs 0 <= MIN <= MAX, finite seconds, got {value!r}")
     return lo, hi
 
 

@@ -92,9 +92,12 @@ def parse_fail_status(value: Mapping[int, float] | Iterable[str] | None) -> dict
         items = []
         for item in value:
             code, sep, p = str(item).partition("=")
-            if not sep:
-                raise ValueError(f"fail-status must be CODE=P, got {item!r}")
-            items.append((int(code), float(p)))
+            try:
+                if not sep:
+                    raise ValueError
+                items.append((int(code), float(p)))
+            except ValueError:
+                raise ValueError(f"fail-status must be CODE=P (e.g. 503=0.1), got {item!r}") from None
     for code, p in items:
         if not 400 <= code <= 599:
             raise ValueError(f"fail-status code must be 400..599, got {code}")
