@@ -91,7 +91,7 @@ def delete_command(batch: str, db: str | None, yes: bool, compact: bool) -> None
             what = f"batch {found.name!r} holds {counts['total']:,} job(s), {counts['succeeded']:,} answered"
             if not sys.stdin.isatty():
                 raise UsageError(f"{what}: add --yes to delete it")
-            if not click.confirm(f"{what}. Delete it?", err=True):
+            if not _yes(f"{what}. Delete it? [y/N]: "):
                 click.echo("batcher: nothing deleted", err=True)
                 return
         with waiting(f"deleting batch {found.name}"):
@@ -101,3 +101,18 @@ def delete_command(batch: str, db: str | None, yes: bool, compact: bool) -> None
             with waiting("compacting the store"):
                 freed = store.compact()
             click.echo(f"store compacted: {freed / 1e6:,.1f} MB given back to the disk")
+
+
+def _yes(question: str) -> bool:
+    """Ask on the terminal; only y or yes is a yes.
+
+    The end of input (Ctrl-D) is a no, as the default is: click's own
+    prompt takes it for a Ctrl-C, and the command would end "interrupted"
+    (exit 130, "run the same command again") when the user only declined.
+    A Ctrl-C is still one.
+    """
+    click.echo(question, err=True, nl=False)
+    answer = sys.stdin.readline()
+    if not answer.endswith("\n"):
+        click.echo(err=True)  # the end of input: the next line starts on its own
+    return answer.strip().lower() in ("y", "yes")

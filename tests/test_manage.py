@@ -230,6 +230,32 @@ def test_delete_takes_a_batch_whole_and_leaves_the_others(tmp_path: Path, simula
     assert done.returncode == 2 and done.stderr.startswith("batcher: error: no batch named 'a' (batches here: b)")
 
 
+def on_a_terminal(*args: str, typed: bytes) -> tuple[int, str]:
+    """``batcher ARGS`` with a terminal for stdin on which ``typed`` is typed; its exit code and stderr."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "batcher", *args], stdin=follower, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        os.write(leader, typed)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.parametrize("typed, deleted", [(b"n\n", False), (b"\x04", False), (b"y\n", True)])
+def test_delete_asks_on_a_terminal_and_the_end_of_input_is_a_no(mixed: Any, typed: bytes, deleted: bool) -> None:
+    _, _, db = mixed
+    code, err = on_a_terminal("delete", "b", "--db", db, typed=typed)
+    assert code == 0, err
+    assert err.startswith("batch 'b' holds 10 job(s), ") and "Delete it? [y/N]: " in err
+    assert ("batcher: nothing deleted" in err) is not deleted
+    assert rows_of(db)["batches"] == (0 if deleted else 1)
+
+
 def test_delete_refuses_a_live_run_and_spends_the_handle(tmp_path: Path) -> None:
     import batcher
     from batcher.jobqueue import finish_run, start_run
