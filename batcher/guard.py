@@ -2,7 +2,8 @@
 
 Until the first answer arrives, failures that every job would meet alike are
 the configuration's fault, not the jobs': a base URL nothing answers on, or
-a path or model that only ever gets 404, a URL that redirects (batcher
+a path or model that only ever gets 404 (or 405, a site that takes no
+POST there), a URL that redirects (batcher
 does not follow redirects: the key would go along). A redirect stops the
 run at once; a handful of the others stops it
 with a clear message and every job still pending, instead of each job
@@ -18,13 +19,15 @@ from .errors import option
 #: Failures of this kind, before any answer, that stop the run.
 LIMIT = 8
 UNREACHABLE = frozenset({"connection_error", "timeout_error"})
+#: Statuses that say nothing answers Messages API requests at this URL: no such path, or a site taking no POST there.
+NOT_THERE = frozenset({404, 405})
 
 
 class ConfigGuard:
     """Watches attempts until the first answer; says when to stop."""
 
     def __init__(self, base_url: str, limit: int = LIMIT, hold_timeouts: bool = False) -> None:
-        """Before any answer, a refused connection or a 404 fails no job: its attempt is not counted.
+        """Before any answer, a refused connection or a 404 (405) fails no job: its attempt is not counted.
 
         Whether a job fails must not depend on how many others share the
         count: a three-job trial against a mistyped URL stops like a big
@@ -41,10 +44,10 @@ class ConfigGuard:
         self.not_found = 0
 
     def holds(self, attempt: Attempt) -> bool:
-        """A 404 or an unreachable upstream before any answer is not yet the job's fault: retry it."""
-        if self.answered or attempt.status_code not in (None, 404):
+        """A 404 (405) or an unreachable upstream before any answer is not yet the job's fault: retry it."""
+        if self.answered or (attempt.status_code is not None and attempt.status_code not in NOT_THERE):
             return False
-        return (attempt.status_code == 404 or attempt.error_type == "connection_error"
+        return (attempt.status_code in NOT_THERE or attempt.error_type == "connection_error"
                 or (self.hold_timeouts and attempt.error_type in UNREACHABLE))
 
     @staticmethod
@@ -65,10 +68,10 @@ class ConfigGuard:
             if self.unreachable >= self.limit:
                 return (f"cannot reach {self.base_url} ({said}); "
                         f"check {option('base_url')} / POE_BASE_URL and the network")
-        elif attempt.status_code == 404:
+        elif attempt.status_code in NOT_THERE:
             self.not_found += 1
             if self.not_found >= self.limit:
-                return (f"every request so far got HTTP 404 from {self.base_url}/v1/messages ({said}); "
+                return (f"every request so far got HTTP {attempt.status_code} from {self.base_url}/v1/messages ({said}); "
                         f"check {option('base_url')} (the host only, e.g. https://api.poe.com) and the model names")
         elif attempt.status_code is not None:
             self.unreachable = 0  # something answers there

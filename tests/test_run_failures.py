@@ -56,11 +56,13 @@ def test_a_trial_of_a_few_jobs_against_an_unreachable_url_fails_none_of_them(
     assert time.monotonic() - started < 15  # held attempts keep the first back-off: the guard stops it at once
 
 
-def test_404_on_everything_stops_the_run_with_nothing_failed(tmp_path: Path, simulator: Any) -> None:
-    sim = simulator(fail_status={404: 1.0})
+@pytest.mark.parametrize("status", [404, 405])
+def test_404_on_everything_stops_the_run_with_nothing_failed(tmp_path: Path, simulator: Any, status: int) -> None:
+    """405 too: a website at --base-url that takes no POST at /v1/messages."""
+    sim = simulator(fail_status={status: 1.0})
     summary, engine = run(tmp_path, sim, PROMPTS, concurrency=4)
     assert (summary.outcome, summary.exit_code) == ("misconfigured", 2)
-    assert "HTTP 404" in summary.message
+    assert f"every request so far got HTTP {status} from " in summary.message
     assert {r.status for r in stored(engine).values()} == {"pending"}
     assert sim.stats()["requests"] <= 8 + 4
 
