@@ -349,9 +349,9 @@ def _network_failure(error_type: str, message: str, start: float, streamed: bool
 
 
 def _checked(message: Any, response: httpx.Response, latency: float, rate: RateInfo, *, streamed: bool,
-             ttft_s: float | None = None) -> Attempt:
-    """A success only if ``message`` has the shape of an answer; else ``invalid_response``."""
-    problem = answer_problem(message)
+             ttft_s: float | None = None, problem: str | None = None) -> Attempt:
+    """A success only if ``message`` has the shape of an answer, and no ``problem``; else ``invalid_response``."""
+    problem = problem or answer_problem(message)
     if problem is None:
         return Attempt(200, latency, message=message, rate=rate, streamed=streamed, ttft_s=ttft_s)
     error = make_error(INVALID_RESPONSE, f"HTTP 200 but not a Messages API answer: {problem}",
@@ -365,8 +365,9 @@ def _from_response(response: httpx.Response, content: bytes, start: float, strea
     if response.status_code == 200:
         try:
             message: Any = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            message = "not JSON"
+        except orjson.JSONDecodeError:  # a sign-in page, a proxy's: named by its type, not taken for a JSON string
+            kind = response.headers.get("content-type") or "no content-type"
+            return _checked(None, response, latency, rate, streamed=streamed, problem=f"the body is not JSON ({kind})")
         return _checked(message, response, latency, rate, streamed=streamed)
     error = parse_error(response.status_code, content, response.headers.get("request-id"))
     if 300 <= response.status_code < 400:

@@ -100,6 +100,18 @@ def test_a_malformed_200_is_retried_and_never_a_success(tmp_path: Path, bad: Mis
     assert "no failed job has error type 'nope'; the batch's failures: invalid_response (1)" in again.stderr
 
 
+@pytest.mark.timeout(60)
+def test_a_page_under_a_200_is_named_as_not_json_with_its_type(tmp_path: Path, bad: Misbehaving) -> None:
+    """Not "the body is a string": the page was never JSON at all."""
+    db = tmp_path / "store.db"
+    done = cli(*run_args(one_job(tmp_path), db, bad.url("portal"), "--max-attempts", "1"))
+    assert done.returncode == 1, done.stderr
+    status, error_type, error, response, attempts = job_row(db)
+    assert (status, error_type, response, attempts) == ("failed", "invalid_response", None, 1)
+    assert json.loads(error)["error"]["message"] == ("HTTP 200 but not a Messages API answer: the body is not JSON "
+                                                     "(text/html; charset=utf-8)")
+
+
 # -- deadlines ----------------------------------------------------------------------------------------
 
 
