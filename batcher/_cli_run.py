@@ -80,13 +80,14 @@ def run_command(file_or_batch: str, batch: str | None, db: str | None, rpm: floa
     from .importer import ImportRejected
     from .jobfile import is_job_input, naming_a_batch
     from .progress import summary_lines
+    from .store import batch_from_file
 
     options = dict(rpm=rpm, concurrency=concurrency, max_attempts=max_attempts, timeout=timeout, base_url=base_url,
                    auth=auth, stream=stream, grace=grace, stream_limit=stream_limit, progress=not quiet,
                    limit=limit, max_input_tokens=max_input_tokens, max_output_tokens=max_output_tokens, reuse=reuse)
     check_run(**options)  # no key, malformed key, unsafe URL: refused before the store is touched
     is_file = is_job_input(file_or_batch)
-    with naming_a_batch(file_or_batch):
+    with naming_a_batch(file_or_batch, imported_from=functools.partial(batch_from_file, db)):
         store = Store(db, create=is_file)
         handle = None if is_file else store.batch(file_or_batch)
     with store:

@@ -10,6 +10,7 @@ see :mod:`batcher.cost` for how each is counted and how close it comes.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from array import array
 from collections import Counter
@@ -30,7 +31,7 @@ from .jobfile import (Block, LineError, block_lines, describe, ensure_readable, 
 from .jobqueue import batch_counts, body_cost, import_costs, row_body, unfinished_costs, unfinished_jobs
 from .pacer import HEADROOM
 from .prepare import ROW_FIELDS, PreparedChunk, prepare_chunk, prepared_chunks, told_reading
-from .store import Batch, find_batch
+from .store import Batch, batch_from_file, find_batch
 from .validate import Defaults
 
 _LINE, _CUSTOM_ID = (ROW_FIELDS.index(k) for k in ("line", "custom_id"))
@@ -326,7 +327,7 @@ def estimate(file_or_batch: str, db: str | None = None, defaults: Defaults = Def
             return estimate_file(path, defaults, rpm, describe(file_or_batch), progress)
     engine = None
     try:
-        with naming_a_batch(file_or_batch):
+        with naming_a_batch(file_or_batch, imported_from=functools.partial(batch_from_file, db)):
             engine = open_store(db, create=False, readonly=True)  # stores nothing: works where the store is read-only
             found = find_batch(engine, file_or_batch)
         return estimate_batch(engine, found, rpm, progress)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import orjson
 
@@ -89,11 +89,13 @@ def is_job_input(arg: str) -> bool:
 
 
 @contextmanager
-def naming_a_batch(arg: str) -> Iterator[None]:
+def naming_a_batch(arg: str, imported_from: Callable[[str], str | None] | None = None) -> Iterator[None]:
     """Around opening the store and finding the batch that ``run``/``estimate ARG`` names.
 
     Job input (see :func:`is_job_input`) passes through: it names no batch.
-    A missing ``x.jsonl`` gets the error the file would, not "no such batch".
+    A missing ``x.jsonl`` gets the error the file would, not "no such batch",
+    and the batch that was imported from it, which ``imported_from(path)``
+    finds in the store: running it by name goes on without the file.
     A folder is never a job file, so it names a batch like any other word:
     ``prompts/`` beside ``prompts.jsonl`` must not stop ``batcher run
     prompts`` from resuming its batch. Only when that batch cannot be found
@@ -103,7 +105,14 @@ def naming_a_batch(arg: str) -> Iterator[None]:
         yield
         return
     if not os.path.isdir(arg) and arg.endswith((".jsonl", ".json")):
-        ensure_readable(arg)
+        try:
+            ensure_readable(arg)
+        except UsageError as exc:
+            batch = imported_from(arg) if imported_from is not None and not os.path.lexists(arg) else None
+            if batch is None:
+                raise
+            raise UsageError(f"{exc}; batch {as_text(batch)!r} was imported from it: name the batch instead to go on "
+                             "with its jobs") from None
         raise UsageError(f"{arg}: not a readable job file")
     try:
         yield

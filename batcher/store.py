@@ -6,11 +6,13 @@ Knows SQL and nothing of HTTP. The runner's queue operations live in
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import tally
 from ._text import as_text, is_text
@@ -94,6 +96,31 @@ def find_batch(engine: Engine, name: str | None) -> Batch:
         names = ", ".join(b.name for b in list_batches(engine)[:10])
         raise UsageError(f"the database holds several batches; name one ({names})")
     return _batch(rows[0])
+
+
+def batch_from_file(db: str | None, path: str) -> str | None:
+    """The batch first imported from the job file at ``path``, if the store ``db`` holds one; else None.
+
+    For the message about a job file that is gone (``run prompts.jsonl``
+    after the file was moved): its batch can still be run by name. No
+    store, or one that cannot be read, is None too: the missing file is
+    the error to report.
+    """
+    from .db import open_store
+    from .errors import BatcherError
+
+    try:
+        engine = open_store(db, create=False, readonly=True)
+    except BatcherError:
+        return None
+    try:
+        with engine.connect() as conn:
+            return conn.execute(select(batches.c.name).where(batches.c.source == as_text(os.path.abspath(path)))
+                                .order_by(batches.c.id).limit(1)).scalar()
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
 
 
 @store_errors

@@ -348,6 +348,17 @@ def test_a_folder_named_like_a_batch_does_not_hide_the_batch(tmp_path: Path, sim
                    "none.db: no such database")
 
 
+def test_a_job_file_gone_since_its_import_names_its_batch(tmp_path: Path) -> None:
+    """The same command again after the file was moved: the batch can still be run by name."""
+    (tmp_path / "j.jsonl").write_text(job_lines(2))
+    assert cli("import", "j.jsonl", "--db", "s.db", *MODEL_ARGS, cwd=tmp_path).returncode == 0
+    (tmp_path / "j.jsonl").unlink()
+    for command in ("run", "estimate"):
+        one_error_line(cli(command, "j.jsonl", "--db", "s.db", cwd=tmp_path), 2,
+                       "j.jsonl: no such file; batch 'j' was imported from it: name the batch instead")
+    one_error_line(cli("run", "k.jsonl", "--db", "s.db", cwd=tmp_path), 2, "k.jsonl: no such file")
+
+
 def test_a_folder_given_as_the_job_file_is_one_line_for_import_as_for_run(tmp_path: Path) -> None:
     (tmp_path / "adir.jsonl").mkdir()
     (tmp_path / "j.jsonl").write_text(job_lines(1))
