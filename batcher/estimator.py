@@ -345,7 +345,7 @@ def estimate_lines(e: Estimate) -> list[str]:
     lines.append(label("input tokens") + f"~{figures['input_tokens_estimate']:,} (estimated: UTF-8 bytes of the "
                  f"text / {BYTES_PER_TOKEN})")
     lines.append(label("output tokens") + f"at most {figures['max_output_tokens']:,} (the sum of max_tokens)")
-    lines.append(label("time") + f"{_minutes(figures['minutes_at_rpm'])} at {e.rpm:g} requests/min")
+    lines.append(label("time") + f"{_minutes(figures['minutes_at_rpm'])} at {e.rpm:,.10g} requests/min")
     for i, (model, m) in enumerate(figures["by_model"].items()):
         lines.append(label("by model" if i == 0 else "") + f"{model}: {m['jobs']:,} job(s), ~{m['input_tokens_estimate']:,} in, "
                      f"at most {m['max_output_tokens']:,} out, {_minutes(m['minutes_at_rpm'])}")

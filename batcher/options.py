@@ -161,6 +161,6 @@ def checked(name: str, kind: Number, value: Any) -> Any:
     from .errors import UsageError
 
     number, problem = kind.check(value)
-    if problem is not None:  # "rpm: '0' is not in (0, 1000000] requests/minute"
+    if problem is not None:  # "rpm: '0' is not in [0.001, 1000000] requests/minute"
         raise UsageError(f"{name}: {problem}")
     return number

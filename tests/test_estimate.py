@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from batcher.db import open_store
 from batcher.cost import input_tokens_estimate
-from batcher.estimator import estimate
+from batcher.estimator import estimate, estimate_lines
 from batcher.importer import import_file
 from batcher.pacer import HEADROOM
 from batcher.runner import RunConfig, run_batch
@@ -71,6 +71,15 @@ def test_estimate_json_is_exact_on_output_and_within_its_stated_error_on_input(t
     counted = sim.stats()["input_tokens"]
     # The stated error: 8/7 of the simulator's count on ASCII text, within a token per job of rounding.
     assert abs(figures["input_tokens_estimate"] - counted * 8 / 7) <= len(rows), (figures, counted)
+
+
+def test_the_pace_is_written_as_a_plain_number_whatever_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "k.jsonl"
+    known_file(path, 3)
+    for rpm, shown in ((1_000_000, "1,000,000"), (500, "500"), (0.001, "0.001"), (2.5, "2.5")):
+        found = estimate(str(path), defaults=Defaults(model="claude-haiku-4.5"), rpm=rpm)
+        (line,) = [line for line in estimate_lines(found) if line.startswith("  time")]
+        assert line.endswith(f" at {shown} requests/min"), line
 
 
 def test_estimate_counts_bytes_so_other_scripts_weigh_more() -> None:
