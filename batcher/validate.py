@@ -120,6 +120,8 @@ def _check_body(body: dict[str, Any], defaults: Defaults, warnings: list[str]) -
     _check_messages(body.get("messages"))
     if not isinstance(model, str) or not model:
         raise InvalidJob("`model` must be a non-empty string")
+    if isinstance(max_tokens, float) and max_tokens > MAX_TOKENS_CAP:  # a whole number past 2**64 parses as one
+        raise InvalidJob(f"`max_tokens` must be at most {MAX_TOKENS_CAP:,} (as for {option('max_tokens')})")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise InvalidJob("`max_tokens` must be a positive integer")
     if max_tokens > MAX_TOKENS_CAP:

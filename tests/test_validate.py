@@ -315,6 +315,12 @@ def test_a_line_with_max_tokens_of_2_to_the_63_is_refused_not_counted() -> None:
     assert chunk.rows == []
 
 
+def test_a_line_with_max_tokens_past_what_json_readers_hold_as_integers_is_said_too_large() -> None:
+    """Twenty nines parse as a float: still a number too large, not "must be a positive integer"."""
+    chunk = prepare_chunk([(1, b'{"prompt": "x", "max_tokens": 99999999999999999999}')], FULL)
+    assert [e.message for e in chunk.errors] == ["`max_tokens` must be at most 10,000,000 (as for max_tokens)"]
+
+
 @pytest.mark.parametrize("beside", [{"prompt": "PROMPT-TEXT"}, {"temperature": 0.5}, {"system": "Be brief."}])
 def test_a_request_field_beside_params_is_refused_not_kept_as_metadata(beside: dict[str, Any]) -> None:
     # It would never be sent: the job would quietly ask something else than the line says.
