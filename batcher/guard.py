@@ -3,7 +3,8 @@
 Until the first answer arrives, failures that every job would meet alike are
 the configuration's fault, not the jobs': a base URL nothing answers on, or
 a path or model that only ever gets 404 (or 405, a site that takes no
-POST there), a URL that redirects (batcher
+POST there), a page answering in the API's place (a 200 that is not JSON:
+a sign-in page, a proxy's), a URL that redirects (batcher
 does not follow redirects: the key would go along). A redirect stops the
 run at once; a handful of the others stops it
 with a clear message and every job still pending, instead of each job
@@ -42,12 +43,14 @@ class ConfigGuard:
         self.answered = False
         self.unreachable = 0
         self.not_found = 0
+        self.pages = 0
 
     def holds(self, attempt: Attempt) -> bool:
-        """A 404 (405) or an unreachable upstream before any answer is not yet the job's fault: retry it."""
-        if self.answered or (attempt.status_code is not None and attempt.status_code not in NOT_THERE):
+        """A 404 (405), a page or an unreachable upstream before any answer is not yet the job's fault: retry it."""
+        if self.answered or (attempt.status_code is not None and attempt.status_code not in NOT_THERE
+                             and not attempt.not_json):
             return False
-        return (attempt.status_code in NOT_THERE or attempt.error_type == "connection_error"
+        return (attempt.status_code in NOT_THERE or attempt.not_json or attempt.error_type == "connection_error"
                 or (self.hold_timeouts and attempt.error_type in UNREACHABLE))
 
     @staticmethod
@@ -71,8 +74,15 @@ class ConfigGuard:
         elif attempt.status_code in NOT_THERE:
             self.not_found += 1
             if self.not_found >= self.limit:
-                return (f"every request so far got HTTP {attempt.status_code} from {self.base_url}/v1/messages ({said}); "
-                        f"check {option('base_url')} (the host only, e.g. https://api.poe.com) and the model names")
+                return (f"every request so far got HTTP {attempt.status_code} from {self.base_url}/v1/messages "
+                        f"({said}); check {option('base_url')} (the host only, e.g. https://api.poe.com) and the "
+                        "model names")
+        elif attempt.not_json:
+            self.pages += 1
+            if self.pages >= self.limit:
+                return (f"every request so far got a page, not an API answer, from {self.base_url}/v1/messages "
+                        f"({said}); check {option('base_url')} and the network: a sign-in page or a proxy may be "
+                        "answering in the API's place")
         elif attempt.status_code is not None:
             self.unreachable = 0  # something answers there
         return None

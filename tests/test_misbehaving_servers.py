@@ -101,15 +101,19 @@ def test_a_malformed_200_is_retried_and_never_a_success(tmp_path: Path, bad: Mis
 
 
 @pytest.mark.timeout(60)
-def test_a_page_under_a_200_is_named_as_not_json_with_its_type(tmp_path: Path, bad: Misbehaving) -> None:
-    """Not "the body is a string": the page was never JSON at all."""
+def test_a_page_under_a_200_stops_the_run_with_every_job_pending(tmp_path: Path, bad: Misbehaving) -> None:
+    """A sign-in page answering for the API (hotel wifi): each job would fail in turn, all of them.
+    Named as not JSON, with its type: not "the body is a string"."""
     db = tmp_path / "store.db"
-    done = cli(*run_args(one_job(tmp_path), db, bad.url("portal"), "--max-attempts", "1"))
-    assert done.returncode == 1, done.stderr
-    status, error_type, error, response, attempts = job_row(db)
-    assert (status, error_type, response, attempts) == ("failed", "invalid_response", None, 1)
-    assert json.loads(error)["error"]["message"] == ("HTTP 200 but not a Messages API answer: the body is not JSON "
-                                                     "(text/html; charset=utf-8)")
+    path = tmp_path / "p.jsonl"
+    write_jobs(path, [f"q{i}" for i in range(3)])
+    done = cli(*run_args(path, db, bad.url("portal"), "--concurrency", "2"))
+    assert done.returncode == 2, done.stderr
+    assert_clean(done.stderr)
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("batcher: run stopped: ")]
+    assert f"every request so far got a page, not an API answer, from {bad.url('portal')}/v1/messages" in line
+    assert "the body is not JSON (text/html; charset=utf-8)" in line
+    assert counts(db) == {"pending": 3}
 
 
 # -- deadlines ----------------------------------------------------------------------------------------
