@@ -249,7 +249,12 @@ class Reading:
     @property
     def head(self) -> Head | None:
         """What was read, as a head the next import can skip (None if it ended inside a line)."""
-        return Head(self._size, self._lines, self._hash.hexdigest()) if self._whole else None
+        return self.so_far if self._whole else None
+
+    @property
+    def so_far(self) -> Head:
+        """Every byte read so far, as a head, whether or not it ends at a line end."""
+        return Head(self._size, self._lines, self._hash.hexdigest())
 
 
 def starts_with(path: str, head: Head, block_size: int = 1 << 20) -> Reading | None:
@@ -263,6 +268,24 @@ def starts_with(path: str, head: Head, block_size: int = 1 << 20) -> Reading | N
     if left or hashed.hexdigest() != head.digest:
         return None
     return Reading(head, hashed)
+
+
+def check_read_from_one_file(path: str, before: str, reading: Reading) -> None:
+    """Raise a UsageError if the file at ``path`` is no longer the one its blocks were read from.
+
+    Each block is opened again by name (by worker processes too), so a file
+    replaced while it was read (an editor's save, ``sed -i``, ``mv``) or
+    rewritten would give lines of one version and lines of the other, with
+    no bad line to show it. ``before`` is its fingerprint taken before the
+    reading; lines appended meanwhile are fine: the bytes read are still
+    its first bytes.
+    """
+    shown = describe(path)
+    if not os.path.exists(path):
+        raise UsageError(f"{shown}: removed while it was being read; nothing imported")
+    if fingerprint(path) != before and starts_with(path, reading.so_far) is None:
+        raise UsageError(f"{shown}: replaced or rewritten while it was being read; nothing imported: "
+                         "import it again once it is written")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ from ._forking import can_fork, fork_worker, freeze_inherited, read_exactly, wid
 from ._told import Progress, told
 from .cost import CostSums, input_tokens_estimate
 from .errors import UsageError
-from .jobfile import Block, Head, LineError, Reading, block_lines, blocks, parse_line, starts_with
+from .jobfile import (Block, Head, LineError, Reading, block_lines, blocks, check_read_from_one_file, parse_line,
+                      starts_with)
 from .validate import KNOWN_MODELS, Defaults, InvalidJob, not_an_object, to_job
 
 #: Bytes of the file per unit of work: ~1,800 typical lines, whose prepared
@@ -238,7 +239,20 @@ class FileChunks:
 
     def __iter__(self) -> Iterator[PreparedChunk]:
         chunks = prepared_chunks(self.path, self.defaults, reading=self.reading)
-        return chunks if self.progress is None else told_reading(chunks, self.progress, self.path)
+        chunks = chunks if self.progress is None else told_reading(chunks, self.progress, self.path)
+        return chunks if self.fingerprint is None else self._from_one_file(chunks)
+
+    def _from_one_file(self, chunks: Iterator[PreparedChunk]) -> Iterator[PreparedChunk]:
+        """``chunks``, then a check that they were all read from one version of the file (see
+        :func:`~batcher.jobfile.check_read_from_one_file`); a block that could not be read is
+        named as such if the file went away or was replaced."""
+        assert self.fingerprint is not None and self.reading is not None
+        try:
+            yield from chunks
+        except UsageError:
+            check_read_from_one_file(self.path, self.fingerprint, self.reading)
+            raise
+        check_read_from_one_file(self.path, self.fingerprint, self.reading)
 
 
 #: A block to prepare, parent to worker: offset, length, first line's number.

@@ -454,6 +454,40 @@ def test_a_grown_file_read_by_the_parallel_workers_is_stored_as_a_whole_reading_
     assert parallel == [True, True, True]
 
 
+def changing_while_read(path: Path, change: Any) -> Any:
+    """A progress callback that makes ``change`` to ``path`` once the first block has been read."""
+    done: list[bool] = []
+
+    def progress(lines: int, part: float | None) -> None:
+        if not done:
+            done.append(True)
+            change(path)
+    return progress
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_file_replaced_while_it_is_read_imports_nothing_rather_than_a_mix(
+        tmp_path: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch, parallel: bool) -> None:
+    """Blocks are opened again by name: an editor's save or a `sed -i` meanwhile would give old lines then new."""
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(prepare, "PARALLEL_FROM_BYTES", 1 if parallel else 10**12)
+    path = write_lines(tmp_path / "p.jsonl", numbered(40))
+
+    def replace(path: Path) -> None:
+        new = write_lines(tmp_path / "new.jsonl", [{"custom_id": f"j{i}", "prompt": f"Quest10n {i}?"}
+                                                   for i in range(1, 41)])
+        os.replace(new, path)  # the same lengths: blocks still end at line ends
+
+    with pytest.raises(UsageError, match="p.jsonl: replaced or rewritten while it was being read; nothing imported"):
+        import_file(engine, str(path), defaults=DEFAULTS, progress=changing_while_read(path, replace))
+    assert count(engine, jobs) == 0
+    path.unlink()
+    write_lines(path, numbered(40))
+    report = import_file(engine, str(path), defaults=DEFAULTS,
+                         progress=changing_while_read(path, lambda p: write_lines(p, numbered(45))))  # appended to
+    assert report.added >= 40
+
+
 def _worst(engine: Engine, batch: str) -> tuple[Cost | None, Cost]:
     """The figures the batch's imports kept, and the true largest of its jobs' (from every job's request)."""
     with engine.connect() as conn:
