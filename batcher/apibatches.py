@@ -250,6 +250,18 @@ def refuse_reopen(engine: Engine, batch: Batch) -> None:
         raise UsageError("an ended Message Batches API batch cannot be re-opened; create a new batch")
 
 
+def refuse_import(conn: Connection, batch: Batch) -> None:
+    """Raise UsageError if ``batch`` is a Message Batches API batch: no job file may add to it.
+
+    Its requests are those it was created with, as at Anthropic: jobs added
+    later would count as ``processing`` in a batch reported ``ended``, or be
+    sent as part of a batch whose client never asked for them.
+    """
+    if conn.execute(select(api_batches.c.batch_id).where(api_batches.c.batch_id == batch.id)).first() is not None:
+        raise UsageError(f"batch {batch.name} is a Message Batches API batch: its requests are those it was "
+                         "created with; import into a batch of another name")
+
+
 @store_errors
 def end(engine: Engine, batch: Batch) -> bool:
     """Record that the batch ended, if no job is left to send; True if it has ended."""

@@ -27,6 +27,7 @@ from . import tally
 from ._earlier import check_same_source, last_reading, options_hint
 from ._text import as_text, is_text
 from ._told import Progress
+from .apibatches import refuse_import
 from .cost import CostSums, merge_costs
 from .db import store_errors, write
 from .errors import UsageError
@@ -330,6 +331,8 @@ def import_chunks(engine: Engine, report: ImportReport, source: str, chunks: Ite
         fingerprint = file.fingerprint
     with CommitPoint() as commit, write(engine) as conn:
         stored, created = get_or_create_batch(conn, report.batch, source)
+        if not created:
+            refuse_import(conn, stored)
         if same_source and not created:
             check_same_source(conn, stored, report.file, source)
         last = None if fingerprint is None or created else last_reading(conn, stored.id, source, fingerprint,
