@@ -84,7 +84,8 @@ def cancel(engine: Engine, batch: Batch, why: str | None = None) -> int:
     (``expired``: a Message Batches API batch whose deadline passed).
     A cancel asked for (no ``why``) of a batch made through the Message
     Batches API is noted there too, once, as the API's own cancel does:
-    its ``cancel_initiated_at``, and the server ends the batch.
+    its ``cancel_initiated_at``, and the server ends the batch. One that has
+    ended already is left as it is, as the API's cancel leaves it.
     """
     return cancel_jobs(engine, batch, "pending", why=why, asked=why is None)
 
@@ -103,7 +104,8 @@ def cancel_jobs(engine: Engine, batch: Batch, status: str, *where: Any, why: str
     with write(engine) as conn:
         if asked:
             conn.execute(api_batches.update()
-                         .where(api_batches.c.batch_id == batch.id, api_batches.c.cancel_requested_at.is_(None))
+                         .where(api_batches.c.batch_id == batch.id, api_batches.c.cancel_requested_at.is_(None),
+                                api_batches.c.ended_at.is_(None))
                          .values(cancel_requested_at=now))
         n = conn.execute(query).rowcount
         tally.apply(conn, batch.id, tally.TallyDelta(statuses=Counter({status: -n, "canceled": n}),

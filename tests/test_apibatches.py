@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import batcher
-from batcher import apibatches
+from batcher import apibatches, manage
 from batcher.db import open_store
 from batcher.errors import UsageError
 
@@ -40,3 +40,17 @@ def test_no_job_file_or_rows_add_to_an_api_batch(tmp_path: Path) -> None:
         state = apibatches.get(engine, made.name)
         assert state is not None and state.counts == apibatches.Counts(processing=1)
         assert store.add("other", ["More"], model="claude-haiku-4.5", max_tokens=16).report.added == 1
+
+
+def test_a_cancel_of_an_ended_api_batch_changes_nothing(tmp_path: Path) -> None:
+    # As the API's own cancel: an ended batch never shows a cancel_initiated_at after its ended_at.
+    engine = open_store(str(tmp_path / "s.db"))
+    try:
+        made = apibatches.create(engine, [("q1", PARAMS)], 3600.0)
+        assert apibatches.expire(engine, made) == 1 and apibatches.end(engine, made)
+        ended = apibatches.get(engine, made.name)
+        assert manage.cancel(engine, made) == 0
+        assert apibatches.get(engine, made.name) == ended
+        assert ended is not None and ended.cancel_requested_at is None
+    finally:
+        engine.dispose()
