@@ -29,18 +29,30 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+#: The longest ``--expire-after``: ten years. Far longer and a batch's ``expires_at`` would lie past the year
+#: 9999, which no RFC 3339 time can say: every answer naming that batch would fail.
+MAX_EXPIRE_AFTER_DAYS = 3650
+
+
 class Duration(click.ParamType):
-    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` as seconds."""
+    """``90``, ``90s``, ``30m``, ``24h``, ``7d`` as seconds, up to ``max_days``."""
 
     name = "duration"
 
+    def __init__(self, max_days: int) -> None:
+        self.max_days = max_days
+
     def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, (int, float)):
-            return float(value)
-        match = _DURATION.fullmatch(str(value).strip().lower())
-        if match is None or float(match.group(1)) <= 0:
-            self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
-        return float(match.group(1)) * _UNIT_S[match.group(2)]
+            seconds = float(value)
+        else:
+            match = _DURATION.fullmatch(str(value).strip().lower())
+            if match is None or float(match.group(1)) <= 0:
+                self.fail(f"{value!r} is not a duration such as 90s, 30m, 24h or 7d", param, ctx)
+            seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+        if seconds > self.max_days * 86400:
+            self.fail(f"{value!r} is longer than {self.max_days}d, the longest allowed", param, ctx)
+        return seconds
 
 
 @click.command("serve", epilog=EPILOG)
@@ -55,8 +67,9 @@ class Duration(click.ParamType):
 @click.option("--token", help="The token clients must send (env BATCHER_SERVE_TOKEN; default: a random one, printed).")
 @click.option("--concurrency", type=opt.CONCURRENCY,
               help="Requests in flight at most per batch (default: the rpm).")
-@click.option("--expire-after", type=Duration(), default="24h", show_default=True,
-              help="A batch not finished by then ends with its unsent requests expired.")
+@click.option("--expire-after", type=Duration(MAX_EXPIRE_AFTER_DAYS), default="24h", show_default=True,
+              help=f"A batch not finished by then ends with its unsent requests expired (at most "
+                   f"{MAX_EXPIRE_AFTER_DAYS}d).")
 @click.option("--grace", type=opt.SECONDS_OR_ZERO, default=10, show_default=True,
               help="Seconds requests in flight get to finish when the server stops.")
 def serve_command(host: str, port: int, db: str | None, rpm: float, base_url: str, token: str | None,
