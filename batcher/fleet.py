@@ -213,8 +213,8 @@ class Fleet:
         while (left := at - time.time()) > 0:  # by the wall clock, as _settle judges it
             await anyio.sleep(left)
         runner = self._runners.get(batch.id)
-        if runner is not None:
-            runner.request_stop()
+        if runner is not None:  # only unsent requests expire: those in flight finish, as after a cancel
+            runner.request_stop(self.config.timeout_s)
         n = await anyio.to_thread.run_sync(apibatches.expire, self.engine, batch)
         n += await self._drop_unsent(batch, runner, apibatches.EXPIRED)
         self._ended_unanswered(batch, apibatches.EXPIRED, n)
