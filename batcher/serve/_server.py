@@ -24,7 +24,7 @@ import uvicorn
 from batcher.client import check_api_key, check_base_url, is_loopback
 from batcher import Store
 from batcher.db import display_name, resolve_url
-from batcher.errors import UsageError
+from batcher.errors import OutputError, UsageError
 from batcher.fleet import Fleet
 from batcher.runconfig import RunConfig
 
@@ -90,12 +90,20 @@ class _Server(uvicorn.Server):
         self._fleet, self._on_ready, self._grace_s = fleet, on_ready, grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()  # kept referenced until they run
+        #: Why announcing failed (stdout closed or full, its reader gone), raised once the server has stopped.
+        self.announce_failed: OSError | OutputError | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started:
-            self._on_ready()
+            try:
+                self._on_ready()
+            except (OSError, OutputError) as exc:
+                # Raised through uvicorn, it printed a traceback and ended the resumed batches without grace:
+                # stop as on Ctrl-C instead, and report it once stopped.
+                self.announce_failed = exc
+                self.should_exit = True
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """The first signal stops gracefully, saying for how long; the next one at once, as ``run``'s does."""
@@ -128,7 +136,11 @@ class _Server(uvicorn.Server):
 
 
 def serve(options: ServeOptions, out: Any = None) -> None:
-    """Run until Ctrl-C/SIGTERM. Raises UsageError (exit 2) for what the user can fix."""
+    """Run until Ctrl-C/SIGTERM. Raises UsageError (exit 2) for what the user can fix.
+
+    Failing to print its address on ``out`` (stdout closed or full, its
+    reader gone) stops the server as a Ctrl-C does, then raises that error.
+    """
     out = out or sys.stdout
     if not os.environ.get("POE_API_KEY", "").strip():
         raise UsageError("no API key: set POE_API_KEY (the server's upstream key; clients use the server's token)")
@@ -159,11 +171,14 @@ def serve(options: ServeOptions, out: Any = None) -> None:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for sig in previous:
         signal.signal(sig, signal.default_int_handler)
+    server = _Server(uv_config, fleet, announce, options.grace_s)
     try:
-        _Server(uv_config, fleet, announce, options.grace_s).run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+    if server.announce_failed is not None:
+        raise server.announce_failed
