@@ -43,6 +43,10 @@ RETRY_RUN_AFTER_S = 60.0
 EventSink = Callable[[str, str], None]
 
 
+class NoStartInTime(Exception):
+    """The pace gave an interactive request no start before its client's deadline."""
+
+
 class Fleet:
     """Runs a store's API batches and interactive requests under one pacer.
 
@@ -243,11 +247,16 @@ class Fleet:
         again after the wait the server asked for, until that wait would end
         after ``deadline`` (``time.monotonic()``): then the 429 is the
         answer. Raises :class:`batcher.pacer.Stopped` once the fleet stops,
-        and httpx errors when the upstream cannot be reached.
+        :class:`NoStartInTime` if the pace gives it no start before
+        ``deadline`` (the client has given up by then: sent, it would be paid
+        for and never read), and httpx errors when the upstream cannot be reached.
         """
         tries = 0
         while True:
-            await self.turns.interactive()
+            with anyio.move_on_after(deadline - time.monotonic()) as waiting:
+                await self.turns.interactive()
+            if waiting.cancelled_caught:
+                raise NoStartInTime
             sent_at = time.monotonic()
             response = await self.client.forward(path, body, headers)
             attempt = Attempt(response.status_code, time.monotonic() - sent_at, rate=rate_info(response.headers))

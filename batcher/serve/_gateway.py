@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from batcher.apierror import parse_error
 from batcher.client import ANTHROPIC_VERSION
-from batcher.fleet import Fleet
+from batcher.fleet import Fleet, NoStartInTime
 from batcher.pacer import Stopped
 
 from ._wire import MAX_MESSAGE_BODY, ApiError, error_body
@@ -74,6 +74,9 @@ async def forward(fleet: Fleet, request: Request, path: str) -> Response:
         upstream = await fleet.forward(path, body, headers, client_deadline(request))
     except Stopped:
         raise ApiError(503, "api_error", "the server is shutting down; try again when it is back") from None
+    except NoStartInTime:
+        raise ApiError(429, "rate_limit_error", "the key's rate limit left no room for this request before its "
+                                                "timeout; it was not sent") from None
     except httpx.TimeoutException:
         raise ApiError(504, "timeout_error", "the upstream API did not answer in time") from None
     except httpx.HTTPError as exc:
