@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from batcher.sim import SimulatorThread
 from servehelp import TOKEN, Served
@@ -13,7 +14,11 @@ from servehelp import TOKEN, Served
 BODY = {"model": "claude-haiku-4.5", "max_tokens": 8, "messages": [{"role": "user", "content": "Hi"}]}
 
 
-def test_a_request_whose_client_gave_up_waiting_for_the_pace_is_never_sent(tmp_path: Path) -> None:
+# What the SDK sends for a call's own timeout, and for the client's (anthropic.Anthropic(timeout=...)).
+@pytest.mark.parametrize("timeout", [{"x-stainless-timeout": "0.3"},
+                                     {"x-stainless-timeout": "NOT_GIVEN", "x-stainless-read-timeout": "0.3"}])
+def test_a_request_whose_client_gave_up_waiting_for_the_pace_is_never_sent(tmp_path: Path,
+                                                                           timeout: dict[str, str]) -> None:
     # The SDK gives up after its timeout (and sends its retry); the request still went upstream once the
     # pace let it, paid for an answer no one read: one more for each retry.
     with SimulatorThread(latency=0, rpm=2, window=30) as sim:
@@ -22,7 +27,7 @@ def test_a_request_whose_client_gave_up_waiting_for_the_pace_is_never_sent(tmp_p
             client = served.sdk()
             for _ in range(2):  # the window's two requests: the pace now waits for it to reset
                 client.messages.create(**BODY)
-            headers = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01", "x-stainless-timeout": "0.3"}
+            headers = {"x-api-key": TOKEN, "anthropic-version": "2023-06-01", **timeout}
             started = time.monotonic()
             answer = httpx.post(served.base_url + "/v1/messages", json=BODY, headers=headers, timeout=10)
             assert time.monotonic() - started < 5

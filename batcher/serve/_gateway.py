@@ -30,17 +30,23 @@ from ._wire import MAX_MESSAGE_BODY, ApiError, error_body
 FORWARDED = ("anthropic-version", "anthropic-beta", "content-type", "accept")
 #: Upstream headers that come back to the client.
 RELAYED = ("content-type", "request-id", "retry-after", "retry-after-ms", "x-should-retry", "cache-control")
-#: How long a client waits, when it does not say (the SDKs send x-stainless-timeout).
+#: How long a client waits, when it does not say (the SDKs do: see :func:`client_deadline`).
 DEFAULT_CLIENT_TIMEOUT_S = 600.0
 
 
 def client_deadline(request: Request) -> float:
-    """When the client will give up (``time.monotonic()``), from its own timeout header."""
-    try:
-        timeout = float(request.headers.get("x-stainless-timeout", DEFAULT_CLIENT_TIMEOUT_S))
-    except ValueError:
-        timeout = DEFAULT_CLIENT_TIMEOUT_S
-    return time.monotonic() + max(0.0, timeout)
+    """When the client will give up (``time.monotonic()``), from its own timeout headers.
+
+    The SDKs send a call's own timeout as ``x-stainless-timeout``; without
+    one, that header says ``NOT_GIVEN`` and the client's timeout comes as
+    ``x-stainless-read-timeout``.
+    """
+    for name in ("x-stainless-timeout", "x-stainless-read-timeout"):
+        try:
+            return time.monotonic() + max(0.0, float(request.headers[name]))
+        except (KeyError, ValueError):
+            continue
+    return time.monotonic() + DEFAULT_CLIENT_TIMEOUT_S
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:
