@@ -14,7 +14,7 @@ import orjson
 from sqlalchemy import Connection, select
 
 from .errors import UsageError, on_command_line, option
-from .jobfile import Head
+from .jobfile import ROWS_SOURCE, Head
 from .prepare import FileChunks
 from .schema import imports
 from .store import Batch
@@ -57,8 +57,6 @@ def options_hint(conn: Connection, stored: Batch, source: str, given: str, this_
                else ", ".join(f"{k}={v!r}" for k, v in given_then))
     had = f"with {spelled}" if spelled else "with no options"
     resume = f", or send what it holds with: batcher run {stored.name}" if on_command_line() else ""
-    from ._rows import ROWS_SOURCE  # here: _rows imports the importer, which imports this
-
     what = "given its earlier rows" if source == ROWS_SOURCE else "imported from this file"
     return f"batch {stored.name!r} was {what} {had}: give those options again{resume}"
 

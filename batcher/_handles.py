@@ -128,9 +128,10 @@ class Store:
         ('rows-...', 1)
         """
         from ._progress import counting
-        from ._rows import (ROWS_SOURCE, InvalidRows, defaults_of, name_and_fingerprint, positions, prepared_rows,
-                            records, refuse_a_prompt_for_a_path, rows_report)
+        from ._rows import (InvalidRows, defaults_of, name_and_fingerprint, positions, prepared_rows, records,
+                            refuse_a_prompt_for_a_path, rows_report)
         from .importer import ImportRejected, import_chunks
+        from .jobfile import ROWS_SOURCE
 
         if name is not None:
             check_batch_name(name)

@@ -22,7 +22,7 @@ from ._text import as_text, is_text
 from ._told import Progress
 from .errors import UsageError, on_command_line, option
 from .importer import ImportRejected, ImportReport
-from .jobfile import STDIN, LineError
+from .jobfile import ROWS_SOURCE, STDIN, LineError
 from .prepare import PreparedChunk, prepare_object
 from .validate import Defaults
 
@@ -30,8 +30,6 @@ from .validate import Defaults
 ROWS_PER_CHUNK = 2000
 #: Bad rows named in an exception's message (all of them are in ``errors``).
 SHOWN_IN_MESSAGE = 20
-#: How rows given in Python are named as an import's source.
-ROWS_SOURCE = "<python rows>"
 
 
 def _missing(value: Any) -> bool:

@@ -31,6 +31,8 @@ from .errors import UsageError
 BOM = b"\xef\xbb\xbf"
 #: The job file argument that means standard input.
 STDIN = "-"
+#: How rows given in Python are named as an import's source.
+ROWS_SOURCE = "<python rows>"
 #: How compressed files start: a job file must be plain text.
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd",
               b"PK\x03\x04": "zip"}
