@@ -52,7 +52,9 @@ def run_config(options: dict[str, Any], signals: bool = False) -> tuple[str, Run
 
     options = dict(options)
     given = options.pop("api_key")
-    key = check_api_key(given, "api_key") if given else check_api_key(os.environ.get(KEY_VARIABLE, ""))
+    # An empty api_key (an unset variable read with a default of "") is refused, not taken
+    # for "read POE_API_KEY": that could be another account's key.
+    key = check_api_key(given, "api_key") if given is not None else check_api_key(os.environ.get(KEY_VARIABLE, ""))
     base_url = options.pop("base_url") or os.environ.get("POE_BASE_URL") or DEFAULT_BASE_URL
     check_base_url(base_url)
     options.pop("progress")

@@ -168,6 +168,8 @@ def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any)
     ("sk-SECRET key\n", "api_key is malformed (it has whitespace or a line break inside)"),
     ("sk-SECRET-é", "api_key is malformed (it has characters that are not ASCII)"),
     ("   ", "api_key is blank; give the key, or leave api_key out to read POE_API_KEY"),
+    # os.environ.get("MY_KEY", "") with MY_KEY unset: another key (POE_API_KEY) would be paid with.
+    ("", "api_key is blank; give the key, or leave api_key out to read POE_API_KEY"),
     (b"sk-SECRET", "api_key must be a string, not bytes"),
 ])
 def test_a_bad_key_given_as_api_key_is_named_so_and_never_shown(
