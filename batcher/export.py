@@ -31,7 +31,7 @@ from ._render import RENDERERS, ExportNotes, renderer
 from .db import read_failure
 from .errors import OutputError, UsageError, option
 from .outfile import Chunk, binary_writer, stream_destination, write_atomically, write_into, write_stream
-from .outstream import CLOSED
+from .outstream import CLOSED_EXPORT, stdout_closed
 from .schema import ORDER, batches, imports, jobs
 from .store import Batch, status_counts
 
@@ -232,8 +232,8 @@ def export_batch(engine: Engine, batch: Batch, out: Destination = "-", fmt: str 
                       lambda _, written: min(1.0, written / total) if total else None)
     if isinstance(out, str):
         if out == "-":
-            if sys.stdout is None:
-                raise OutputError(CLOSED)
+            if stdout_closed():
+                raise OutputError(CLOSED_EXPORT)
             return write_stream(chunks, binary_writer(sys.stdout), "stdout")
         if stream_destination(out):
             return write_into(out, chunks)

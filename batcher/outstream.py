@@ -20,7 +20,14 @@ from .errors import OutputError
 from .outfile import write_failure
 
 
-CLOSED = "stdout is closed (started with >&-?); give a file with -o FILE or redirect it"
+CLOSED = "stdout is closed (started with >&-?); redirect it to a file"
+#: The same for an export, which can write its file itself.
+CLOSED_EXPORT = "stdout is closed (started with >&-?); give a file with -o FILE or redirect it"
+
+
+def stdout_closed() -> bool:
+    """Whether the process started with no standard output (``>&-``)."""
+    return sys.stdout is None or (isinstance(sys.stdout, GuardedStdout) and sys.stdout.missing)
 
 
 class GuardedStdout(io.TextIOBase):
@@ -32,6 +39,11 @@ class GuardedStdout(io.TextIOBase):
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+
+    @property
+    def missing(self) -> bool:
+        """The process started with stdout closed."""
+        return self._inner is None
 
     @property
     def encoding(self) -> str:  # type: ignore[override]

@@ -427,8 +427,10 @@ def test_a_new_store_that_cannot_be_written_is_one_line_and_leaves_no_file(tmp_p
 
 def test_closed_stdout_is_one_line_exit_2(store: tuple[Path, str]) -> None:
     folder, db = store
-    for command in (f'batcher export b --db "{db}" -o - >&-', f'batcher batches --db "{db}" >&-'):
-        one_error_line(shell(command, folder), 2, "stdout is closed")
+    # Only export has -o: the others are told to redirect.
+    for command, fix in ((f'batcher export b --db "{db}" -o - >&-', "give a file with -o FILE or redirect it"),
+                         (f'batcher batches --db "{db}" >&-', "redirect it to a file")):
+        one_error_line(shell(command, folder), 2, f"stdout is closed (started with >&-?); {fix}")
 
 
 def test_full_stdout_is_an_output_error_not_a_store_error(store: tuple[Path, str]) -> None:
