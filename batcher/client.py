@@ -187,7 +187,7 @@ def check_api_key(api_key: str, source: str = KEY_VARIABLE) -> str:
 def _key_flaw(key: str) -> str:
     if any(c.isspace() for c in key):
         return "it has whitespace or a line break inside"
-    if any(ord(c) > 126 for c in key):
+    if any(ord(c) > 127 for c in key):  # DEL (127) is ASCII, a control character
         return "it has characters that are not ASCII"
     return "it has control characters"
 

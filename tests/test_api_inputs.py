@@ -167,6 +167,7 @@ def test_a_bad_row_default_is_named_once_as_an_option_not_as_every_row(env: Any)
 @pytest.mark.parametrize("given, message", [
     ("sk-SECRET key\n", "api_key is malformed (it has whitespace or a line break inside)"),
     ("sk-SECRET-é", "api_key is malformed (it has characters that are not ASCII)"),
+    ("sk-SECRET\x7f", "api_key is malformed (it has control characters)"),
     ("   ", "api_key is blank; give the key, or leave api_key out to read POE_API_KEY"),
     # os.environ.get("MY_KEY", "") with MY_KEY unset: another key (POE_API_KEY) would be paid with.
     ("", "api_key is blank; give the key, or leave api_key out to read POE_API_KEY"),
