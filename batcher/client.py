@@ -71,16 +71,12 @@ class Attempt:
     rate: RateInfo = field(default_factory=RateInfo)
     streamed: bool = False
     ttft_s: float | None = None
+    #: A 200 whose body was no JSON at all: a sign-in page or a proxy's, not an API, is answering.
+    not_json: bool = False
 
     @property
     def ok(self) -> bool:
         return self.message is not None
-
-    @property
-    def not_json(self) -> bool:
-        """A 200 whose body was no JSON at all: a sign-in page or a proxy's, not an API, is answering."""
-        said = (self.error or {}).get("error", {}).get("message", "")
-        return self.status_code == 200 and self.error_type == INVALID_RESPONSE and said.startswith(_NOT_JSON)
 
 
 def _number(value: str | None) -> float | None:
@@ -354,11 +350,6 @@ def _network_failure(error_type: str, message: str, start: float, streamed: bool
                    error_type=error_type, streamed=streamed)
 
 
-#: What an ``invalid_response`` says of a 200 whose body is not JSON at all (see :attr:`Attempt.not_json`).
-NOT_JSON = "the body is not JSON"
-_NOT_JSON = f"HTTP 200 but not a Messages API answer: {NOT_JSON}"
-
-
 def _checked(message: Any, response: httpx.Response, latency: float, rate: RateInfo, *, streamed: bool,
              ttft_s: float | None = None, problem: str | None = None) -> Attempt:
     """A success only if ``message`` has the shape of an answer, and no ``problem``; else ``invalid_response``."""
@@ -378,7 +369,9 @@ def _from_response(response: httpx.Response, content: bytes, start: float, strea
             message: Any = orjson.loads(content)
         except orjson.JSONDecodeError:  # a sign-in page, a proxy's: named by its type, not taken for a JSON string
             kind = response.headers.get("content-type") or "no content-type"
-            return _checked(None, response, latency, rate, streamed=streamed, problem=f"{NOT_JSON} ({kind})")
+            page = _checked(None, response, latency, rate, streamed=streamed, problem=f"the body is not JSON ({kind})")
+            page.not_json = True
+            return page
         return _checked(message, response, latency, rate, streamed=streamed)
     error = parse_error(response.status_code, content, response.headers.get("request-id"))
     if 300 <= response.status_code < 400:
