@@ -162,7 +162,6 @@ def redeliver_lost_interrupts() -> None:
     sys.unraisablehook = hook
 
 
-
 @contextmanager
 def letting_go_after_interrupt() -> Iterator[None]:
     """Let go at once of what the frames a Ctrl-C cuts short still hold (a statement SQLite was running).

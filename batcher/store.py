@@ -16,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import tally
 from ._text import as_text, is_text
-from .db import store_errors
-from .errors import UsageError, on_command_line
+from .db import open_store, store_errors
+from .errors import BatcherError, UsageError, on_command_line
 from .schema import batches
 
 
@@ -106,9 +106,6 @@ def batch_from_file(db: str | None, path: str) -> str | None:
     store, or one that cannot be read, is None too: the missing file is
     the error to report.
     """
-    from .db import open_store
-    from .errors import BatcherError
-
     try:
         engine = open_store(db, create=False, readonly=True)
     except BatcherError:
